@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause */
+/*
+ * Every kernel-version or kernel-config difference Vigil meets, one
+ * accessor each.  CO-RE field-existence checks, no version numbers.
+ */
+#ifndef __VIGIL_CORE_FIXES_BPF_H
+#define __VIGIL_CORE_FIXES_BPF_H
+
+#include <vmlinux.h>
+#include <bpf/bpf_core_read.h>
+
+/* task->loginuid exists only with CONFIG_AUDITSYSCALL. */
+static __always_inline __u32 task_loginuid(struct task_struct *task)
+{
+	if (bpf_core_field_exists(task->loginuid))
+		return BPF_CORE_READ(task, loginuid.val);
+	return (__u32)-1;
+}
+
+/*
+ * task->start_boottime was real_start_time before 5.5 (commit
+ * cf25e24db61c "time: Rename tsk->real_start_time to ->start_boottime").
+ */
+struct task_struct___pre55 {
+	__u64 real_start_time;
+};
+
+static __always_inline __u64 task_start_boottime(struct task_struct *task)
+{
+	if (bpf_core_field_exists(task->start_boottime))
+		return BPF_CORE_READ(task, start_boottime);
+	return BPF_CORE_READ((struct task_struct___pre55 *)task, real_start_time);
+}
+
+#endif /* __VIGIL_CORE_FIXES_BPF_H */

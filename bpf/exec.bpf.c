@@ -1,0 +1,232 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause
+/*
+ * Exec sensor: every execve/execveat, successful or failed.
+ *
+ *   sys_enter_execve{,at}   copy filename and argv (user memory that the
+ *                           exec is about to destroy) into an in-flight slot
+ *   sched_process_exec      success: the kernel's filename, new comm and
+ *                           credentials; emit and free the slot
+ *   sys_exit_execve{,at}    a slot still here means the exec failed: emit
+ *                           it with the -errno
+ *
+ * All stable tracepoints.  A failed exec is never dropped: if the slot
+ * could not be made, sys_exit still emits what it knows (PARTIAL).
+ */
+#include "common.bpf.h"
+#include "core_fixes.bpf.h"
+#include "exec.h"
+
+VIGIL_RECORD(exec_event);
+
+/* Filter set by user space before load; (u32)-1 = every uid. */
+const volatile __u32 targ_uid = (__u32)-1;
+
+/*
+ * In-flight slot.  `slack` lets the verifier see that a string read at any
+ * offset below EXEC_ARGS_SIZE stays inside the value; it is never filled.
+ */
+struct exec_slot {
+	struct exec_event ev;
+	char slack[EXEC_ARGS_SIZE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);		/* tid */
+	__type(value, struct exec_slot);
+} inflight SEC(".maps");
+
+/* Zeroed template: hash values cannot be built on the 512-byte stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_slot);
+} scratch SEC(".maps");
+
+struct argv_walk {
+	struct exec_event *ev;
+	const char *const *argv;
+};
+
+static long read_one_arg(__u32 i, struct argv_walk *w)
+{
+	struct exec_event *ev = w->ev;
+	const char *arg = NULL;
+	__u32 off = ev->args_size;
+	long n;
+
+	if (bpf_probe_read_user(&arg, sizeof(arg), &w->argv[i]) || !arg)
+		return 1;	/* end of argv */
+	if (off >= EXEC_ARGS_SIZE) {
+		ev->hdr.flags |= VIGIL_F_TRUNCATED;
+		return 1;
+	}
+	off &= EXEC_ARGS_SIZE - 1;
+	n = bpf_probe_read_user_str(&ev->args[off], EXEC_ARGS_SIZE - off, arg);
+	if (n <= 0)
+		return 1;
+	ev->args_size = off + n;
+	ev->argc++;
+	/* a string that filled the rest was cut: mark it */
+	if (off + n >= EXEC_ARGS_SIZE)
+		ev->hdr.flags |= VIGIL_F_TRUNCATED;
+	return 0;
+}
+
+static __always_inline int exec_enter(const char *filename,
+				      const char *const *argv, __u32 nr)
+{
+	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid();
+	struct exec_slot *slot;
+	struct exec_event *ev;
+	struct argv_walk walk;
+	const char *arg = NULL;
+
+	if (targ_uid != (__u32)-1 && (__u32)bpf_get_current_uid_gid() != targ_uid)
+		return 0;
+
+	slot = bpf_map_lookup_elem(&scratch, &zero);
+	if (!slot)
+		return 0;
+	/* Only the header and counters need resetting: strings are length-bound. */
+	ev = &slot->ev;
+	fill_header(&ev->hdr, VIGIL_EV_EXEC);
+	ev->ret = 0;
+	ev->argc = 0;
+	ev->args_size = 0;
+	ev->syscall_nr = nr;
+	ev->auid = task_loginuid((struct task_struct *)bpf_get_current_task());
+	ev->euid = ev->hdr.uid;
+	ev->egid = ev->hdr.gid;
+	ev->__pad = 0;
+	bpf_probe_read_user_str(ev->filename, sizeof(ev->filename), filename);
+
+	walk.ev = ev;
+	walk.argv = argv;
+	bpf_loop(EXEC_ARGS_MAX, read_one_arg, &walk, 0);
+	/* more entries than we read? */
+	if (!(ev->hdr.flags & VIGIL_F_TRUNCATED) &&
+	    !bpf_probe_read_user(&arg, sizeof(arg), &argv[EXEC_ARGS_MAX & 0xffff]) &&
+	    ev->argc == EXEC_ARGS_MAX && arg)
+		ev->hdr.flags |= VIGIL_F_TRUNCATED;
+
+	if (bpf_map_update_elem(&inflight, &tid, slot, BPF_ANY))
+		stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);	/* sys_exit will emit without argv */
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_execve")
+int handle_execve_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return exec_enter((const char *)ctx->args[0],
+			  (const char *const *)ctx->args[1], 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_execveat")
+int handle_execveat_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return exec_enter((const char *)ctx->args[1],
+			  (const char *const *)ctx->args[2], 1);
+}
+
+static __always_inline __u64 event_size(const struct exec_event *ev)
+{
+	__u32 used = ev->args_size;
+
+	if (used > EXEC_ARGS_SIZE)
+		used = EXEC_ARGS_SIZE;
+	return offsetof(struct exec_event, args) + used;
+}
+
+/* Success.  Runs in the new image, before sys_exit. */
+SEC("tracepoint/sched/sched_process_exec")
+int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	__u32 zero = 0, old_tid = ctx->old_pid;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct exec_slot *slot;
+	struct exec_event *ev;
+	__u32 loc = ctx->__data_loc_filename & 0xffff;
+	int partial = 0;
+
+	/* A non-leader thread that execs takes over the leader's tid. */
+	slot = bpf_map_lookup_elem(&inflight, &old_tid);
+	if (!slot) {
+		if (targ_uid != (__u32)-1 &&
+		    (__u32)bpf_get_current_uid_gid() != targ_uid)
+			return 0;
+		slot = bpf_map_lookup_elem(&scratch, &zero);
+		if (!slot)
+			return 0;
+		partial = 1;
+		slot->ev.argc = 0;
+		slot->ev.args_size = 0;
+		slot->ev.syscall_nr = 0;
+		slot->ev.auid = task_loginuid(task);
+	}
+	ev = &slot->ev;
+	/* New comm and credentials; the filename as the kernel resolved it. */
+	fill_header(&ev->hdr, VIGIL_EV_EXEC);
+	if (partial) {
+		ev->hdr.flags |= VIGIL_F_PARTIAL;
+		stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);
+	}
+	ev->ret = 0;
+	ev->euid = BPF_CORE_READ(task, cred, euid.val);
+	ev->egid = BPF_CORE_READ(task, cred, egid.val);
+	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
+				  (void *)ctx + loc);
+	output_event(&ev->hdr, event_size(ev));
+	if (!partial)
+		bpf_map_delete_elem(&inflight, &old_tid);
+	return 0;
+}
+
+/* A slot left at exit belongs to a failed exec. */
+static __always_inline int exec_exit(long ret)
+{
+	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid();
+	struct exec_slot *slot;
+	struct exec_event *ev;
+
+	slot = bpf_map_lookup_elem(&inflight, &tid);
+	if (slot) {
+		ev = &slot->ev;
+		ev->ret = ret;
+		output_event(&ev->hdr, event_size(ev));
+		bpf_map_delete_elem(&inflight, &tid);
+		return 0;
+	}
+	if (ret == 0)
+		return 0;	/* success, already sent by sched_process_exec */
+	/* Failed, and enter could not keep its slot: send what we know. */
+	if (targ_uid != (__u32)-1 && (__u32)bpf_get_current_uid_gid() != targ_uid)
+		return 0;
+	slot = bpf_map_lookup_elem(&scratch, &zero);
+	if (!slot)
+		return 0;
+	ev = &slot->ev;
+	fill_header(&ev->hdr, VIGIL_EV_EXEC);
+	ev->hdr.flags |= VIGIL_F_PARTIAL;
+	ev->ret = ret;
+	ev->argc = 0;
+	ev->args_size = 0;
+	ev->filename[0] = 0;
+	output_event(&ev->hdr, event_size(ev));
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_execve")
+int handle_execve_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return exec_exit(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_execveat")
+int handle_execveat_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return exec_exit(ctx->ret);
+}

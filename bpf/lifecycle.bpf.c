@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause
+/*
+ * Process lifecycle: fork (new processes, not threads) and exit (the last
+ * thread of a process).  These keep user space's process table current.
+ *
+ * Fork needs the child task to tell a process from a thread, which the
+ * classic sched_process_fork tracepoint does not give (only tids): use the
+ * same tracepoint through tp_btf (typed pointers), or raw_tp where BTF
+ * tracepoints are not allowed.  The loader keeps the first that loads here.
+ */
+#include "common.bpf.h"
+#include "core_fixes.bpf.h"
+#include <bpf/bpf_tracing.h>
+#include "lifecycle.h"
+
+VIGIL_RECORD(fork_event);
+VIGIL_RECORD(exit_event);
+
+static __always_inline int emit_fork(struct task_struct *child)
+{
+	struct fork_event *e;
+	__u32 pid = BPF_CORE_READ(child, tgid);
+
+	if (pid != BPF_CORE_READ(child, pid))
+		return 0;	/* a thread */
+	e = reserve_event(VIGIL_EV_FORK, sizeof(*e));
+	if (!e)
+		return 0;
+	fill_header(&e->hdr, VIGIL_EV_FORK);
+	e->child_pid = pid;
+	e->__pad = 0;
+	submit_event(&e->hdr);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(fork_btf, struct task_struct *parent, struct task_struct *child)
+{
+	return emit_fork(child);
+}
+
+SEC("raw_tp/sched_process_fork")
+int BPF_PROG(fork_raw, struct task_struct *parent, struct task_struct *child)
+{
+	return emit_fork(child);
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int handle_exit(void *ctx)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct exit_event *e;
+	__u32 code;
+
+	/* signal->live reaches 0 before this tracepoint for the last thread */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	e = reserve_event(VIGIL_EV_EXIT, sizeof(*e));
+	if (!e)
+		return 0;
+	fill_header(&e->hdr, VIGIL_EV_EXIT);
+	/* group exit (exit_group, fatal signal) wins over the thread's own */
+	if (BPF_CORE_READ(task, signal, flags) & 0x4 /* SIGNAL_GROUP_EXIT */)
+		code = BPF_CORE_READ(task, signal, group_exit_code);
+	else
+		code = BPF_CORE_READ(task, exit_code);
+	e->exit_code = (code >> 8) & 0xff;
+	e->signal = code & 0x7f;
+	e->duration_ns = e->hdr.ktime_ns - task_start_boottime(task);
+	submit_event(&e->hdr);
+	return 0;
+}

@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause */
+/*
+ * The record header every Vigil event starts with, and the numbers both
+ * sides agree on.  User space reads all of this from the object's BTF
+ * (struct layouts, the enums below): nothing here is mirrored by hand.
+ */
+#ifndef __VIGIL_H
+#define __VIGIL_H
+
+#define VIGIL_COMM_LEN 16
+
+/*
+ * Event kinds.  Numbers are stored in databases and sent across a fleet:
+ * never renumber or reuse one.  User space maps VIGIL_EV_<NAME> to the
+ * record struct `<name>_event` declared in the sensor's header.
+ */
+enum vigil_event_kind {
+	VIGIL_EV_EXEC = 1,
+	VIGIL_EV_FORK = 2,
+	VIGIL_EV_EXIT = 3,
+};
+
+/* Bits of vigil_header.flags; user space reads the names from BTF. */
+enum vigil_flag {
+	VIGIL_F_TRUNCATED = 1 << 0,	/* a variable-length field was cut at its bound */
+	VIGIL_F_PARTIAL = 1 << 1,	/* part of the record could not be captured */
+};
+
+/*
+ * Counters each object keeps per event kind, in its per-CPU `vigil_stats`
+ * array at index kind * VIGIL_STAT_MAX + stat.
+ */
+enum vigil_stat {
+	VIGIL_STAT_EMITTED = 0,		/* records written to the ring */
+	VIGIL_STAT_LOST = 1,		/* records dropped: ring buffer full */
+	VIGIL_STAT_PARTIAL = 2,		/* records sent without some data */
+	VIGIL_STAT_MAX = 4,
+};
+
+#define VIGIL_KIND_MAX 64
+
+/*
+ * Common header.  Names follow user space: `pid` is the process (the
+ * kernel's tgid), `tid` the thread (the kernel's pid).  Explicit padding,
+ * no `packed`: the layout is the same for clang and for BTF readers.
+ */
+struct vigil_header {
+	__u64 ktime_ns;		/* CLOCK_BOOTTIME, ns */
+	__u64 cgroup_id;	/* cgroup v2 id of the task */
+	__u32 kind;		/* enum vigil_event_kind */
+	__u32 flags;		/* enum vigil_flag bits */
+	__u32 pid;
+	__u32 tid;
+	__u32 ppid;		/* real parent's pid */
+	__u32 uid;
+	__u32 gid;
+	__u32 __pad;
+	char comm[VIGIL_COMM_LEN];
+};
+
+#endif /* __VIGIL_H */

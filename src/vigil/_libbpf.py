@@ -1,0 +1,573 @@
+"""The one ctypes binding: libbpf.so.1 (Debian's libbpf1) and nothing else.
+
+Every symbol used by Vigil is declared here with its argtypes and restype.
+libbpf 1.x returns NULL with errno set, or a negative errno; both become
+:class:`vigil.errors.BpfError` naming what failed.  The rest of the package
+talks to the small classes at the bottom (``Object``, ``Program``, ``Map``,
+``Link``, ``Btf``) and never to ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno as _errno
+import logging
+import mmap
+import os
+import struct
+from collections import deque
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    c_bool,
+    c_char_p,
+    c_int,
+    c_size_t,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+
+from .errors import BpfError
+
+log = logging.getLogger("vigil.libbpf")
+
+_lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _fn(name: str, restype, *argtypes):
+    f = getattr(_lib, name)
+    f.restype = restype
+    f.argtypes = list(argtypes)
+    return f
+
+
+# -- objects and programs -----------------------------------------------------
+_open_file = _fn("bpf_object__open_file", c_void_p, c_char_p, c_void_p)
+_obj_load = _fn("bpf_object__load", c_int, c_void_p)
+_obj_close = _fn("bpf_object__close", None, c_void_p)
+_obj_next_program = _fn("bpf_object__next_program", c_void_p, c_void_p, c_void_p)
+_obj_find_map = _fn("bpf_object__find_map_by_name", c_void_p, c_void_p, c_char_p)
+_obj_next_map = _fn("bpf_object__next_map", c_void_p, c_void_p, c_void_p)
+_obj_btf = _fn("bpf_object__btf", c_void_p, c_void_p)
+_prog_name = _fn("bpf_program__name", c_char_p, c_void_p)
+_prog_section = _fn("bpf_program__section_name", c_char_p, c_void_p)
+_prog_set_autoload = _fn("bpf_program__set_autoload", c_int, c_void_p, c_bool)
+_prog_autoload = _fn("bpf_program__autoload", c_bool, c_void_p)
+_prog_fd = _fn("bpf_program__fd", c_int, c_void_p)
+_prog_set_attach_target = _fn(
+    "bpf_program__set_attach_target", c_int, c_void_p, c_int, c_char_p
+)
+
+# -- attach --------------------------------------------------------------------
+_attach = _fn("bpf_program__attach", c_void_p, c_void_p)
+_attach_tracepoint = _fn(
+    "bpf_program__attach_tracepoint", c_void_p, c_void_p, c_char_p, c_char_p
+)
+_attach_raw_tp = _fn("bpf_program__attach_raw_tracepoint", c_void_p, c_void_p, c_char_p)
+_attach_trace = _fn("bpf_program__attach_trace", c_void_p, c_void_p)
+_attach_lsm = _fn("bpf_program__attach_lsm", c_void_p, c_void_p)
+_attach_kprobe = _fn("bpf_program__attach_kprobe", c_void_p, c_void_p, c_bool, c_char_p)
+_attach_uprobe = _fn(
+    "bpf_program__attach_uprobe", c_void_p, c_void_p, c_bool, c_int, c_char_p, c_size_t
+)
+_attach_usdt = _fn(
+    "bpf_program__attach_usdt",
+    c_void_p,
+    c_void_p,
+    c_int,
+    c_char_p,
+    c_char_p,
+    c_char_p,
+    c_void_p,
+)
+_attach_cgroup = _fn("bpf_program__attach_cgroup", c_void_p, c_void_p, c_int)
+_link_destroy = _fn("bpf_link__destroy", c_int, c_void_p)
+
+# -- maps ----------------------------------------------------------------------
+_map_name = _fn("bpf_map__name", c_char_p, c_void_p)
+_map_fd = _fn("bpf_map__fd", c_int, c_void_p)
+_map_type = _fn("bpf_map__type", c_int, c_void_p)
+_map_key_size = _fn("bpf_map__key_size", c_uint32, c_void_p)
+_map_value_size = _fn("bpf_map__value_size", c_uint32, c_void_p)
+_map_max_entries = _fn("bpf_map__max_entries", c_uint32, c_void_p)
+_map_set_max_entries = _fn("bpf_map__set_max_entries", c_int, c_void_p, c_uint32)
+_map_reuse_fd = _fn("bpf_map__reuse_fd", c_int, c_void_p, c_int)
+_map_initial_value = _fn("bpf_map__initial_value", c_void_p, c_void_p, POINTER(c_size_t))
+_map_create = _fn(
+    "bpf_map_create", c_int, c_int, c_char_p, c_uint32, c_uint32, c_uint32, c_void_p
+)
+_map_lookup = _fn("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
+_map_update = _fn("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, c_uint64)
+_map_delete = _fn("bpf_map_delete_elem", c_int, c_int, c_void_p)
+_map_next_key = _fn("bpf_map_get_next_key", c_int, c_int, c_void_p, c_void_p)
+_num_cpus = _fn("libbpf_num_possible_cpus", c_int)
+
+# -- BTF -----------------------------------------------------------------------
+_btf_parse = _fn("btf__parse", c_void_p, c_char_p, c_void_p)
+_btf_vmlinux = _fn("btf__load_vmlinux_btf", c_void_p)
+_btf_free = _fn("btf__free", None, c_void_p)
+_btf_type_cnt = _fn("btf__type_cnt", c_uint32, c_void_p)
+_btf_type_by_id = _fn("btf__type_by_id", c_void_p, c_void_p, c_uint32)
+_btf_name = _fn("btf__name_by_offset", c_char_p, c_void_p, c_uint32)
+_btf_find = _fn("btf__find_by_name_kind", c_int, c_void_p, c_char_p, c_uint32)
+
+# -- libbpf's own log: into Python logging, the last lines kept for errors ----
+_PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+_set_print = _fn("libbpf_set_print", c_void_p, _PRINT_FN)
+_vsnprintf = _libc.vsnprintf
+_vsnprintf.restype = c_int
+_vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+
+_recent_log: deque[str] = deque(maxlen=40)
+_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
+
+
+@_PRINT_FN
+def _on_libbpf_print(level: int, fmt: bytes, args: int) -> int:
+    # x86-64 va_list is an array type: it reaches us as a pointer, which is
+    # exactly what vsnprintf takes.
+    buf = ctypes.create_string_buffer(1024)
+    n = _vsnprintf(buf, len(buf), fmt, args)
+    text = buf.value.decode("utf-8", "replace").rstrip("\n")
+    for line in text.splitlines():
+        _recent_log.append(line)
+    log.log(_LEVELS[min(level, 2)], "%s", text)
+    return n
+
+
+_set_print(_on_libbpf_print)
+
+# Constants of the kernel UAPI (linux/bpf.h, linux/btf.h): stable numbers.
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_RINGBUF = 27
+BPF_ANY = 0
+BTF_KIND_INT, BTF_KIND_PTR, BTF_KIND_ARRAY, BTF_KIND_STRUCT, BTF_KIND_UNION = 1, 2, 3, 4, 5
+BTF_KIND_ENUM, BTF_KIND_FWD, BTF_KIND_TYPEDEF, BTF_KIND_VOLATILE, BTF_KIND_CONST = 6, 7, 8, 9, 10
+BTF_KIND_RESTRICT, BTF_KIND_FUNC, BTF_KIND_FUNC_PROTO, BTF_KIND_VAR = 11, 12, 13, 14
+BTF_KIND_DATASEC, BTF_KIND_FLOAT, BTF_KIND_DECL_TAG, BTF_KIND_TYPE_TAG = 15, 16, 17, 18
+BTF_KIND_ENUM64 = 19
+PERCPU_MAP_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY}
+
+
+def recent_log(lines: int = 6) -> str:
+    """The last lines libbpf printed: the verifier's or loader's reason."""
+    return "\n".join(list(_recent_log)[-lines:])
+
+
+def _errno() -> int:
+    return ctypes.get_errno() or _errno.EINVAL
+
+
+def _check_ptr(ptr: int | None, what: str) -> int:
+    if not ptr:
+        raise BpfError(what, _errno(), recent_log())
+    return ptr
+
+
+def _check_rc(rc: int, what: str) -> int:
+    if rc < 0:
+        raise BpfError(what, -rc if rc != -1 else _errno(), recent_log())
+    return rc
+
+
+def num_possible_cpus() -> int:
+    return _check_rc(_num_cpus(), "libbpf_num_possible_cpus")
+
+
+# -- BTF -----------------------------------------------------------------------
+_TYPE_HDR = struct.Struct("<III")
+
+
+class BtfType:
+    """One BTF type record, decoded from libbpf's ``struct btf_type``."""
+
+    __slots__ = ("id", "name", "kind", "vlen", "kind_flag", "size_or_type", "_ptr", "_btf")
+
+    def __init__(self, btf: Btf, type_id: int):
+        ptr = _check_ptr(_btf_type_by_id(btf._ptr, type_id), f"btf type {type_id}")
+        name_off, info, size_or_type = _TYPE_HDR.unpack(ctypes.string_at(ptr, 12))
+        self.id = type_id
+        self._btf = btf
+        self._ptr = ptr
+        self.name = btf.name(name_off)
+        self.vlen = info & 0xFFFF
+        self.kind = (info >> 24) & 0x1F
+        self.kind_flag = bool(info >> 31)
+        self.size_or_type = size_or_type
+
+    def _extra(self, fmt: str, count: int = 1) -> list[tuple]:
+        rec = struct.Struct("<" + fmt)
+        raw = ctypes.string_at(self._ptr + 12, rec.size * count)
+        return list(rec.iter_unpack(raw))
+
+    def int_encoding(self) -> tuple[int, bool]:
+        """(bits, signed) of an INT."""
+        (enc,) = self._extra("I")[0]
+        return enc & 0xFF, bool((enc >> 24) & 1)
+
+    def array(self) -> tuple[int, int]:
+        """(element type id, element count) of an ARRAY."""
+        elem, _index, nelems = self._extra("III")[0]
+        return elem, nelems
+
+    def members(self) -> list[tuple[str, int, int, int]]:
+        """(name, type id, bit offset, bitfield size) of a STRUCT/UNION."""
+        out = []
+        for name_off, type_id, offset in self._extra("III", self.vlen):
+            if self.kind_flag:
+                out.append((self._btf.name(name_off), type_id, offset & 0xFFFFFF, offset >> 24))
+            else:
+                out.append((self._btf.name(name_off), type_id, offset, 0))
+        return out
+
+    def enumerators(self) -> list[tuple[str, int]]:
+        if self.kind == BTF_KIND_ENUM64:
+            return [
+                (self._btf.name(n), lo | (hi << 32)) for n, lo, hi in self._extra("III", self.vlen)
+            ]
+        fmt = "Ii" if self.kind_flag else "II"
+        return [(self._btf.name(n), v) for n, v in self._extra(fmt, self.vlen)]
+
+    def datasec_vars(self) -> list[tuple[int, int, int]]:
+        """(var type id, offset, size) of a DATASEC."""
+        return [tuple(v) for v in self._extra("III", self.vlen)]
+
+
+class Btf:
+    """Read access to a BTF blob (an object's, a file's or the kernel's)."""
+
+    def __init__(self, ptr: int, owned: bool):
+        self._ptr = ptr
+        self._owned = owned
+        self._names: dict[int, str] = {}
+
+    @classmethod
+    def from_file(cls, path: str) -> Btf:
+        return cls(_check_ptr(_btf_parse(os.fsencode(path), None), f"btf__parse {path}"), True)
+
+    @classmethod
+    def vmlinux(cls) -> Btf:
+        return cls(_check_ptr(_btf_vmlinux(), "btf__load_vmlinux_btf"), True)
+
+    def close(self) -> None:
+        if self._owned and self._ptr:
+            _btf_free(self._ptr)
+        self._ptr = 0
+
+    def name(self, off: int) -> str:
+        try:
+            return self._names[off]
+        except KeyError:
+            raw = _btf_name(self._ptr, off)
+            name = raw.decode() if raw else ""
+            self._names[off] = name
+            return name
+
+    def type(self, type_id: int) -> BtfType:
+        return BtfType(self, type_id)
+
+    def type_count(self) -> int:
+        return _btf_type_cnt(self._ptr)
+
+    def find(self, name: str, kind: int) -> BtfType | None:
+        tid = _btf_find(self._ptr, name.encode(), kind)
+        return None if tid < 0 else self.type(tid)
+
+
+# -- links, programs, maps, objects ----------------------------------------------
+class Link:
+    def __init__(self, ptr: int, what: str):
+        self._ptr = ptr
+        self.what = what
+
+    def destroy(self) -> None:
+        if self._ptr:
+            _link_destroy(self._ptr)
+            self._ptr = 0
+
+
+class Program:
+    def __init__(self, ptr: int, obj: Object):
+        self._ptr = ptr
+        self.obj = obj
+        self.name = _prog_name(ptr).decode()
+        self.section = _prog_section(ptr).decode()
+
+    @property
+    def autoload(self) -> bool:
+        return bool(_prog_autoload(self._ptr))
+
+    @autoload.setter
+    def autoload(self, on: bool) -> None:
+        _check_rc(_prog_set_autoload(self._ptr, on), f"set autoload of {self.name}")
+
+    @property
+    def fd(self) -> int:
+        return _prog_fd(self._ptr)
+
+    def set_attach_target(self, func: str) -> None:
+        what = f"set attach target of {self.name} to {func}"
+        _check_rc(_prog_set_attach_target(self._ptr, 0, func.encode()), what)
+
+    def _link(self, ptr: int | None, target: str) -> Link:
+        what = f"attach {self.obj.name}:{self.name} to {target}"
+        return Link(_check_ptr(ptr, what), what)
+
+    def attach(self) -> Link:
+        """Attach where the program's SEC() says (tracepoint, raw_tp, tp_btf, ...)."""
+        return self._link(_attach(self._ptr), self.section)
+
+    def attach_tracepoint(self, category: str, name: str) -> Link:
+        ptr = _attach_tracepoint(self._ptr, category.encode(), name.encode())
+        return self._link(ptr, f"tracepoint {category}:{name}")
+
+    def attach_raw_tracepoint(self, name: str) -> Link:
+        return self._link(_attach_raw_tp(self._ptr, name.encode()), f"raw_tp {name}")
+
+    def attach_kprobe(self, func: str, retprobe: bool = False) -> Link:
+        kind = "kretprobe" if retprobe else "kprobe"
+        return self._link(_attach_kprobe(self._ptr, retprobe, func.encode()), f"{kind} {func}")
+
+    def attach_uprobe(self, binary: str, offset: int, retprobe: bool = False, pid: int = -1) -> Link:
+        ptr = _attach_uprobe(self._ptr, retprobe, pid, os.fsencode(binary), offset)
+        kind = "uretprobe" if retprobe else "uprobe"
+        return self._link(ptr, f"{kind} {binary}+{offset:#x}")
+
+    def attach_usdt(self, binary: str, provider: str, name: str, pid: int = -1) -> Link:
+        ptr = _attach_usdt(
+            self._ptr, pid, os.fsencode(binary), provider.encode(), name.encode(), None
+        )
+        return self._link(ptr, f"usdt {binary}:{provider}:{name}")
+
+    def attach_cgroup(self, cgroup_path: str) -> Link:
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return self._link(_attach_cgroup(self._ptr, fd), f"cgroup {cgroup_path}")
+        finally:
+            os.close(fd)
+
+
+class Map:
+    def __init__(self, ptr: int, obj: Object | None):
+        self._ptr = ptr
+        self.obj = obj
+        self.name = _map_name(ptr).decode()
+
+    @property
+    def fd(self) -> int:
+        return _map_fd(self._ptr)
+
+    @property
+    def type(self) -> int:
+        return _map_type(self._ptr)
+
+    @property
+    def key_size(self) -> int:
+        return _map_key_size(self._ptr)
+
+    @property
+    def value_size(self) -> int:
+        return _map_value_size(self._ptr)
+
+    @property
+    def max_entries(self) -> int:
+        return _map_max_entries(self._ptr)
+
+    def set_max_entries(self, n: int) -> None:
+        _check_rc(_map_set_max_entries(self._ptr, n), f"set max_entries of map {self.name}")
+
+    def reuse_fd(self, fd: int) -> None:
+        _check_rc(_map_reuse_fd(self._ptr, fd), f"reuse fd {fd} for map {self.name}")
+
+    def data_view(self) -> memoryview:
+        """The bytes of a global-data map (.rodata/.bss/.data).
+
+        Before load this is the initial image (write .rodata constants here);
+        after load it is the live, mmap'd map.
+        """
+        size = c_size_t()
+        ptr = _check_ptr(_map_initial_value(self._ptr, ctypes.byref(size)), f"data of {self.name}")
+        return memoryview((ctypes.c_char * size.value).from_address(ptr)).cast("B")
+
+
+def map_create(map_type: int, name: str, key_size: int, value_size: int, max_entries: int) -> int:
+    """Create a map outside any object (the shared ring); returns its fd."""
+    fd = _map_create(map_type, name.encode(), key_size, value_size, max_entries, None)
+    return _check_rc(fd, f"create map {name}")
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    value = ctypes.create_string_buffer(value_size)
+    if _map_lookup(fd, key, value) < 0:
+        err = _errno()
+        if err == _errno.ENOENT:
+            return None
+        raise BpfError(f"lookup in map fd {fd}", err)
+    return value.raw
+
+
+def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+    if _map_update(fd, key, value, flags) < 0:
+        raise BpfError(f"update map fd {fd}", _errno())
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    if _map_delete(fd, key) < 0:
+        err = _errno()
+        if err == _errno.ENOENT:
+            return False
+        raise BpfError(f"delete from map fd {fd}", err)
+    return True
+
+
+def map_keys(fd: int, key_size: int) -> list[bytes]:
+    keys: list[bytes] = []
+    prev = None
+    nxt = ctypes.create_string_buffer(key_size)
+    while _map_next_key(fd, prev, nxt) == 0:
+        keys.append(nxt.raw)
+        prev = ctypes.create_string_buffer(nxt.raw, key_size)
+    return keys
+
+
+class Object:
+    """A BPF object file: open, adjust, load, attach, close."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.name = os.path.basename(path).removesuffix(".bpf.o")
+        ptr = _open_file(os.fsencode(path), None)
+        self._ptr = _check_ptr(ptr, f"open BPF object {path}")
+        self._btf: Btf | None = None
+
+    def close(self) -> None:
+        if self._ptr:
+            _obj_close(self._ptr)
+            self._ptr = 0
+
+    def __enter__(self) -> Object:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def programs(self) -> list[Program]:
+        out, cur = [], None
+        while cur := _obj_next_program(self._ptr, cur):
+            out.append(Program(cur, self))
+        return out
+
+    def program(self, name: str) -> Program:
+        for prog in self.programs():
+            if prog.name == name:
+                return prog
+        raise BpfError(f"find program {name} in {self.path}", _errno.ENOENT)
+
+    def maps(self) -> list[Map]:
+        out, cur = [], None
+        while cur := _obj_next_map(self._ptr, cur):
+            out.append(Map(cur, self))
+        return out
+
+    def map(self, name: str) -> Map:
+        ptr = _obj_find_map(self._ptr, name.encode())
+        if not ptr:
+            raise BpfError(f"find map {name} in {self.path}", _errno.ENOENT)
+        return Map(ptr, self)
+
+    def btf(self) -> Btf:
+        if self._btf is None:
+            ptr = _check_ptr(_obj_btf(self._ptr), f"BTF of {self.path}")
+            self._btf = Btf(ptr, owned=False)
+        return self._btf
+
+    def load(self) -> None:
+        _check_rc(_obj_load(self._ptr), f"load BPF object {self.name}")
+
+
+# -- ring buffer: walked in bulk from Python over its mmap ------------------------
+_BUSY = 1 << 31
+_DISCARD = 1 << 30
+_HDR = 8
+
+
+class RingReader:
+    """Reads a BPF ring buffer's records straight from its mmap, in bulk.
+
+    The kernel maps the data area twice back to back, so a record that wraps
+    is contiguous.  Records are copied out (bytes) and the consumer position
+    advanced once per drain: no per-record call into C.  This relies on x86's
+    total store order for the producer/record-header reads; other
+    architectures should use libbpf's ring_buffer__consume instead.
+    """
+
+    def __init__(self, fd: int, size: int):
+        page = mmap.PAGESIZE
+        self.fd = fd
+        self.size = size
+        self._mask = size - 1
+        self._cons_map = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._prod_map = mmap.mmap(
+            fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+        )
+        self._cons = memoryview(self._cons_map).cast("Q")
+        self._prod = memoryview(self._prod_map)
+        self._prod_pos = self._prod[:8].cast("Q")
+        self._data = self._prod[page:]
+
+    def pending_bytes(self) -> int:
+        return self._prod_pos[0] - self._cons[0]
+
+    def drain(self, limit: int = 1 << 30) -> list[bytes]:
+        """Every committed record, oldest first, up to `limit` bytes of them."""
+        cons = self._cons[0]
+        prod = self._prod_pos[0]
+        if cons == prod:
+            return []
+        data, mask, unpack = self._data, self._mask, _LEN_HDR.unpack_from
+        out = []
+        end = min(prod, cons + limit)
+        while cons < end:
+            off = cons & mask
+            (length,) = unpack(data, off)
+            if length & _BUSY:
+                break  # reserved, not yet committed: stop here
+            rec_len = length & ~(_BUSY | _DISCARD)
+            if not length & _DISCARD:
+                out.append(bytes(data[off + _HDR : off + _HDR + rec_len]))
+            cons += (rec_len + _HDR + 7) & ~7
+        self._cons[0] = cons
+        return out
+
+    def close(self) -> None:
+        for view in ("_cons", "_prod_pos", "_data", "_prod"):
+            getattr(self, view).release()
+        self._cons_map.close()
+        self._prod_map.close()
+
+
+_LEN_HDR = struct.Struct("<I")
+
+__all__ = [
+    "BpfError",
+    "Btf",
+    "BtfType",
+    "Link",
+    "Map",
+    "Object",
+    "Program",
+    "RingReader",
+    "map_create",
+    "map_delete",
+    "map_keys",
+    "map_lookup",
+    "map_update",
+    "num_possible_cpus",
+    "recent_log",
+]

@@ -1,0 +1,47 @@
+"""ELF symbol lookup for uprobes, through pyelftools."""
+
+from __future__ import annotations
+
+import functools
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from .errors import ConfigError
+
+
+@functools.lru_cache(maxsize=64)
+def _symbols(path: str) -> dict[str, int]:
+    """name -> file offset of every defined function symbol (.symtab, .dynsym)."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+            out: dict[str, int] = {}
+            for section_name in (".dynsym", ".symtab"):
+                sec = elf.get_section_by_name(section_name)
+                if sec is None:
+                    continue
+                for sym in sec.iter_symbols():
+                    if sym["st_info"]["type"] != "STT_FUNC" or not sym["st_value"]:
+                        continue
+                    addr = sym["st_value"]
+                    for seg in loads:
+                        lo = seg["p_vaddr"]
+                        if lo <= addr < lo + seg["p_memsz"]:
+                            name = sym.name.split("@", 1)[0]
+                            out.setdefault(name, addr - lo + seg["p_offset"])
+                            break
+            return out
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no such file") from err
+    except (ELFError, OSError) as err:
+        raise ConfigError(f"{path}: not a readable ELF file ({err})") from err
+
+
+def symbol_offset(path: str, name: str) -> int:
+    """File offset of function `name` in `path`, as uprobes want it."""
+    try:
+        return _symbols(path)[name]
+    except KeyError:
+        raise ConfigError(f"{path}: no function symbol {name!r} (stripped?)") from None

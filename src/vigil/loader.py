@@ -1,0 +1,235 @@
+"""Loads sensors into the kernel and reads their events.
+
+One :class:`Session` holds every loaded sensor.  All objects write into one
+ring buffer, created here and handed to each object before load, so events
+of all sensors arrive in a single order (a fork before the exec before the
+exit of the same process) and one drain loop serves them all.
+
+The drain loop waits on the ring's fd with a timeout: the BPF side only
+wakes us once `wakeup_bytes` are pending, so under load we wake rarely and
+read thousands of records per drain, and when quiet the timeout bounds how
+long a lone event waits.
+"""
+
+from __future__ import annotations
+
+import select
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from . import _libbpf as bpf
+from . import kernel, paths, records, sensors
+from .errors import ConfigError, VigilError
+from .sensors import Sensor
+
+DEFAULT_RING_BYTES = 16 << 20
+STAT_NAMES = ("emitted", "lost", "partial")
+
+
+@dataclass(frozen=True)
+class Choice:
+    sensor: str
+    hook: str
+    program: str
+    feature: str
+    target: str
+
+
+def choose(sensor: Sensor) -> list[Choice]:
+    """The program kept for each of the sensor's hooks on this kernel."""
+    out = []
+    for hook in sensor.hooks:
+        for prog, feature, target in hook.programs:
+            if kernel.available(feature) and kernel.target_exists(feature, target):
+                out.append(Choice(sensor.name, hook.name, prog, feature, target))
+                break
+        else:
+            tried = ", ".join(f"{f} {t}" for _, f, t in hook.programs)
+            raise VigilError(f"sensor {sensor.name}: cannot hook {hook.name} here (tried {tried})")
+    return out
+
+
+def _rodata_vars(obj: bpf.Object) -> dict[str, tuple[int, int, bool]]:
+    """name -> (offset, size, signed) of every .rodata variable, from BTF."""
+    btf = obj.btf()
+    sec = btf.find(".rodata", bpf.BTF_KIND_DATASEC)
+    out: dict[str, tuple[int, int, bool]] = {}
+    if sec is None:
+        return out
+    for var_id, offset, size in sec.datasec_vars():
+        var = btf.type(var_id)
+        t = btf.type(var.size_or_type)
+        while t.kind in (bpf.BTF_KIND_CONST, bpf.BTF_KIND_VOLATILE, bpf.BTF_KIND_TYPEDEF):
+            t = btf.type(t.size_or_type)
+        signed = t.kind == bpf.BTF_KIND_INT and t.int_encoding()[1]
+        out[var.name] = (offset, size, signed)
+    return out
+
+
+def set_rodata(obj: bpf.Object, values: dict[str, int]) -> None:
+    """Write `.rodata` constants (filters, knobs) between open and load."""
+    if not values:
+        return
+    layout = _rodata_vars(obj)
+    ro = next((m for m in obj.maps() if m.name.endswith(".rodata")), None)
+    if ro is None:
+        raise ConfigError(f"{obj.name}: object has no .rodata to set {', '.join(values)}")
+    view = ro.data_view()
+    for name, value in values.items():
+        if name not in layout:
+            raise ConfigError(f"{obj.name}: no .rodata variable {name!r}")
+        offset, size, signed = layout[name]
+        try:
+            view[offset : offset + size] = int(value).to_bytes(size, "little", signed=signed)
+        except OverflowError:
+            raise ConfigError(f"{obj.name}: {name}={value} does not fit {size} bytes") from None
+
+
+class Session:
+    """Sensors loaded and attached, sharing one ring buffer."""
+
+    def __init__(
+        self,
+        sensor_names: Iterable[str],
+        *,
+        ring_bytes: int = DEFAULT_RING_BYTES,
+        wakeup_bytes: int | None = None,
+        rodata: dict[str, int] | None = None,
+        choices: dict[str, str] | None = None,
+    ):
+        """`rodata` goes to every object that declares the variable.
+
+        `choices` forces a hook's program by name ({hook: program}): tests use
+        it to exercise each attach mode the kernel allows.
+        """
+        self.sensors = [sensors.get(n) for n in dict.fromkeys(sensor_names)]
+        if ring_bytes & (ring_bytes - 1) or ring_bytes < 4096:
+            raise ConfigError(f"ring size {ring_bytes} must be a power of two >= 4096")
+        self.ring_bytes = ring_bytes
+        # Default: wake the reader when a quarter of the ring is full.
+        self.wakeup_bytes = ring_bytes // 4 if wakeup_bytes is None else wakeup_bytes
+        self.decoder = records.Decoder()
+        self.choices: list[Choice] = []
+        self._objects: list[bpf.Object] = []
+        self._links: list[bpf.Link] = []
+        self._finish = {}
+        self._ring_fd = -1
+        self.reader: bpf.RingReader | None = None
+        self._epoll: select.epoll | None = None
+        self.boot_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        try:
+            self._start(rodata or {}, choices or {})
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, rodata: dict[str, int], forced: dict[str, str]) -> None:
+        kernel.ensure_tracefs()
+        by_object: dict[str, list[Sensor]] = {}
+        for s in self.sensors:
+            by_object.setdefault(s.object, []).append(s)
+            for kind in s.kinds:
+                self._finish[kind] = s.finish
+        self._ring_fd = bpf.map_create(bpf.BPF_MAP_TYPE_RINGBUF, "vigil_events", 0, 0, self.ring_bytes)
+        for obj_name, group in by_object.items():
+            obj = bpf.Object(paths.bpf_object(obj_name))
+            self._objects.append(obj)
+            chosen = []
+            for s in group:
+                for c in choose(s):
+                    if c.hook in forced:
+                        hook = next(h for h in s.hooks if h.name == c.hook)
+                        alt = next((p for p in hook.programs if p[0] == forced[c.hook]), None)
+                        if alt is None:
+                            raise ConfigError(f"hook {c.hook} has no program {forced[c.hook]}")
+                        c = Choice(s.name, c.hook, *alt)
+                    chosen.append(c)
+            names = {c.program for c in chosen}
+            for prog in obj.programs():
+                prog.autoload = prog.name in names
+            obj.map("events").reuse_fd(self._ring_fd)
+            wanted = {"wakeup_bytes": self.wakeup_bytes}
+            for s in group:
+                wanted.update(s.rodata)
+            declared = _rodata_vars(obj)
+            wanted.update({k: v for k, v in rodata.items() if k in declared})
+            set_rodata(obj, wanted)
+            obj.load()
+            self.decoder.add_btf(obj.btf())
+            for c in chosen:
+                self._links.append(obj.program(c.program).attach())
+            self.choices.extend(chosen)
+        unknown = set(rodata) - {k for o in self._objects for k in _rodata_vars(o)}
+        if unknown:
+            raise ConfigError(f"no loaded sensor takes {', '.join(sorted(unknown))}")
+        self.reader = bpf.RingReader(self._ring_fd, self.ring_bytes)
+        self._epoll = select.epoll()
+        self._epoll.register(self._ring_fd, select.EPOLLIN)
+
+    # -- reading -----------------------------------------------------------------
+    def wait(self, timeout: float) -> None:
+        """Block until the kernel wakes us or `timeout` seconds pass."""
+        if self.reader.pending_bytes() == 0:
+            try:
+                self._epoll.poll(timeout)
+            except InterruptedError:
+                pass
+
+    def read(self) -> list[dict]:
+        """Drain the ring: every pending record, decoded, oldest first."""
+        recs = self.reader.drain()
+        if not recs:
+            return []
+        events = self.decoder.decode_batch(recs)
+        offset, finish = self.boot_offset_ns, self._finish
+        for ev in events:
+            ev["ts_ns"] = ev.pop("ktime_ns") + offset
+            fn = finish.get(ev["kind"])
+            if fn is not None:
+                fn(ev)
+        return events
+
+    # -- counters -------------------------------------------------------------------
+    def kernel_stats(self) -> dict[str, dict[str, int]]:
+        """Per record kind: emitted, lost (ring full) and partial, from the kernel."""
+        out: dict[str, dict[str, int]] = {}
+        ncpu = bpf.num_possible_cpus()
+        for obj in self._objects:
+            m = obj.map("vigil_stats")
+            size = ((m.value_size + 7) // 8) * 8 * ncpu
+            for kind_id, layout in self.decoder.layouts.items():
+                if layout.kind not in self._finish:
+                    continue
+                row = out.setdefault(layout.kind, dict.fromkeys(STAT_NAMES, 0))
+                for i, stat in enumerate(STAT_NAMES):
+                    raw = bpf.map_lookup(m.fd, struct.pack("<I", kind_id * 4 + i), size)
+                    if raw:
+                        row[stat] += sum(v for (v,) in struct.iter_unpack("<Q", raw))
+        return out
+
+    def close(self) -> None:
+        for link in self._links:
+            link.destroy()
+        self._links.clear()
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        for obj in self._objects:
+            obj.close()
+        self._objects.clear()
+        if self._ring_fd >= 0:
+            import os
+
+            os.close(self._ring_fd)
+            self._ring_fd = -1
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,263 @@
+"""Record layouts derived from a BPF object's BTF, and their decoders.
+
+The C headers in ``bpf/`` are the only declaration of every record.  Here we
+read the compiled object's BTF: the kinds from ``enum vigil_event_kind``,
+each kind's ``struct <kind>_event``, the flag names from ``enum vigil_flag``,
+and build a ``struct.Struct`` per kind.  Add a field in C and rebuild: the
+decoder follows, nothing in Python changes.
+
+Field rules:
+  * integers and enums decode to ``int``;
+  * ``char[N]`` is a C string: bytes up to the first NUL;
+  * other 1-byte arrays (``__u8[N]``) and unions are raw ``bytes``;
+  * arrays of wider integers decode to tuples;
+  * a nested struct's fields are flattened: those of the member named
+    ``hdr`` keep their names, others get ``<member>_`` in front;
+  * names starting with ``__`` are padding and are skipped;
+  * the last member, if it is a ``char[]``, may be cut short in the ring
+    (variable length): it decodes to the raw bytes that are present.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from . import _libbpf as bpf
+from .errors import LayoutError
+
+KIND_ENUM = "vigil_event_kind"
+KIND_PREFIX = "VIGIL_EV_"
+FLAG_ENUM = "vigil_flag"
+FLAG_PREFIX = "VIGIL_F_"
+HEADER_STRUCT = "vigil_header"
+
+_INT_CODES = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
+              (4, False): "I", (4, True): "i", (8, False): "Q", (8, True): "q"}
+_QUALIFIERS = {bpf.BTF_KIND_TYPEDEF, bpf.BTF_KIND_CONST, bpf.BTF_KIND_VOLATILE,
+               bpf.BTF_KIND_RESTRICT, bpf.BTF_KIND_TYPE_TAG}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    offset: int
+    size: int
+    form: str  # "int", "cstr", "bytes", "ints"
+    code: str  # struct format of the field
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One record kind: its struct, fields and the size of its fixed part."""
+
+    kind: str
+    kind_id: int
+    struct_name: str
+    size: int
+    fields: tuple[Field, ...]
+    tail: Field | None
+
+    @property
+    def fixed_size(self) -> int:
+        return self.tail.offset if self.tail else self.size
+
+    def field(self, name: str) -> Field:
+        for f in self.fields + ((self.tail,) if self.tail else ()):
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+def _strip(btf: bpf.Btf, type_id: int) -> bpf.BtfType:
+    t = btf.type(type_id)
+    while t.kind in _QUALIFIERS:
+        t = btf.type(t.size_or_type)
+    return t
+
+
+def _int_info(btf: bpf.Btf, t: bpf.BtfType) -> tuple[int, bool, bool]:
+    """(size, signed, is_char) of an INT or ENUM type."""
+    if t.kind == bpf.BTF_KIND_INT:
+        bits, signed = t.int_encoding()
+        return bits // 8, signed, t.name in ("char", "signed char", "unsigned char")
+    if t.kind in (bpf.BTF_KIND_ENUM, bpf.BTF_KIND_ENUM64):
+        return t.size_or_type, t.kind_flag, False
+    raise LayoutError(f"{t.name or 'type'} (BTF kind {t.kind}) is not an integer")
+
+
+def _fields(btf: bpf.Btf, struct_t: bpf.BtfType, base: int, prefix: str) -> list[Field]:
+    out: list[Field] = []
+    for name, type_id, bit_off, bitfield in struct_t.members():
+        if name.startswith("__"):
+            continue
+        if bitfield or bit_off % 8:
+            raise LayoutError(f"{struct_t.name}.{name}: bitfields are not supported in records")
+        off = base + bit_off // 8
+        t = _strip(btf, type_id)
+        full = prefix + name
+        if t.kind == bpf.BTF_KIND_STRUCT:
+            sub = "" if name == "hdr" else f"{full}_"
+            out.extend(_fields(btf, t, off, sub))
+        elif t.kind == bpf.BTF_KIND_UNION:
+            out.append(Field(full, off, t.size_or_type, "bytes", f"{t.size_or_type}s"))
+        elif t.kind == bpf.BTF_KIND_ARRAY:
+            elem_id, n = t.array()
+            size, signed, is_char = _int_info(btf, _strip(btf, elem_id))
+            if size == 1:
+                form = "cstr" if is_char else "bytes"
+                out.append(Field(full, off, n, form, f"{n}s"))
+            else:
+                code = _INT_CODES[(size, signed)]
+                out.append(Field(full, off, n * size, "ints", f"{n}{code}", n))
+        elif t.kind in (bpf.BTF_KIND_INT, bpf.BTF_KIND_ENUM, bpf.BTF_KIND_ENUM64):
+            size, signed, _ = _int_info(btf, t)
+            out.append(Field(full, off, size, "int", _INT_CODES[(size, signed)]))
+        elif t.kind == bpf.BTF_KIND_PTR:
+            out.append(Field(full, off, 8, "int", "Q"))
+        else:
+            raise LayoutError(f"{struct_t.name}.{name}: unsupported BTF kind {t.kind}")
+    return out
+
+
+def enum_values(btf: bpf.Btf, enum_name: str) -> dict[str, int]:
+    t = btf.find(enum_name, bpf.BTF_KIND_ENUM)
+    if t is None:
+        raise LayoutError(f"enum {enum_name} not found in BTF")
+    return dict(t.enumerators())
+
+
+def layout_of(btf: bpf.Btf, kind: str, kind_id: int) -> Layout:
+    struct_name = f"{kind}_event"
+    t = btf.find(struct_name, bpf.BTF_KIND_STRUCT)
+    if t is None:
+        raise LayoutError(f"struct {struct_name} not in the object's BTF (missing VIGIL_RECORD?)")
+    fields = _fields(btf, t, 0, "")
+    tail = None
+    if fields and fields[-1].form == "cstr":
+        tail = fields.pop()
+    return Layout(kind, kind_id, struct_name, t.size_or_type, tuple(fields), tail)
+
+
+def layouts_of(btf: bpf.Btf) -> dict[int, Layout]:
+    """Every record kind whose struct is in this BTF, by kind number."""
+    out = {}
+    for name, value in enum_values(btf, KIND_ENUM).items():
+        kind = name.removeprefix(KIND_PREFIX).lower()
+        if btf.find(f"{kind}_event", bpf.BTF_KIND_STRUCT) is not None:
+            out[value] = layout_of(btf, kind, value)
+    return out
+
+
+def flag_names(btf: bpf.Btf) -> dict[int, str]:
+    return {v: n.removeprefix(FLAG_PREFIX).lower() for n, v in enum_values(btf, FLAG_ENUM).items()}
+
+
+def header_kind_offset(btf: bpf.Btf) -> int:
+    t = btf.find(HEADER_STRUCT, bpf.BTF_KIND_STRUCT)
+    if t is None:
+        raise LayoutError(f"struct {HEADER_STRUCT} not in BTF")
+    for f in _fields(btf, t, 0, ""):
+        if f.name == "kind":
+            if f.size != 4:
+                raise LayoutError("vigil_header.kind must be 32 bits")
+            return f.offset
+    raise LayoutError("vigil_header has no kind field")
+
+
+Decoded = dict
+DecodeFn = Callable[[bytes], Decoded]
+
+
+def make_decoder(layout: Layout, flags: dict[int, str]) -> DecodeFn:
+    """A function turning one raw record into a dict of its fields."""
+    fmt, names, pos = ["<"], [], 0
+    cstrs, ints = [], []
+    for f in layout.fields:
+        if f.offset < pos:
+            raise LayoutError(f"{layout.struct_name}.{f.name} overlaps the field before it")
+        if f.offset > pos:
+            fmt.append(f"{f.offset - pos}x")
+        fmt.append(f.code)
+        pos = f.offset + f.size
+        names.append(f.name)
+        if f.form == "cstr":
+            cstrs.append(f.name)
+        elif f.form == "ints":
+            ints.append((f.name, f.count))
+    fixed = layout.fixed_size
+    if fixed > pos:
+        fmt.append(f"{fixed - pos}x")
+    packed = struct.Struct("".join(fmt))
+    if ints:
+        raise LayoutError(f"{layout.struct_name}: integer arrays are not supported yet")
+    unpack_from = packed.unpack_from
+    kind = layout.kind
+    tail = layout.tail.name if layout.tail else None
+    tail_max = layout.tail.size if layout.tail else 0
+    flag_bits = sorted(flags.items())
+    has_flags = "flags" in names
+
+    def decode(rec: bytes) -> Decoded:
+        if len(rec) < fixed:
+            raise LayoutError(f"{kind} record of {len(rec)} bytes, expected at least {fixed}")
+        ev = dict(zip(names, unpack_from(rec)))
+        for name in cstrs:
+            ev[name] = ev[name].partition(b"\0")[0]
+        if tail:
+            ev[tail] = rec[fixed : fixed + tail_max]
+        if has_flags:
+            bits = ev["flags"]
+            ev["flags"] = [n for v, n in flag_bits if bits & v] if bits else []
+        ev["kind"] = kind
+        return ev
+
+    return decode
+
+
+class Decoder:
+    """Decodes records of every kind the loaded objects declare."""
+
+    def __init__(self) -> None:
+        self.layouts: dict[int, Layout] = {}
+        self._decoders: dict[int, DecodeFn] = {}
+        self._kind_off: int | None = None
+        self._kind_struct = struct.Struct("<I")
+        self.undecodable = 0
+
+    def add_btf(self, btf: bpf.Btf) -> None:
+        kind_off = header_kind_offset(btf)
+        if self._kind_off not in (None, kind_off):
+            raise LayoutError("objects disagree on vigil_header layout")
+        self._kind_off = kind_off
+        flags = flag_names(btf)
+        for kind_id, layout in layouts_of(btf).items():
+            known = self.layouts.get(kind_id)
+            if known is not None and known != layout:
+                raise LayoutError(f"objects disagree on struct {layout.struct_name}")
+            self.layouts[kind_id] = layout
+            self._decoders[kind_id] = make_decoder(layout, flags)
+
+    def kinds(self) -> list[str]:
+        return [layout.kind for layout in self.layouts.values()]
+
+    def decode(self, rec: bytes) -> Decoded | None:
+        (kind_id,) = self._kind_struct.unpack_from(rec, self._kind_off)
+        fn = self._decoders.get(kind_id)
+        if fn is None:
+            self.undecodable += 1
+            return None
+        return fn(rec)
+
+    def decode_batch(self, recs: Iterable[bytes]) -> list[Decoded]:
+        decoders, unpack, off = self._decoders, self._kind_struct.unpack_from, self._kind_off
+        out = []
+        for rec in recs:
+            fn = decoders.get(unpack(rec, off)[0])
+            if fn is None:
+                self.undecodable += 1
+                continue
+            out.append(fn(rec))
+        return out

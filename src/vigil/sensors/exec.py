@@ -1,0 +1,34 @@
+"""exec: every execve/execveat, failed ones included (bpf/exec.bpf.c)."""
+
+from . import Hook, Sensor, register
+
+
+def _finish(ev: dict) -> None:
+    # argv arrives as argc NUL-terminated strings back to back
+    raw = ev.pop("args")
+    ev["args"] = raw.split(b"\0")[: ev["argc"]] if raw else []
+    ev.pop("args_size", None)
+
+
+SENSOR = register(
+    Sensor(
+        name="exec",
+        object="exec",
+        kinds=("exec",),
+        summary="process executions, with argv and the result of failed ones",
+        hooks=(
+            Hook("execve", (("handle_execve_enter", "tracepoint", "syscalls/sys_enter_execve"),)),
+            Hook(
+                "execveat",
+                (("handle_execveat_enter", "tracepoint", "syscalls/sys_enter_execveat"),),
+            ),
+            Hook("exec", (("handle_sched_exec", "tracepoint", "sched/sched_process_exec"),)),
+            Hook("execve_ret", (("handle_execve_exit", "tracepoint", "syscalls/sys_exit_execve"),)),
+            Hook(
+                "execveat_ret",
+                (("handle_execveat_exit", "tracepoint", "syscalls/sys_exit_execveat"),),
+            ),
+        ),
+        finish=_finish,
+    )
+)
