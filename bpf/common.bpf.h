@@ -60,7 +60,7 @@ static __always_inline void fill_header(struct vigil_header *hdr, __u32 kind)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u64 ugid = bpf_get_current_uid_gid();
 
-	hdr->ktime_ns = bpf_ktime_get_boot_ns();
+	hdr->ts_ns = bpf_ktime_get_boot_ns();
 	hdr->cgroup_id = bpf_get_current_cgroup_id();
 	hdr->kind = kind;
 	hdr->flags = 0;

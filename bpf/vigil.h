@@ -45,16 +45,16 @@ enum vigil_stat {
  * no `packed`: the layout is the same for clang and for BTF readers.
  */
 struct vigil_header {
-	__u64 ktime_ns;		/* CLOCK_BOOTTIME, ns */
-	__u64 cgroup_id;	/* cgroup v2 id of the task */
 	__u32 kind;		/* enum vigil_event_kind */
 	__u32 flags;		/* enum vigil_flag bits */
+	__u64 ts_ns;		/* CLOCK_BOOTTIME, ns (user space adds the epoch) */
 	__u32 pid;
 	__u32 tid;
 	__u32 ppid;		/* real parent's pid */
 	__u32 uid;
 	__u32 gid;
 	__u32 __pad;
+	__u64 cgroup_id;	/* cgroup v2 id of the task */
 	char comm[VIGIL_COMM_LEN];
 };
 

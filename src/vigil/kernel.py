@@ -203,11 +203,21 @@ def _cache_path() -> str:
     return os.path.join(CACHE_DIR, "features.json")
 
 
+def _cache_key() -> str:
+    """Same boot, same kernel, same probe programs: same answers."""
+    try:
+        st = os.stat(paths.bpf_object("probe"))
+        probes = f"{st.st_size}:{st.st_mtime_ns}"
+    except (OSError, VigilError):
+        probes = "none"
+    return f"{boot_id()}/{release()}/{probes}"
+
+
 def _load_cache() -> dict[str, Probe] | None:
     try:
         with open(_cache_path()) as f:
             data = json.load(f)
-        if data.get("boot_id") != boot_id() or data.get("release") != release():
+        if data.get("key") != _cache_key():
             return None
         return {p["feature"]: Probe(**p) for p in data["probes"]}
     except (OSError, ValueError, KeyError, TypeError):
@@ -220,11 +230,7 @@ def _save_cache(probes: dict[str, Probe]) -> None:
         tmp = _cache_path() + ".tmp"
         with open(tmp, "w") as f:
             json.dump(
-                {
-                    "boot_id": boot_id(),
-                    "release": release(),
-                    "probes": [asdict(p) for p in probes.values()],
-                },
+                {"key": _cache_key(), "probes": [asdict(p) for p in probes.values()]},
                 f,
             )
         os.replace(tmp, _cache_path())

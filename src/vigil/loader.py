@@ -110,7 +110,8 @@ class Session:
         self.ring_bytes = ring_bytes
         # Default: wake the reader when a quarter of the ring is full.
         self.wakeup_bytes = ring_bytes // 4 if wakeup_bytes is None else wakeup_bytes
-        self.decoder = records.Decoder()
+        self.boot_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        self.decoder = records.Decoder(self.boot_offset_ns)
         self.choices: list[Choice] = []
         self._objects: list[bpf.Object] = []
         self._links: list[bpf.Link] = []
@@ -118,7 +119,6 @@ class Session:
         self._ring_fd = -1
         self.reader: bpf.RingReader | None = None
         self._epoll: select.epoll | None = None
-        self.boot_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         try:
             self._start(rodata or {}, choices or {})
         except BaseException:
@@ -183,9 +183,8 @@ class Session:
         if not recs:
             return []
         events = self.decoder.decode_batch(recs)
-        offset, finish = self.boot_offset_ns, self._finish
+        finish = self._finish
         for ev in events:
-            ev["ts_ns"] = ev.pop("ktime_ns") + offset
             fn = finish.get(ev["kind"])
             if fn is not None:
                 fn(ev)

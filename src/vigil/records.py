@@ -171,8 +171,12 @@ Decoded = dict
 DecodeFn = Callable[[bytes], Decoded]
 
 
-def make_decoder(layout: Layout, flags: dict[int, str]) -> DecodeFn:
-    """A function turning one raw record into a dict of its fields."""
+def make_decoder(layout: Layout, flags: dict[int, str], boot_offset_ns: int = 0) -> DecodeFn:
+    """A function turning one raw record into a dict of its fields.
+
+    ``ts_ns`` (CLOCK_BOOTTIME in the kernel) becomes Unix-epoch nanoseconds
+    by adding `boot_offset_ns`; ``kind`` becomes the kind's name.
+    """
     fmt, names, pos = ["<"], [], 0
     cstrs, ints = [], []
     for f in layout.fields:
@@ -199,11 +203,14 @@ def make_decoder(layout: Layout, flags: dict[int, str]) -> DecodeFn:
     tail_max = layout.tail.size if layout.tail else 0
     flag_bits = sorted(flags.items())
     has_flags = "flags" in names
+    has_ts = "ts_ns" in names
 
     def decode(rec: bytes) -> Decoded:
         if len(rec) < fixed:
             raise LayoutError(f"{kind} record of {len(rec)} bytes, expected at least {fixed}")
         ev = dict(zip(names, unpack_from(rec)))
+        if has_ts:
+            ev["ts_ns"] += boot_offset_ns
         for name in cstrs:
             ev[name] = ev[name].partition(b"\0")[0]
         if tail:
@@ -220,7 +227,8 @@ def make_decoder(layout: Layout, flags: dict[int, str]) -> DecodeFn:
 class Decoder:
     """Decodes records of every kind the loaded objects declare."""
 
-    def __init__(self) -> None:
+    def __init__(self, boot_offset_ns: int = 0) -> None:
+        self.boot_offset_ns = boot_offset_ns
         self.layouts: dict[int, Layout] = {}
         self._decoders: dict[int, DecodeFn] = {}
         self._kind_off: int | None = None
@@ -238,7 +246,7 @@ class Decoder:
             if known is not None and known != layout:
                 raise LayoutError(f"objects disagree on struct {layout.struct_name}")
             self.layouts[kind_id] = layout
-            self._decoders[kind_id] = make_decoder(layout, flags)
+            self._decoders[kind_id] = make_decoder(layout, flags, self.boot_offset_ns)
 
     def kinds(self) -> list[str]:
         return [layout.kind for layout in self.layouts.values()]

@@ -35,6 +35,8 @@ class Sensor:
     summary: str
     # Turns post-decode fields into their final form (e.g. argv bytes -> list).
     finish: Callable[[dict], None] | None = None
+    # One line of what happened, for `vigil monitor`'s DETAIL column.
+    describe: Callable[[dict], str] | None = None
     # .rodata constants every load of this sensor sets, on top of the caller's.
     rodata: dict[str, int] = field(default_factory=dict)
 

@@ -1,5 +1,6 @@
 """exec: every execve/execveat, failed ones included (bpf/exec.bpf.c)."""
 
+from ..encoding import display, display_args
 from . import Hook, Sensor, register
 
 
@@ -8,6 +9,12 @@ def _finish(ev: dict) -> None:
     raw = ev.pop("args")
     ev["args"] = raw.split(b"\0")[: ev["argc"]] if raw else []
     ev.pop("args_size", None)
+    ev["syscall"] = "execveat" if ev.pop("syscall_nr") else "execve"
+
+
+def _describe(ev: dict) -> str:
+    ret = "" if ev["ret"] == 0 else f"ret={ev['ret']} "
+    return f"{ret}{display(ev['filename'])}  {display_args(ev['args'])}"
 
 
 SENSOR = register(
@@ -30,5 +37,6 @@ SENSOR = register(
             ),
         ),
         finish=_finish,
+        describe=_describe,
     )
 )

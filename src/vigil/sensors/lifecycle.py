@@ -8,6 +8,7 @@ FORK = register(
         object="lifecycle",
         kinds=("fork",),
         summary="new processes (not threads)",
+        describe=lambda ev: f"child {ev['child_pid']}",
         hooks=(
             Hook(
                 "fork",
@@ -26,6 +27,10 @@ EXIT = register(
         object="lifecycle",
         kinds=("exit",),
         summary="process exits, with status and lifetime",
+        describe=lambda ev: (
+            f"signal {ev['signal']}" if ev["signal"] else f"code {ev['exit_code']}"
+        )
+        + f" after {ev['duration_ns'] / 1e9:.3f}s",
         hooks=(Hook("exit", (("handle_exit", "tracepoint", "sched/sched_process_exit"),)),),
     )
 )

@@ -1,0 +1,368 @@
+"""`vigil` commands.  Every error a user can cause ends as one line and exit 1
+(usage errors: exit 2); tracebacks are for bugs only."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+
+import click
+import orjson
+
+from . import __version__, kernel, loader, sensors
+from .agent import Agent
+from .encoding import display_args
+from .errors import ConfigError, VigilError
+from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink, lost_summary
+from .outputs.store import Store
+from .paths import DEFAULT_DB
+from .process import ProcessTable
+from .table import Column, TablePrinter, clock_time, relative_time
+
+log = logging.getLogger("vigil")
+
+
+def _setup_logging(verbose: int) -> None:
+    logging.basicConfig(format="vigil: %(message)s", level=logging.WARNING)
+    # libbpf's own lines are folded into our errors; show them only on -v
+    libbpf_level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.CRITICAL
+    logging.getLogger("vigil.libbpf").setLevel(libbpf_level)
+    if verbose:
+        logging.getLogger("vigil").setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More detail (libbpf's log with -vv).")
+@click.version_option(__version__, prog_name="vigil")
+def cli(verbose: int) -> None:
+    """Vigil: host security monitoring with CO-RE eBPF."""
+    _setup_logging(verbose)
+
+
+# -- shared options ----------------------------------------------------------------------
+def _db_option(f):
+    return click.option(
+        "--db", "db_path", default=DEFAULT_DB, show_default=True, help="Event store (SQLite)."
+    )(f)
+
+
+def _ring_options(f):
+    f = click.option(
+        "--ring-mb", default=16, show_default=True, type=click.IntRange(1, 1024),
+        help="Ring buffer size, MiB (a power of two).",
+    )(f)
+    return click.option(
+        "--latency", default=0.1, show_default=True, type=click.FloatRange(0.001, 10),
+        help="Longest a quiet event waits before it is read, s.",
+    )(f)
+
+
+def _regex(pattern: str | None, what: str) -> re.Pattern[bytes] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(os.fsencode(pattern))
+    except re.error as err:
+        raise ConfigError(f"bad {what} regex {pattern!r}: {err}") from None
+
+
+def _finish_run(stats: dict) -> None:
+    msg = lost_summary(stats)
+    if msg:
+        click.echo(f"vigil: {msg}", err=True)
+
+
+# -- execsnoop -----------------------------------------------------------------------------
+@cli.command()
+@click.option("-x", "--fails", is_flag=True, help="Include failed execs (RET < 0).")
+@click.option("-t", "--timestamp", is_flag=True, help="Add a TIME(s) column, seconds since start.")
+@click.option("-T", "--time", "clock", is_flag=True, help="Add a TIME column, wall clock.")
+@click.option("-u", "--uid", type=click.IntRange(0, 2**32 - 2), help="Only this uid (in kernel).")
+@click.option("-n", "--name", help="Only commands whose name matches this regex.")
+@click.option("-l", "--line", help="Only commands whose argument line matches this regex.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, every field.")
+@click.option("--duration", type=float, help="Stop after this many seconds.")
+@_ring_options
+def execsnoop(fails, timestamp, clock, uid, name, line, as_json, duration, ring_mb, latency):
+    """Trace process executions, like bcc's execsnoop (-x: failed ones too)."""
+    name_re, line_re = _regex(name, "name"), _regex(line, "line")
+
+    def keep(ev: dict) -> bool:
+        if ev["kind"] != "exec" or (ev["ret"] != 0 and not fails):
+            return False
+        if name_re and not name_re.search(ev["comm"]):
+            return False
+        return not (line_re and not line_re.search(b" ".join(ev["args"])))
+
+    rodata = {"targ_uid": uid} if uid is not None else {}
+    session = loader.Session(
+        ["exec"], ring_bytes=ring_mb << 20, rodata=rodata, wakeup_bytes=_wakeup(ring_mb)
+    )
+    with session:
+        start = time.time_ns()
+        columns = []
+        if clock:
+            columns.append(Column("TIME", 8, clock_time))
+        if timestamp:
+            columns.append(Column("TIME(s)", 8, relative_time(start)))
+        columns += [
+            Column("PCOMM", 16, lambda ev: ev["comm"]),
+            Column("PID", 7, lambda ev: ev["pid"]),
+            Column("PPID", 7, lambda ev: ev["ppid"]),
+            Column("RET", 3, lambda ev: ev["ret"], right=True),
+            Column("ARGS", 0, lambda ev: display_args(ev["args"]) or ev["filename"]),
+        ]
+        sink = JsonSink() if as_json else TableSink(TablePrinter(columns))
+        agent = Agent(session, [sink], processes=_processes(), keep=keep, poll_interval=latency)
+        _finish_run(agent.run(duration))
+
+
+def _wakeup(ring_mb: int) -> int:
+    # Interactive tools: wake early (64 KiB) so lines appear promptly under load.
+    return min(64 << 10, (ring_mb << 20) // 4)
+
+
+def _processes() -> ProcessTable:
+    table = ProcessTable()
+    table.seed()
+    return table
+
+
+# -- monitor -------------------------------------------------------------------------------
+MONITOR_COLUMNS = [
+    Column("TIME", 8, clock_time),
+    Column("KIND", 5, lambda ev: ev["kind"]),
+    Column("PID", 7, lambda ev: ev["pid"]),
+    Column("PPID", 7, lambda ev: ev["ppid"]),
+    Column("COMM", 16, lambda ev: ev["comm"]),
+    Column("DETAIL", 0, lambda ev: _describe(ev)),
+]
+
+
+def _describe(ev: dict) -> str:
+    for s in sensors.all_sensors().values():
+        if ev["kind"] in s.kinds and s.describe:
+            return s.describe(ev)
+    return ""
+
+
+@cli.command()
+@_db_option
+@click.option("--sensor", "sensor_names", multiple=True, help="Only these sensors (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Print no events (status lines only).")
+@click.option("--status-interval", default=10.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds between status lines on stderr.")
+@click.option("--duration", type=float, help="Stop after this many seconds.")
+@_ring_options
+def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ring_mb, latency):
+    """Run every sensor this kernel supports; store events and show them live."""
+    names = list(sensor_names) or list(sensors.all_sensors())
+    store = Store(db_path)
+    sinks = [StoreSink(store)]
+    try:
+        session = loader.Session(names, ring_bytes=ring_mb << 20)
+    except BaseException:
+        store.close()
+        raise
+    with session:
+        if not quiet:
+            sinks.append(JsonSink() if as_json else TableSink(TablePrinter(MONITOR_COLUMNS)))
+        sinks.append(StatusLine(status_interval))
+        agent = Agent(session, sinks, processes=_processes(), poll_interval=latency)
+        stats = agent.run(duration)
+    stored = sum(store.stored.values())
+    click.echo(f"vigil: {stored} events stored in {db_path}", err=True)
+    _finish_run(stats)
+
+
+# -- events ----------------------------------------------------------------------------------
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str) -> int:
+    """'10m', '2h', '90s', '1d' ago, or an ISO time -> Unix ns."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
+    if m:
+        return time.time_ns() - int(float(m.group(1)) * _UNITS[m.group(2)] * 1e9)
+    try:
+        from datetime import datetime
+
+        return int(datetime.fromisoformat(text).timestamp() * 1e9)
+    except ValueError:
+        raise ConfigError(f"--since {text!r}: use 30s, 10m, 2h, 1d or an ISO time") from None
+
+
+EVENT_COLUMNS = [
+    Column("TIME", 8, clock_time),
+    Column("KIND", 5, lambda ev: ev["kind"]),
+    Column("PID", 7, lambda ev: ev["pid"]),
+    Column("PPID", 7, lambda ev: ev["ppid"]),
+    Column("COMM", 16, lambda ev: ev["comm"]),
+    Column("DETAIL", 0, lambda ev: _describe(ev)),
+]
+
+
+@cli.command()
+@_db_option
+@click.option("--since", help="Only events newer than this (10m, 2h, ISO time).")
+@click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable): exec, fork, ...")
+@click.option("--pid", type=int, help="Only this process id.")
+@click.option("--comm", help="Only this command name (exact).")
+@click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, the stored form.")
+def events(db_path, since, kinds, pid, comm, limit, as_json):
+    """Query stored events, newest first."""
+    store = Store(db_path, readonly=True)
+    try:
+        rows = store.query(
+            since_ns=parse_since(since) if since else None,
+            kinds=kinds,
+            pid=pid,
+            comm=comm,
+            limit=limit,
+        )
+    finally:
+        store.close()
+    if as_json:
+        out = sys.stdout
+        for row in rows:
+            out.write(row + "\n")
+        return
+    printer = TablePrinter(EVENT_COLUMNS)
+    printer.header()
+    if rows:
+        printer.rows([orjson.loads(r) for r in rows])
+
+
+# -- status ---------------------------------------------------------------------------------
+@cli.command()
+@_db_option
+@click.option("--json", "as_json", is_flag=True)
+def status(db_path, as_json):
+    """Events/s, stored and lost per sensor, as the running agent last reported."""
+    store = Store(db_path, readonly=True)
+    try:
+        rows = store.status()
+        total = store.count()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(orjson.dumps({"events": total, "sensors": rows}).decode())
+        return
+    if not rows:
+        click.echo(f"no status in {db_path} yet ({total} events stored)")
+        return
+    age = (time.time_ns() - max(r["updated_ns"] for r in rows)) / 1e9
+    state = "running" if age < 15 else f"not running (last report {age:.0f}s ago)"
+    click.echo(f"agent: {state}; {total} events in {db_path}")
+    printer = TablePrinter([
+        Column("KIND", 8, lambda r: r["kind"]),
+        Column("EVENTS/S", 9, lambda r: f"{r['rate']:.1f}", right=True),
+        Column("EMITTED", 10, lambda r: r["emitted"], right=True),
+        Column("STORED", 10, lambda r: r["stored"], right=True),
+        Column("LOST", 8, lambda r: r["lost"], right=True),
+        Column("DROPPED", 8, lambda r: r["dropped"], right=True),
+        Column("PARTIAL", 8, lambda r: r["partial"], right=True),
+    ])
+    printer.header()
+    printer.rows(rows)
+
+
+# -- doctor ---------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--refresh", is_flag=True, help="Probe again instead of using this boot's cache.")
+def doctor(as_json, refresh):
+    """What this kernel offers, and which attach point each sensor uses."""
+    problems = []
+    for fs, mount in (("tracefs", kernel.ensure_tracefs), ("bpffs", kernel.ensure_bpffs)):
+        try:
+            mount()
+        except VigilError as err:
+            problems.append(str(err))
+    probes = kernel.probe_all(refresh=refresh)
+    choices, unavailable = [], {}
+    for name, sensor in sensors.all_sensors().items():
+        try:
+            choices.extend(loader.choose(sensor))
+        except VigilError as err:
+            unavailable[name] = str(err)
+    report = {
+        "kernel": kernel.release(),
+        "btf": kernel.has_btf(),
+        "mounts": kernel.mounts(),
+        "cgroup2": kernel.cgroup2_root(),
+        "features": {p.feature: {"ok": p.ok, "detail": p.detail} for p in probes.values()},
+        "sensors": [c.__dict__ for c in choices],
+        "unavailable": unavailable,
+        "problems": problems,
+    }
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"kernel   {report['kernel']}")
+    click.echo(f"BTF      {'yes' if report['btf'] else 'no'} (/sys/kernel/btf/vmlinux)")
+    for fs, ok in report["mounts"].items():
+        click.echo(f"{fs:<8} {'mounted' if ok else 'NOT mounted'}")
+    click.echo(f"cgroup2  {report['cgroup2'] or 'not mounted'}")
+    click.echo("")
+    features = TablePrinter([
+        Column("ATTACH", 11, lambda p: p.feature),
+        Column("WORKS", 5, lambda p: "yes" if p.ok else "no"),
+        Column("WHY NOT", 0, lambda p: p.detail),
+    ])
+    features.header()
+    features.rows(list(probes.values()))
+    click.echo("")
+    printer = TablePrinter([
+        Column("SENSOR", 8, lambda c: c.sensor),
+        Column("HOOK", 13, lambda c: c.hook),
+        Column("ATTACH", 11, lambda c: c.feature),
+        Column("TARGET", 34, lambda c: c.target),
+        Column("ALSO POSSIBLE ELSEWHERE", 0, lambda c: _alternatives(c)),
+    ])
+    printer.header()
+    printer.rows(choices)
+    for name, why in unavailable.items():
+        click.echo(f"{name}: unavailable: {why}")
+    for p in problems:
+        click.echo(f"problem: {p}")
+
+
+def _alternatives(choice: loader.Choice) -> str:
+    hook = next(h for h in sensors.get(choice.sensor).hooks if h.name == choice.hook)
+    others = [f"{feature} {target}" for prog, feature, target in hook.programs
+              if prog != choice.program]
+    return ", ".join(others)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="vigil", standalone_mode=False)
+    except click.exceptions.Abort:
+        return 130
+    except click.UsageError as err:
+        cmd = err.ctx.command_path if err.ctx else "vigil"
+        click.echo(f"{cmd}: error: {err.format_message()} (see {cmd} --help)", err=True)
+        return 2
+    except click.ClickException as err:
+        click.echo(f"vigil: error: {err.format_message()}", err=True)
+        return err.exit_code
+    except VigilError as err:
+        click.echo(f"vigil: error: {err}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`vigil events | head`): not an error
+        sys.stderr.close()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

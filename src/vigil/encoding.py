@@ -1,0 +1,98 @@
+"""Bytes from the kernel, shown and stored without loss.
+
+argv, paths and comm are bytes: a process may put anything in them.  Vigil
+keeps them as bytes end to end and turns them into text only at the edge,
+with one reversible rule (docs/events.md, "Strings"):
+
+  * valid UTF-8 is kept as is,
+  * a backslash becomes two backslashes,
+  * every byte that is not part of valid UTF-8 becomes ``\\xHH``.
+
+``unescape(escape(b)) == b`` for every ``b``.  Tables add one more step,
+:func:`display`, which also writes control characters as escapes so that a
+crafted argv cannot move the cursor or forge a line of output.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import orjson
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def _hex(m: re.Match) -> str:
+    return f"\\x{ord(m.group()) - 0xDC00:02x}"
+
+
+def escape(b: bytes) -> str:
+    """Bytes -> text, reversibly (see module docstring)."""
+    try:
+        s = b.decode()
+    except UnicodeDecodeError:
+        s = b.decode("utf-8", "surrogateescape").replace("\\", "\\\\")
+        return _SURROGATE.sub(_hex, s)
+    return s.replace("\\", "\\\\") if "\\" in s else s
+
+
+def _unhex(m: re.Match) -> str:
+    g = m.group(1)
+    if g == "\\":
+        return "\\"
+    value = int(g[1:], 16)
+    # bytes >= 0x80 go back through surrogateescape; lower ones are plain ASCII
+    return chr(0xDC00 + value) if value >= 0x80 else chr(value)
+
+
+def unescape(s: str) -> bytes:
+    """Text from :func:`escape` -> the original bytes."""
+    if "\\" not in s:
+        return s.encode()
+    return _ESCAPE.sub(_unhex, s).encode("utf-8", "surrogateescape")
+
+
+# C0 controls, DEL, C1 controls and the Unicode line/paragraph separators.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_CONTROL.update({c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x2028, 0x2029)})
+_CONTROL.update({0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"})
+
+
+def display(value: bytes | str) -> str:
+    """Safe for one terminal line: escaped, with no control character left."""
+    s = escape(value) if isinstance(value, bytes) else value
+    return s.translate(_CONTROL) if not s.isprintable() else s
+
+
+def display_args(args: list[bytes]) -> str:
+    return " ".join(display(a) for a in args)
+
+
+# -- JSON --------------------------------------------------------------------------
+def _default(obj):
+    if isinstance(obj, bytes | bytearray):
+        return escape(bytes(obj))
+    raise TypeError(f"cannot encode {type(obj).__name__} in an event")
+
+
+_iso_cache: tuple[int, str] = (-1, "")
+
+
+def iso_time(ts_ns: int) -> str:
+    """RFC 3339 UTC with nanoseconds; the per-second prefix is cached."""
+    global _iso_cache
+    sec, ns = divmod(ts_ns, 1_000_000_000)
+    if _iso_cache[0] != sec:
+        _iso_cache = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{_iso_cache[1]}.{ns:09d}Z"
+
+
+def to_json(ev: dict) -> bytes:
+    """One event as one line of JSON (no newline), documented names."""
+    return orjson.dumps(ev, default=_default)
+
+
+def from_json(line: bytes | str) -> dict:
+    return orjson.loads(line)

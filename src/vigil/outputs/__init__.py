@@ -1,0 +1,1 @@
+"""Where events go: the embedded store, the console (table or JSON lines)."""
