@@ -117,7 +117,12 @@ def execsnoop(fails, timestamp, clock, uid, name, line, as_json, duration, ring_
         ]
         sink = JsonSink() if as_json else TableSink(TablePrinter(columns))
         agent = Agent(session, [sink], processes=_processes(), keep=keep, poll_interval=latency)
+        _ready("tracing execs")
         _finish_run(agent.run(duration))
+
+
+def _ready(what: str) -> None:
+    click.echo(f"vigil: {what}; Ctrl-C to end", err=True)
 
 
 def _wakeup(ring_mb: int) -> int:
@@ -173,6 +178,7 @@ def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ri
             sinks.append(JsonSink() if as_json else TableSink(TablePrinter(MONITOR_COLUMNS)))
         sinks.append(StatusLine(status_interval))
         agent = Agent(session, sinks, processes=_processes(), poll_interval=latency)
+        _ready(f"monitoring {', '.join(names)} into {db_path}")
         stats = agent.run(duration)
     stored = sum(store.stored.values())
     click.echo(f"vigil: {stored} events stored in {db_path}", err=True)

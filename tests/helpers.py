@@ -1,0 +1,82 @@
+"""Shared test helpers: capture the agent's real output, wait for events."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from vigil.agent import Agent, Batch
+from vigil.loader import Session
+from vigil.process import ProcessTable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRUE = os.path.realpath(shutil.which("true"))
+
+
+class ListSink:
+    """Keeps every event the agent emits (after decode and enrichment)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.stats: dict = {}
+
+    def write(self, batch: Batch) -> None:
+        self.events.extend(batch.events)
+
+    def status(self, stats: dict) -> None:
+        self.stats = stats
+
+    def close(self) -> None:
+        pass
+
+
+def start_agent(sensors=("exec", "fork", "exit"), *, enrich=True, sinks=(), **session_kw):
+    """A real agent: BPF loaded and attached, process table seeded."""
+    session = Session(list(sensors), **session_kw)
+    table = None
+    if enrich:
+        table = ProcessTable()
+        table.seed()
+    sink = ListSink()
+    agent = Agent(session, [sink, *sinks], processes=table, poll_interval=0.05)
+    return agent, sink
+
+
+def pump_until(agent: Agent, sink: ListSink, done: Callable[[list[dict]], bool], timeout=10.0):
+    """Drive the agent until `done(events)` holds; returns the events."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        agent.step(0.05)
+        if done(sink.events):
+            return sink.events
+    raise AssertionError(f"condition not met in {timeout}s; {len(sink.events)} events seen")
+
+
+def execs_of(events: list[dict], filename: bytes | None = None, marker: bytes | None = None):
+    out = []
+    for ev in events:
+        if ev["kind"] != "exec":
+            continue
+        if filename is not None and ev["filename"] != filename:
+            continue
+        if marker is not None and marker not in ev["args"]:
+            continue
+        out.append(ev)
+    return out
+
+
+def unique_marker() -> bytes:
+    return f"vigil-test-{os.getpid()}-{time.monotonic_ns()}".encode()
+
+
+def vigil(*args: str, timeout: float = 60, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run the real `vigil` command line (the package's entry point)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "vigil")
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "vigil.cli"]
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, timeout=timeout, check=check, **kw
+    )
