@@ -32,4 +32,24 @@ static __always_inline __u64 task_start_boottime(struct task_struct *task)
 	return BPF_CORE_READ((struct task_struct___pre55 *)task, real_start_time);
 }
 
+/*
+ * real_mount(): the struct mount around a struct vfsmount.  struct mount is
+ * private to fs/ (fs/mount.h) and its layout changes between versions
+ * (the list heads before `mnt` have changed type; fields are added often),
+ * so the offset of its `mnt` member comes from the running kernel's BTF
+ * (a CO-RE relocation), never from our vmlinux.h.
+ */
+static __always_inline struct mount *vfsmount_real_mount(struct vfsmount *vfsmnt)
+{
+	return (struct mount *)((char *)vfsmnt -
+				bpf_core_field_offset(struct mount, mnt));
+}
+
+/*
+ * dentry->d_name is a plain member in older kernels and, in recent 6.x, a
+ * const member of an anonymous union with __d_name.  CO-RE resolves
+ * d_name by name through the union, so BPF_CORE_READ(d, d_name.len) needs
+ * no fallback on either side of that change.
+ */
+
 #endif /* __VIGIL_CORE_FIXES_BPF_H */

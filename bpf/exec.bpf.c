@@ -4,7 +4,8 @@
  *
  *   sys_enter_execve{,at}   copy filename and argv (user memory that the
  *                           exec is about to destroy) into an in-flight slot
- *   sched_process_exec      success: the kernel's filename, new comm and
+ *   sched_process_exec      success: the kernel's filename, the absolute
+ *                           path of the executable, new comm and
  *                           credentials; emit and free the slot
  *   sys_exit_execve{,at}    a slot still here means the exec failed: emit
  *                           it with the -errno
@@ -14,6 +15,7 @@
  */
 #include "common.bpf.h"
 #include "core_fixes.bpf.h"
+#include "path.bpf.h"
 #include "exec.h"
 
 VIGIL_RECORD(exec_event);
@@ -103,6 +105,8 @@ static __always_inline int exec_enter(const char *filename,
 	ev->egid = ev->hdr.gid;
 	ev->__pad = 0;
 	bpf_probe_read_user_str(ev->filename, sizeof(ev->filename), filename);
+	/* Known only once the exec succeeds; a failed one keeps it empty. */
+	ev->exe[0] = 0;
 
 	walk.ev = ev;
 	walk.argv = argv;
@@ -150,6 +154,7 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 	struct exec_slot *slot;
 	struct exec_event *ev;
 	__u32 loc = ctx->__data_loc_filename & 0xffff;
+	__u32 truncated;
 	int partial = 0;
 
 	/* A non-leader thread that execs takes over the leader's tid. */
@@ -168,8 +173,11 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 		slot->ev.auid = task_loginuid(task);
 	}
 	ev = &slot->ev;
+	/* argv may have been cut at enter: fill_header clears the flags. */
+	truncated = partial ? 0 : ev->hdr.flags & VIGIL_F_TRUNCATED;
 	/* New comm and credentials; the filename as the kernel resolved it. */
 	fill_header(&ev->hdr, VIGIL_EV_EXEC);
+	ev->hdr.flags |= truncated;
 	if (partial) {
 		ev->hdr.flags |= VIGIL_F_PARTIAL;
 		stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);
@@ -179,6 +187,16 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 	ev->egid = BPF_CORE_READ(task, cred, egid.val);
 	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
 				  (void *)ctx + loc);
+	/*
+	 * The file actually mapped, resolved from the kernel's own path
+	 * (mm->exe_file was set by begin_new_exec, before this tracepoint):
+	 * unlike filename it cannot be relative or name a symlink.
+	 */
+	if (read_task_exe(task, ev->exe, sizeof(ev->exe), &ev->hdr.flags) < 0 &&
+	    !partial) {
+		ev->hdr.flags |= VIGIL_F_PARTIAL;
+		stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);
+	}
 	output_event(&ev->hdr, event_size(ev));
 	if (!partial)
 		bpf_map_delete_elem(&inflight, &old_tid);
@@ -215,6 +233,7 @@ static __always_inline int exec_exit(long ret)
 	ev->argc = 0;
 	ev->args_size = 0;
 	ev->filename[0] = 0;
+	ev->exe[0] = 0;
 	output_event(&ev->hdr, event_size(ev));
 	return 0;
 }

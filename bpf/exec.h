@@ -15,7 +15,15 @@
 /*
  * One exec, successful or not.  `args` holds argc NUL-terminated strings
  * back to back; the ring record ends after `args_size` bytes of it, so
- * the record is shorter than the struct.
+ * the record is shorter than the struct: `args` must stay the last member.
+ *
+ * `filename` is what the caller asked for (relative, via symlinks...);
+ * `exe` is the file the new image runs, the absolute path of
+ * mm->exe_file as /proc/<pid>/exe shows it: for a script, the interpreter;
+ * " (deleted)" appended when unlinked (memfd included).  It is relative to
+ * the task's mount namespace root (a chroot is not stripped).  A path cut
+ * at its bound keeps the leaf end and has no leading '/' (and hdr.flags has
+ * VIGIL_F_TRUNCATED).  Empty for a failed exec: nothing was executed.
  */
 struct exec_event {
 	struct vigil_header hdr;
@@ -28,7 +36,8 @@ struct exec_event {
 	__u32 syscall_nr;	/* 0 execve, 1 execveat */
 	__u32 __pad;
 	char filename[EXEC_PATH_SIZE];	/* resolved by the kernel on success */
-	char args[EXEC_ARGS_SIZE];
+	char exe[EXEC_PATH_SIZE];	/* absolute path of the executable */
+	char args[EXEC_ARGS_SIZE];	/* last: cut short in the ring */
 };
 
 #endif /* __VIGIL_EXEC_H */
