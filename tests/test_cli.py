@@ -115,7 +115,8 @@ def test_monitor_stores_and_events_queries(tmp_path):
     time.sleep(1.0)
     out, err = _stop(proc)
     assert b"events stored" in err
-    res = vigil("events", "--db", db, "--kind", "exec", "--json", "-n", "1000", check=True)
+    res = vigil("events", "--db", db, "--kind", "exec", "--comm", "true", "--json", "-n", "1000000",
+                check=True)
     events = [orjson.loads(line) for line in res.stdout.splitlines()]
     (ev,) = [e for e in events if marker.decode() in e["args"]]
     assert unescape(ev["args"][2]) == weird  # byte-exact through the store
