@@ -73,10 +73,10 @@ def unique_marker() -> bytes:
     return f"vigil-test-{os.getpid()}-{time.monotonic_ns()}".encode()
 
 
-def vigil(*args: str, timeout: float = 60, check: bool = False, **kw) -> subprocess.CompletedProcess:
+def vigil(
+    *args: str, timeout: float = 60, check: bool = False, **kw
+) -> subprocess.CompletedProcess:
     """Run the real `vigil` command line (the package's entry point)."""
     exe = os.path.join(os.path.dirname(sys.executable), "vigil")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "vigil.cli"]
-    return subprocess.run(
-        [*cmd, *args], capture_output=True, timeout=timeout, check=check, **kw
-    )
+    return subprocess.run([*cmd, *args], capture_output=True, timeout=timeout, check=check, **kw)

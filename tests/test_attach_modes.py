@@ -6,8 +6,8 @@ import os
 import subprocess
 
 import pytest
-from helpers import pump_until, start_agent
 
+from helpers import pump_until, start_agent
 from vigil import kernel, sensors
 
 pytestmark = pytest.mark.kernel
@@ -16,8 +16,9 @@ pytestmark = pytest.mark.kernel
 def _fork_trigger():
     proc = subprocess.Popen(["/bin/true"])
     proc.wait()
-    return lambda ev: ev["kind"] == "fork" and ev["child_pid"] == proc.pid and (
-        ev["pid"] == os.getpid())
+    return lambda ev: (
+        ev["kind"] == "fork" and ev["child_pid"] == proc.pid and (ev["pid"] == os.getpid())
+    )
 
 
 # sensor -> hook -> a trigger returning a predicate for its event
@@ -25,11 +26,12 @@ TRIGGERS = {("fork", "fork"): _fork_trigger}
 
 
 def _alternatives():
-    for (sensor_name, hook_name) in TRIGGERS:
+    for sensor_name, hook_name in TRIGGERS:
         hook = next(h for h in sensors.get(sensor_name).hooks if h.name == hook_name)
         for prog, feature, target in hook.programs:
-            yield pytest.param(sensor_name, hook_name, prog, feature, target,
-                               id=f"{sensor_name}-{prog}")
+            yield pytest.param(
+                sensor_name, hook_name, prog, feature, target, id=f"{sensor_name}-{prog}"
+            )
 
 
 def test_every_hook_with_alternatives_has_a_trigger():

@@ -9,8 +9,8 @@ import time
 
 import orjson
 import pytest
-from helpers import unique_marker, vigil
 
+from helpers import unique_marker, vigil
 from vigil.encoding import unescape
 
 VIGIL = [os.path.join(os.path.dirname(os.sys.executable), "vigil")]
@@ -18,9 +18,7 @@ VIGIL = [os.path.join(os.path.dirname(os.sys.executable), "vigil")]
 
 def _start(*args: str) -> subprocess.Popen:
     """Start a vigil command and wait until it says it is tracing."""
-    proc = subprocess.Popen(
-        [*VIGIL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen([*VIGIL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     line = proc.stderr.readline()
     assert b"Ctrl-C to end" in line, line + proc.stderr.read()
     return proc
@@ -85,8 +83,24 @@ def test_execsnoop_json_has_every_field_and_escapes_bytes():
     out, _ = _stop(proc)
     events = [orjson.loads(line) for line in out.splitlines()]
     (ev,) = [e for e in events if marker.decode() in e["args"]]
-    for field in ("time", "ts_ns", "kind", "pid", "tid", "ppid", "uid", "gid", "comm", "ret",
-                  "args", "filename", "exe", "ancestors", "flags", "cgroup_id"):
+    for field in (
+        "time",
+        "ts_ns",
+        "kind",
+        "pid",
+        "tid",
+        "ppid",
+        "uid",
+        "gid",
+        "comm",
+        "ret",
+        "args",
+        "filename",
+        "exe",
+        "ancestors",
+        "flags",
+        "cgroup_id",
+    ):
         assert field in ev, field
     assert unescape(ev["args"][2]) == weird
 
@@ -115,8 +129,19 @@ def test_monitor_stores_and_events_queries(tmp_path):
     time.sleep(1.0)
     out, err = _stop(proc)
     assert b"events stored" in err
-    res = vigil("events", "--db", db, "--kind", "exec", "--comm", "true", "--json", "-n", "1000000",
-                check=True)
+    res = vigil(
+        "events",
+        "--db",
+        db,
+        "--kind",
+        "exec",
+        "--comm",
+        "true",
+        "--json",
+        "-n",
+        "1000000",
+        check=True,
+    )
     events = [orjson.loads(line) for line in res.stdout.splitlines()]
     (ev,) = [e for e in events if marker.decode() in e["args"]]
     assert unescape(ev["args"][2]) == weird  # byte-exact through the store
@@ -184,8 +209,11 @@ def test_corrupt_database_is_one_line_and_left_alone(tmp_path):
     db = tmp_path / "corrupt.db"
     db.write_bytes(b"this is not sqlite" * 100)
     before = db.read_bytes()
-    for args in (["events", "--db", str(db)], ["status", "--db", str(db)],
-                 ["monitor", "--db", str(db), "--duration", "1"]):
+    for args in (
+        ["events", "--db", str(db)],
+        ["status", "--db", str(db)],
+        ["monitor", "--db", str(db), "--duration", "1"],
+    ):
         res = vigil(*args)
         assert res.returncode == 1
         err = res.stderr.decode().strip()

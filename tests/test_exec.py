@@ -9,6 +9,7 @@ import sys
 import threading
 
 import pytest
+
 from helpers import TRUE, execs_of, pump_until, start_agent, unique_marker
 
 pytestmark = pytest.mark.kernel
@@ -25,7 +26,9 @@ def test_argv_exact(agent):
     agent, sink = agent
     marker = unique_marker()
     subprocess.run(["/bin/true", "a", "b", marker], check=True)
-    (ev,) = execs_of(pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker)
+    (ev,) = execs_of(
+        pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker
+    )
     assert ev["args"] == [b"/bin/true", b"a", b"b", marker]
     assert ev["argc"] == 4
     assert ev["ret"] == 0
@@ -68,7 +71,9 @@ def test_non_utf8_argv_bytes_kept(agent):
     marker = unique_marker()
     weird = b"\xff\xfe caf\xc3\xa9 \\x41 \x1b[2J\nline"
     subprocess.run([b"/bin/true", weird, marker], check=True)
-    (ev,) = execs_of(pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker)
+    (ev,) = execs_of(
+        pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker
+    )
     assert ev["args"][1] == weird
 
 
@@ -77,7 +82,9 @@ def test_huge_argv_is_truncated_not_lost(agent):
     marker = unique_marker()
     args = ["/bin/true", marker.decode()] + ["a"] * 100_000
     subprocess.run(args, check=True)
-    (ev,) = execs_of(pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker)
+    (ev,) = execs_of(
+        pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker
+    )
     assert "truncated" in ev["flags"]
     assert ev["args"][:3] == [b"/bin/true", marker, b"a"]
     assert 64 <= ev["argc"] < 100_002
@@ -88,7 +95,9 @@ def test_long_argument_is_truncated(agent):
     agent, sink = agent
     marker = unique_marker()
     subprocess.run(["/bin/true", marker.decode(), "z" * 20_000], check=True)
-    (ev,) = execs_of(pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker)
+    (ev,) = execs_of(
+        pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker
+    )
     assert "truncated" in ev["flags"]
     assert ev["args"][2].startswith(b"zzzz")
     assert sum(len(a) + 1 for a in ev["args"]) <= 8192
@@ -106,7 +115,9 @@ def test_execveat_is_seen(agent):
             os._exit(127)
     os.close(fd)
     os.waitpid(pid, 0)
-    (ev,) = execs_of(pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker)
+    (ev,) = execs_of(
+        pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker
+    )
     assert ev["syscall"] == "execveat"
     assert ev["ret"] == 0
     assert ev["exe"] == TRUE.encode()
@@ -116,7 +127,9 @@ def test_grandchild_ancestry_names_the_test(agent):
     agent, sink = agent
     marker = unique_marker()
     subprocess.run(["/bin/sh", "-c", f"/bin/true {marker.decode()}; exit 0"], check=True)
-    (ev,) = execs_of(pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker)
+    (ev,) = execs_of(
+        pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker
+    )
     parent, grandparent = ev["ancestors"][0], ev["ancestors"][1]
     assert parent["pid"] == ev["ppid"]
     assert parent["comm"] == b"sh"
@@ -145,8 +158,11 @@ def test_process_started_before_agent_has_ancestry_from_proc():
             assert ev["ancestors"][0]["pid"] == os.getpid()
             assert ev["ancestors"][0]["exe"] == os.path.realpath(sys.executable).encode()
             # the exit of a pre-agent process is enriched from /proc's seed too
-            pump_until(agent, sink, lambda evs: any(
-                e["kind"] == "exit" and e["pid"] == old.pid for e in evs))
+            pump_until(
+                agent,
+                sink,
+                lambda evs: any(e["kind"] == "exit" and e["pid"] == old.pid for e in evs),
+            )
         finally:
             agent.session.close()
     finally:
@@ -158,7 +174,9 @@ def test_exe_is_absolute_for_relative_exec(agent, tmp_path):
     agent, sink = agent
     marker = unique_marker()
     subprocess.run(["./true", marker], cwd=os.path.dirname(TRUE), check=True)
-    (ev,) = execs_of(pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker)
+    (ev,) = execs_of(
+        pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker
+    )
     assert ev["exe"] == TRUE.encode()
 
 
@@ -196,8 +214,9 @@ def test_killed_process_reports_signal(agent):
     proc = subprocess.Popen(["/bin/sleep", "30"])
     proc.kill()
     proc.wait()
-    events = pump_until(agent, sink, lambda evs: any(
-        e["kind"] == "exit" and e["pid"] == proc.pid for e in evs))
+    events = pump_until(
+        agent, sink, lambda evs: any(e["kind"] == "exit" and e["pid"] == proc.pid for e in evs)
+    )
     (ex,) = [e for e in events if e["kind"] == "exit" and e["pid"] == proc.pid]
     assert ex["signal"] == 9
 

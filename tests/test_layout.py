@@ -13,8 +13,8 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import ROOT, execs_of, pump_until, start_agent, unique_marker
 
+from helpers import ROOT, execs_of, pump_until, start_agent, unique_marker
 from vigil import _libbpf as bpf
 from vigil import paths, records
 
@@ -89,9 +89,7 @@ def test_a_field_added_in_c_is_decoded_with_no_python_change(tmp_path, monkeypat
     header = src / "exec.h"
     text = header.read_text()
     # a new field before filename: every later offset moves by 8
-    new, n = re.subn(
-        r"(\n(\s*)char filename\[)", r"\n\2__u64 added_for_test;\1", text, count=1
-    )
+    new, n = re.subn(r"(\n(\s*)char filename\[)", r"\n\2__u64 added_for_test;\1", text, count=1)
     assert n == 1
     header.write_text(new)
     out = tmp_path / "out"

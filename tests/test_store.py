@@ -6,8 +6,8 @@ import sqlite3
 import time
 
 import orjson
-from helpers import vigil
 
+from helpers import vigil
 from vigil.encoding import to_json
 from vigil.outputs.store import Store
 
@@ -15,8 +15,13 @@ from vigil.outputs.store import Store
 def _event(i: int) -> dict:
     kind = ("exec", "fork", "exit")[i % 3]
     return {
-        "kind": kind, "ts_ns": 1_700_000_000_000_000_000 + i * 1000, "pid": 1000 + i % 5000,
-        "ppid": 1, "uid": 0, "comm": b"comm%d" % (i % 100), "n": i,
+        "kind": kind,
+        "ts_ns": 1_700_000_000_000_000_000 + i * 1000,
+        "pid": 1000 + i % 5000,
+        "ppid": 1,
+        "uid": 0,
+        "comm": b"comm%d" % (i % 100),
+        "n": i,
     }
 
 
@@ -44,8 +49,15 @@ def test_million_rows_query_fast(tmp_path):
         assert rows, q
         assert [r["ts_ns"] for r in rows] == sorted((r["ts_ns"] for r in rows), reverse=True)
         assert took < 2.0, (q, took)  # process start included
-    assert all(r["kind"] == "exec" for r in [orjson.loads(x) for x in vigil(
-        "events", "--db", db, "--json", "--kind", "exec", "-n", "5").stdout.splitlines()])
+    assert all(
+        r["kind"] == "exec"
+        for r in [
+            orjson.loads(x)
+            for x in vigil(
+                "events", "--db", db, "--json", "--kind", "exec", "-n", "5"
+            ).stdout.splitlines()
+        ]
+    )
 
 
 def test_failed_write_is_kept_and_retried(tmp_path):

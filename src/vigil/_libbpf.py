@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno as _errno
+import errno
 import logging
 import mmap
 import os
@@ -57,15 +57,11 @@ _prog_section = _fn("bpf_program__section_name", c_char_p, c_void_p)
 _prog_set_autoload = _fn("bpf_program__set_autoload", c_int, c_void_p, c_bool)
 _prog_autoload = _fn("bpf_program__autoload", c_bool, c_void_p)
 _prog_fd = _fn("bpf_program__fd", c_int, c_void_p)
-_prog_set_attach_target = _fn(
-    "bpf_program__set_attach_target", c_int, c_void_p, c_int, c_char_p
-)
+_prog_set_attach_target = _fn("bpf_program__set_attach_target", c_int, c_void_p, c_int, c_char_p)
 
 # -- attach --------------------------------------------------------------------
 _attach = _fn("bpf_program__attach", c_void_p, c_void_p)
-_attach_tracepoint = _fn(
-    "bpf_program__attach_tracepoint", c_void_p, c_void_p, c_char_p, c_char_p
-)
+_attach_tracepoint = _fn("bpf_program__attach_tracepoint", c_void_p, c_void_p, c_char_p, c_char_p)
 _attach_raw_tp = _fn("bpf_program__attach_raw_tracepoint", c_void_p, c_void_p, c_char_p)
 _attach_trace = _fn("bpf_program__attach_trace", c_void_p, c_void_p)
 _attach_lsm = _fn("bpf_program__attach_lsm", c_void_p, c_void_p)
@@ -96,9 +92,7 @@ _map_max_entries = _fn("bpf_map__max_entries", c_uint32, c_void_p)
 _map_set_max_entries = _fn("bpf_map__set_max_entries", c_int, c_void_p, c_uint32)
 _map_reuse_fd = _fn("bpf_map__reuse_fd", c_int, c_void_p, c_int)
 _map_initial_value = _fn("bpf_map__initial_value", c_void_p, c_void_p, POINTER(c_size_t))
-_map_create = _fn(
-    "bpf_map_create", c_int, c_int, c_char_p, c_uint32, c_uint32, c_uint32, c_void_p
-)
+_map_create = _fn("bpf_map_create", c_int, c_int, c_char_p, c_uint32, c_uint32, c_uint32, c_void_p)
 _map_lookup = _fn("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
 _map_update = _fn("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, c_uint64)
 _map_delete = _fn("bpf_map_delete_elem", c_int, c_int, c_void_p)
@@ -160,19 +154,19 @@ def recent_log(lines: int = 6) -> str:
     return "\n".join(list(_recent_log)[-lines:])
 
 
-def _errno() -> int:
-    return ctypes.get_errno() or _errno.EINVAL
+def _last_errno() -> int:
+    return ctypes.get_errno() or errno.EINVAL
 
 
 def _check_ptr(ptr: int | None, what: str) -> int:
     if not ptr:
-        raise BpfError(what, _errno(), recent_log())
+        raise BpfError(what, _last_errno(), recent_log())
     return ptr
 
 
 def _check_rc(rc: int, what: str) -> int:
     if rc < 0:
-        raise BpfError(what, -rc if rc != -1 else _errno(), recent_log())
+        raise BpfError(what, -rc if rc != -1 else _last_errno(), recent_log())
     return rc
 
 
@@ -334,7 +328,9 @@ class Program:
         kind = "kretprobe" if retprobe else "kprobe"
         return self._link(_attach_kprobe(self._ptr, retprobe, func.encode()), f"{kind} {func}")
 
-    def attach_uprobe(self, binary: str, offset: int, retprobe: bool = False, pid: int = -1) -> Link:
+    def attach_uprobe(
+        self, binary: str, offset: int, retprobe: bool = False, pid: int = -1
+    ) -> Link:
         ptr = _attach_uprobe(self._ptr, retprobe, pid, os.fsencode(binary), offset)
         kind = "uretprobe" if retprobe else "uprobe"
         return self._link(ptr, f"{kind} {binary}+{offset:#x}")
@@ -405,8 +401,8 @@ def map_create(map_type: int, name: str, key_size: int, value_size: int, max_ent
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     value = ctypes.create_string_buffer(value_size)
     if _map_lookup(fd, key, value) < 0:
-        err = _errno()
-        if err == _errno.ENOENT:
+        err = _last_errno()
+        if err == errno.ENOENT:
             return None
         raise BpfError(f"lookup in map fd {fd}", err)
     return value.raw
@@ -414,13 +410,13 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
 
 def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
     if _map_update(fd, key, value, flags) < 0:
-        raise BpfError(f"update map fd {fd}", _errno())
+        raise BpfError(f"update map fd {fd}", _last_errno())
 
 
 def map_delete(fd: int, key: bytes) -> bool:
     if _map_delete(fd, key) < 0:
-        err = _errno()
-        if err == _errno.ENOENT:
+        err = _last_errno()
+        if err == errno.ENOENT:
             return False
         raise BpfError(f"delete from map fd {fd}", err)
     return True
@@ -467,7 +463,7 @@ class Object:
         for prog in self.programs():
             if prog.name == name:
                 return prog
-        raise BpfError(f"find program {name} in {self.path}", _errno.ENOENT)
+        raise BpfError(f"find program {name} in {self.path}", errno.ENOENT)
 
     def maps(self) -> list[Map]:
         out, cur = [], None
@@ -478,7 +474,7 @@ class Object:
     def map(self, name: str) -> Map:
         ptr = _obj_find_map(self._ptr, name.encode())
         if not ptr:
-            raise BpfError(f"find map {name} in {self.path}", _errno.ENOENT)
+            raise BpfError(f"find map {name} in {self.path}", errno.ENOENT)
         return Map(ptr, self)
 
     def btf(self) -> Btf:

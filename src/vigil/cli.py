@@ -51,11 +51,17 @@ def _db_option(f):
 
 def _ring_options(f):
     f = click.option(
-        "--ring-mb", default=16, show_default=True, type=click.IntRange(1, 1024),
+        "--ring-mb",
+        default=16,
+        show_default=True,
+        type=click.IntRange(1, 1024),
         help="Ring buffer size, MiB (a power of two).",
     )(f)
     return click.option(
-        "--latency", default=0.1, show_default=True, type=click.FloatRange(0.001, 10),
+        "--latency",
+        default=0.1,
+        show_default=True,
+        type=click.FloatRange(0.001, 10),
         help="Longest a quiet event waits before it is read, s.",
     )(f)
 
@@ -159,8 +165,13 @@ def _describe(ev: dict) -> str:
 @click.option("--sensor", "sensor_names", multiple=True, help="Only these sensors (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 @click.option("-q", "--quiet", is_flag=True, help="Print no events (status lines only).")
-@click.option("--status-interval", default=10.0, show_default=True, type=click.FloatRange(0.1),
-              help="Seconds between status lines on stderr.")
+@click.option(
+    "--status-interval",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds between status lines on stderr.",
+)
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 @_ring_options
 def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ring_mb, latency):
@@ -265,15 +276,17 @@ def status(db_path, as_json):
     age = (time.time_ns() - max(r["updated_ns"] for r in rows)) / 1e9
     state = "running" if age < 15 else f"not running (last report {age:.0f}s ago)"
     click.echo(f"agent: {state}; {total} events in {db_path}")
-    printer = TablePrinter([
-        Column("KIND", 8, lambda r: r["kind"]),
-        Column("EVENTS/S", 9, lambda r: f"{r['rate']:.1f}", right=True),
-        Column("EMITTED", 10, lambda r: r["emitted"], right=True),
-        Column("STORED", 10, lambda r: r["stored"], right=True),
-        Column("LOST", 8, lambda r: r["lost"], right=True),
-        Column("DROPPED", 8, lambda r: r["dropped"], right=True),
-        Column("PARTIAL", 8, lambda r: r["partial"], right=True),
-    ])
+    printer = TablePrinter(
+        [
+            Column("KIND", 8, lambda r: r["kind"]),
+            Column("EVENTS/S", 9, lambda r: f"{r['rate']:.1f}", right=True),
+            Column("EMITTED", 10, lambda r: r["emitted"], right=True),
+            Column("STORED", 10, lambda r: r["stored"], right=True),
+            Column("LOST", 8, lambda r: r["lost"], right=True),
+            Column("DROPPED", 8, lambda r: r["dropped"], right=True),
+            Column("PARTIAL", 8, lambda r: r["partial"], right=True),
+        ]
+    )
     printer.header()
     printer.rows(rows)
 
@@ -285,7 +298,7 @@ def status(db_path, as_json):
 def doctor(as_json, refresh):
     """What this kernel offers, and which attach point each sensor uses."""
     problems = []
-    for fs, mount in (("tracefs", kernel.ensure_tracefs), ("bpffs", kernel.ensure_bpffs)):
+    for mount in (kernel.ensure_tracefs, kernel.ensure_bpffs):
         try:
             mount()
         except VigilError as err:
@@ -316,21 +329,25 @@ def doctor(as_json, refresh):
         click.echo(f"{fs:<8} {'mounted' if ok else 'NOT mounted'}")
     click.echo(f"cgroup2  {report['cgroup2'] or 'not mounted'}")
     click.echo("")
-    features = TablePrinter([
-        Column("ATTACH", 11, lambda p: p.feature),
-        Column("WORKS", 5, lambda p: "yes" if p.ok else "no"),
-        Column("WHY NOT", 0, lambda p: p.detail),
-    ])
+    features = TablePrinter(
+        [
+            Column("ATTACH", 11, lambda p: p.feature),
+            Column("WORKS", 5, lambda p: "yes" if p.ok else "no"),
+            Column("WHY NOT", 0, lambda p: p.detail),
+        ]
+    )
     features.header()
     features.rows(list(probes.values()))
     click.echo("")
-    printer = TablePrinter([
-        Column("SENSOR", 8, lambda c: c.sensor),
-        Column("HOOK", 13, lambda c: c.hook),
-        Column("ATTACH", 11, lambda c: c.feature),
-        Column("TARGET", 34, lambda c: c.target),
-        Column("ALSO POSSIBLE ELSEWHERE", 0, lambda c: _alternatives(c)),
-    ])
+    printer = TablePrinter(
+        [
+            Column("SENSOR", 8, lambda c: c.sensor),
+            Column("HOOK", 13, lambda c: c.hook),
+            Column("ATTACH", 11, lambda c: c.feature),
+            Column("TARGET", 34, lambda c: c.target),
+            Column("ALSO POSSIBLE ELSEWHERE", 0, lambda c: _alternatives(c)),
+        ]
+    )
     printer.header()
     printer.rows(choices)
     for name, why in unavailable.items():
@@ -341,8 +358,9 @@ def doctor(as_json, refresh):
 
 def _alternatives(choice: loader.Choice) -> str:
     hook = next(h for h in sensors.get(choice.sensor).hooks if h.name == choice.hook)
-    others = [f"{feature} {target}" for prog, feature, target in hook.programs
-              if prog != choice.program]
+    others = [
+        f"{feature} {target}" for prog, feature, target in hook.programs if prog != choice.program
+    ]
     return ", ".join(others)
 
 

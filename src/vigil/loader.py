@@ -132,7 +132,9 @@ class Session:
             by_object.setdefault(s.object, []).append(s)
             for kind in s.kinds:
                 self._finish[kind] = s.finish
-        self._ring_fd = bpf.map_create(bpf.BPF_MAP_TYPE_RINGBUF, "vigil_events", 0, 0, self.ring_bytes)
+        self._ring_fd = bpf.map_create(
+            bpf.BPF_MAP_TYPE_RINGBUF, "vigil_events", 0, 0, self.ring_bytes
+        )
         for obj_name, group in by_object.items():
             obj = bpf.Object(paths.bpf_object(obj_name))
             self._objects.append(obj)

@@ -33,10 +33,23 @@ FLAG_ENUM = "vigil_flag"
 FLAG_PREFIX = "VIGIL_F_"
 HEADER_STRUCT = "vigil_header"
 
-_INT_CODES = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
-              (4, False): "I", (4, True): "i", (8, False): "Q", (8, True): "q"}
-_QUALIFIERS = {bpf.BTF_KIND_TYPEDEF, bpf.BTF_KIND_CONST, bpf.BTF_KIND_VOLATILE,
-               bpf.BTF_KIND_RESTRICT, bpf.BTF_KIND_TYPE_TAG}
+_INT_CODES = {
+    (1, False): "B",
+    (1, True): "b",
+    (2, False): "H",
+    (2, True): "h",
+    (4, False): "I",
+    (4, True): "i",
+    (8, False): "Q",
+    (8, True): "q",
+}
+_QUALIFIERS = {
+    bpf.BTF_KIND_TYPEDEF,
+    bpf.BTF_KIND_CONST,
+    bpf.BTF_KIND_VOLATILE,
+    bpf.BTF_KIND_RESTRICT,
+    bpf.BTF_KIND_TYPE_TAG,
+}
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ class TablePrinter:
             if last or col.width == 0:
                 self._formats.append("{}")
             else:
-                self._formats.append("{:>%d}" % col.width if col.right else "{:<%d}" % col.width)
+                align = ">" if col.right else "<"
+                self._formats.append(f"{{:{align}{col.width}}}")
 
     def _line(self, values: list[str]) -> str:
         return " ".join(f.format(v) for f, v in zip(self._formats, values)).rstrip()

@@ -99,7 +99,9 @@ class Store:
         if row is None:
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         elif row[0] != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {row[0]}, this Vigil reads {SCHEMA_VERSION}")
+            raise StoreError(
+                f"{self.path}: schema version {row[0]}, this Vigil reads {SCHEMA_VERSION}"
+            )
 
     def close(self) -> None:
         if not self.readonly:
@@ -110,7 +112,15 @@ class Store:
     def add(self, events: list[dict], lines: list[bytes]) -> None:
         """Queue events (with their JSON lines) for the next flush."""
         self._pending.extend(
-            (ev["ts_ns"], ev["kind"], ev["pid"], ev["ppid"], ev["uid"], escape(ev["comm"]), line.decode())
+            (
+                ev["ts_ns"],
+                ev["kind"],
+                ev["pid"],
+                ev["ppid"],
+                ev["uid"],
+                escape(ev["comm"]),
+                line.decode(),
+            )
             for ev, line in zip(events, lines)
         )
         over = len(self._pending) - self.max_pending
@@ -131,7 +141,12 @@ class Store:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             if not self._failing:
-                log.error("store %s: write failed, keeping %d events to retry: %s", self.path, len(rows), err)
+                log.error(
+                    "store %s: write failed, keeping %d events to retry: %s",
+                    self.path,
+                    len(rows),
+                    err,
+                )
             self._failing = True
             return 0
         if self._failing:

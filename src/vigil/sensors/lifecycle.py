@@ -28,9 +28,9 @@ EXIT = register(
         kinds=("exit",),
         summary="process exits, with status and lifetime",
         describe=lambda ev: (
-            f"signal {ev['signal']}" if ev["signal"] else f"code {ev['exit_code']}"
-        )
-        + f" after {ev['duration_ns'] / 1e9:.3f}s",
+            (f"signal {ev['signal']}" if ev["signal"] else f"code {ev['exit_code']}")
+            + f" after {ev['duration_ns'] / 1e9:.3f}s"
+        ),
         hooks=(Hook("exit", (("handle_exit", "tracepoint", "sched/sched_process_exit"),)),),
     )
 )
