@@ -29,16 +29,12 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; \
 	exit $$rc
 
-# Runs every bench/*/run and bench/*.py (executable or not), with the venv first on PATH.
+# Runs every executable in bench/ (and bench/*/run), with the venv first on PATH.
 bench: setup
 	@export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; found=0; \
-	for b in bench/*/run bench/*.py; do \
-		[ -f "$$b" ] || continue; found=1; \
-		echo "== $$b"; \
-		case "$$b" in \
-			*.py) python "$$b" ;; \
-			*) if [ -x "$$b" ]; then "./$$b"; else bash "$$b"; fi ;; \
-		esac || exit $$?; \
+	for b in bench/* bench/*/run; do \
+		[ -f "$$b" ] && [ -x "$$b" ] || continue; found=1; \
+		echo "== $$b"; "./$$b" || exit $$?; \
 	done; \
 	[ $$found -eq 1 ] || echo "bench: no benchmarks in bench/ yet"
 

@@ -6,9 +6,10 @@ import os
 import subprocess
 
 import pytest
-
 from helpers import pump_until, start_agent
-from vigil import kernel, sensors
+
+from vigil import sensors
+from vigil.loader import usable
 
 pytestmark = pytest.mark.kernel
 
@@ -17,37 +18,36 @@ def _fork_trigger():
     proc = subprocess.Popen(["/bin/true"])
     proc.wait()
     return lambda ev: (
-        ev["kind"] == "fork" and ev["child_pid"] == proc.pid and (ev["pid"] == os.getpid())
+        ev["kind"] == "fork" and ev["child_pid"] == proc.pid and ev["pid"] == os.getpid()
     )
 
 
-# sensor -> hook -> a trigger returning a predicate for its event
+# (sensor, hook) -> a trigger that makes the event and returns a matcher for it
 TRIGGERS = {("fork", "fork"): _fork_trigger}
 
 
 def _alternatives():
     for sensor_name, hook_name in TRIGGERS:
         hook = next(h for h in sensors.get(sensor_name).hooks if h.name == hook_name)
-        for prog, feature, target in hook.programs:
-            yield pytest.param(
-                sensor_name, hook_name, prog, feature, target, id=f"{sensor_name}-{prog}"
-            )
+        for alt in hook.alternatives:
+            yield pytest.param(sensor_name, hook_name, alt, id=f"{sensor_name}-{alt.feature}")
 
 
 def test_every_hook_with_alternatives_has_a_trigger():
     for name, sensor in sensors.all_sensors().items():
         for hook in sensor.hooks:
-            if len(hook.programs) > 1:
+            if len(hook.alternatives) > 1:
                 assert (name, hook.name) in TRIGGERS, f"{name}/{hook.name} has no attach-mode test"
 
 
-@pytest.mark.parametrize("sensor_name, hook_name, prog, feature, target", list(_alternatives()))
-def test_forced_attach_mode_sees_the_event(sensor_name, hook_name, prog, feature, target):
-    if not (kernel.available(feature) and kernel.target_exists(feature, target)):
-        pytest.skip(f"{feature} not available on this kernel")
-    agent, sink = start_agent([sensor_name], enrich=False, choices={hook_name: prog})
+@pytest.mark.parametrize("sensor_name, hook_name, alt", list(_alternatives()))
+def test_forced_attach_mode_sees_the_event(sensor_name, hook_name, alt):
+    if not usable(alt):
+        pytest.skip(f"{alt.feature} not available on this kernel")
+    agent, sink = start_agent([sensor_name], enrich=False, choices={hook_name: alt.feature})
     try:
-        assert [c.program for c in agent.session.choices if c.hook == hook_name] == [prog]
+        chosen = [c for c in agent.session.choices if c.hook == hook_name]
+        assert [(c.feature, c.programs) for c in chosen] == [(alt.feature, alt.programs)]
         match = TRIGGERS[(sensor_name, hook_name)]()
         events = pump_until(agent, sink, lambda evs: any(match(e) for e in evs))
         assert sum(1 for e in events if match(e)) == 1

@@ -358,9 +358,7 @@ def doctor(as_json, refresh):
 
 def _alternatives(choice: loader.Choice) -> str:
     hook = next(h for h in sensors.get(choice.sensor).hooks if h.name == choice.hook)
-    others = [
-        f"{feature} {target}" for prog, feature, target in hook.programs if prog != choice.program
-    ]
+    others = [f"{a.feature} {a.target}" for a in hook.alternatives if a.feature != choice.feature]
     return ", ".join(others)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from . import _libbpf as bpf
 from . import kernel, paths, records, sensors
 from .errors import ConfigError, VigilError
-from .sensors import Sensor
+from .sensors import Attach, Sensor
 
 DEFAULT_RING_BYTES = 16 << 20
 STAT_NAMES = ("emitted", "lost", "partial")
@@ -32,23 +32,46 @@ STAT_NAMES = ("emitted", "lost", "partial")
 class Choice:
     sensor: str
     hook: str
-    program: str
     feature: str
     target: str
+    programs: tuple[str, ...]
 
 
-def choose(sensor: Sensor) -> list[Choice]:
-    """The program kept for each of the sensor's hooks on this kernel."""
+def usable(attach: Attach) -> bool:
+    return kernel.available(attach.feature) and kernel.target_exists(attach.feature, attach.target)
+
+
+def choose(sensor: Sensor, forced: dict[str, str] | None = None) -> list[Choice]:
+    """The way each of the sensor's hooks is attached on this kernel.
+
+    The first usable alternative wins; `forced` ({hook: attach type}) picks
+    another one (tests use it to check every mode reports the same events).
+    """
     out = []
     for hook in sensor.hooks:
-        for prog, feature, target in hook.programs:
-            if kernel.available(feature) and kernel.target_exists(feature, target):
-                out.append(Choice(sensor.name, hook.name, prog, feature, target))
-                break
+        want = (forced or {}).get(hook.name)
+        if want is not None:
+            picks = [a for a in hook.alternatives if a.feature == want]
+            if not picks:
+                raise ConfigError(f"hook {hook.name} of {sensor.name} has no {want} mode")
         else:
-            tried = ", ".join(f"{f} {t}" for _, f, t in hook.programs)
+            picks = [a for a in hook.alternatives if usable(a)]
+        if not picks:
+            tried = ", ".join(f"{a.feature} {a.target}" for a in hook.alternatives)
             raise VigilError(f"sensor {sensor.name}: cannot hook {hook.name} here (tried {tried})")
+        a = picks[0]
+        out.append(Choice(sensor.name, hook.name, a.feature, a.target, a.programs))
     return out
+
+
+def attach(prog: bpf.Program, choice: Choice) -> bpf.Link:
+    """Attach one program the way its chosen attach type needs."""
+    if choice.feature == "cgroup":
+        root = kernel.cgroup2_root()
+        if root is None:
+            raise VigilError("cgroup socket hooks need a cgroup v2 hierarchy; none is mounted")
+        return prog.attach_cgroup(root)
+    return prog.attach()  # SEC() names the target: tracepoint, raw_tp, tp_btf, kprobe...
 
 
 def _rodata_vars(obj: bpf.Object) -> dict[str, tuple[int, int, bool]]:
@@ -101,8 +124,8 @@ class Session:
     ):
         """`rodata` goes to every object that declares the variable.
 
-        `choices` forces a hook's program by name ({hook: program}): tests use
-        it to exercise each attach mode the kernel allows.
+        `choices` forces a hook's attach type ({hook: "raw_tp"}): tests use it
+        to exercise each attach mode the kernel allows.
         """
         self.sensors = [sensors.get(n) for n in dict.fromkeys(sensor_names)]
         if ring_bytes & (ring_bytes - 1) or ring_bytes < 4096:
@@ -138,17 +161,8 @@ class Session:
         for obj_name, group in by_object.items():
             obj = bpf.Object(paths.bpf_object(obj_name))
             self._objects.append(obj)
-            chosen = []
-            for s in group:
-                for c in choose(s):
-                    if c.hook in forced:
-                        hook = next(h for h in s.hooks if h.name == c.hook)
-                        alt = next((p for p in hook.programs if p[0] == forced[c.hook]), None)
-                        if alt is None:
-                            raise ConfigError(f"hook {c.hook} has no program {forced[c.hook]}")
-                        c = Choice(s.name, c.hook, *alt)
-                    chosen.append(c)
-            names = {c.program for c in chosen}
+            chosen = [c for s in group for c in choose(s, forced)]
+            names = {p for c in chosen for p in c.programs}
             for prog in obj.programs():
                 prog.autoload = prog.name in names
             obj.map("events").reuse_fd(self._ring_fd)
@@ -161,7 +175,8 @@ class Session:
             obj.load()
             self.decoder.add_btf(obj.btf())
             for c in chosen:
-                self._links.append(obj.program(c.program).attach())
+                for name in c.programs:
+                    self._links.append(attach(obj.program(name), c))
             self.choices.extend(chosen)
         unknown = set(rodata) - {k for o in self._objects for k in _rodata_vars(o)}
         if unknown:

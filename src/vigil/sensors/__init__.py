@@ -15,15 +15,34 @@ from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
-class Hook:
-    """One thing to hook; `programs` are alternatives, in order of preference.
+class Attach:
+    """One way to hook something: programs of one attach type.
 
-    Each alternative is (program name, attach type, target); the attach type
-    is one of kernel.FEATURES and the target what kernel.target_exists takes.
+    `feature` is one of kernel.FEATURES; `target` is what
+    kernel.target_exists checks (a tracepoint "cat/name", a function...).
+    Several programs make one alternative when they only work together
+    (cgroup/bind4 with cgroup/bind6).
     """
 
+    feature: str
+    target: str
+    programs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One thing to hook, with its ways of doing it, best first."""
+
     name: str
-    programs: tuple[tuple[str, str, str], ...]
+    alternatives: tuple[Attach, ...]
+
+
+def tracepoint(target: str, *programs: str) -> Attach:
+    return Attach("tracepoint", target, programs)
+
+
+def hook(name: str, *alternatives: Attach) -> Hook:
+    return Hook(name, alternatives)
 
 
 @dataclass(frozen=True)

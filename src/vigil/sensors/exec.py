@@ -1,7 +1,7 @@
 """exec: every execve/execveat, failed ones included (bpf/exec.bpf.c)."""
 
 from ..encoding import display, display_args
-from . import Hook, Sensor, register
+from . import Sensor, hook, register, tracepoint
 
 
 def _finish(ev: dict) -> None:
@@ -24,17 +24,11 @@ SENSOR = register(
         kinds=("exec",),
         summary="process executions, with argv and the result of failed ones",
         hooks=(
-            Hook("execve", (("handle_execve_enter", "tracepoint", "syscalls/sys_enter_execve"),)),
-            Hook(
-                "execveat",
-                (("handle_execveat_enter", "tracepoint", "syscalls/sys_enter_execveat"),),
-            ),
-            Hook("exec", (("handle_sched_exec", "tracepoint", "sched/sched_process_exec"),)),
-            Hook("execve_ret", (("handle_execve_exit", "tracepoint", "syscalls/sys_exit_execve"),)),
-            Hook(
-                "execveat_ret",
-                (("handle_execveat_exit", "tracepoint", "syscalls/sys_exit_execveat"),),
-            ),
+            hook("execve", tracepoint("syscalls/sys_enter_execve", "handle_execve_enter")),
+            hook("execveat", tracepoint("syscalls/sys_enter_execveat", "handle_execveat_enter")),
+            hook("exec", tracepoint("sched/sched_process_exec", "handle_sched_exec")),
+            hook("execve_ret", tracepoint("syscalls/sys_exit_execve", "handle_execve_exit")),
+            hook("execveat_ret", tracepoint("syscalls/sys_exit_execveat", "handle_execveat_exit")),
         ),
         finish=_finish,
         describe=_describe,

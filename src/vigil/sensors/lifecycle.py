@@ -1,6 +1,6 @@
 """fork and exit: process lifetimes, which keep the process table current."""
 
-from . import Hook, Sensor, register
+from . import Attach, Sensor, hook, register, tracepoint
 
 FORK = register(
     Sensor(
@@ -10,12 +10,10 @@ FORK = register(
         summary="new processes (not threads)",
         describe=lambda ev: f"child {ev['child_pid']}",
         hooks=(
-            Hook(
+            hook(
                 "fork",
-                (
-                    ("fork_btf", "tp_btf", "sched_process_fork"),
-                    ("fork_raw", "raw_tp", "sched_process_fork"),
-                ),
+                Attach("tp_btf", "sched_process_fork", ("fork_btf",)),
+                Attach("raw_tp", "sched_process_fork", ("fork_raw",)),
             ),
         ),
     )
@@ -31,6 +29,6 @@ EXIT = register(
             (f"signal {ev['signal']}" if ev["signal"] else f"code {ev['exit_code']}")
             + f" after {ev['duration_ns'] / 1e9:.3f}s"
         ),
-        hooks=(Hook("exit", (("handle_exit", "tracepoint", "sched/sched_process_exit"),)),),
+        hooks=(hook("exit", tracepoint("sched/sched_process_exit", "handle_exit")),),
     )
 )
