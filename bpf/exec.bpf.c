@@ -78,8 +78,37 @@ static long read_one_arg(__u32 i, struct argv_walk *w)
 	return 0;
 }
 
+/*
+ * Per-exec fields, as the caller had them: every path (enter, the partial
+ * success path, the partial failure path) starts from here so no field
+ * keeps a value from the previous exec on this CPU.
+ */
+static __always_inline void reset_exec(struct exec_event *ev, enum exec_syscall nr)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	ev->ret = 0;
+	ev->argc = 0;
+	ev->args_size = 0;
+	ev->syscall = nr;
+	ev->auid = task_loginuid(task);
+	ev->euid = BPF_CORE_READ(task, cred, euid.val);
+	ev->egid = BPF_CORE_READ(task, cred, egid.val);
+	ev->__pad = 0;
+	ev->filename[0] = 0;
+	ev->exe[0] = 0;		/* known only once an exec succeeds */
+}
+
+/* The path as the caller passed it; a cut one is flagged. */
+static __always_inline void read_filename(struct exec_event *ev, const char *filename)
+{
+	if (bpf_probe_read_user_str(ev->filename, sizeof(ev->filename), filename) ==
+	    sizeof(ev->filename))
+		ev->hdr.flags |= VIGIL_F_TRUNCATED;
+}
+
 static __always_inline int exec_enter(const char *filename,
-				      const char *const *argv, __u32 nr)
+				      const char *const *argv, enum exec_syscall nr)
 {
 	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid();
 	struct exec_slot *slot;
@@ -93,20 +122,10 @@ static __always_inline int exec_enter(const char *filename,
 	slot = bpf_map_lookup_elem(&scratch, &zero);
 	if (!slot)
 		return 0;
-	/* Only the header and counters need resetting: strings are length-bound. */
 	ev = &slot->ev;
 	fill_header(&ev->hdr, VIGIL_EV_EXEC);
-	ev->ret = 0;
-	ev->argc = 0;
-	ev->args_size = 0;
-	ev->syscall_nr = nr;
-	ev->auid = task_loginuid((struct task_struct *)bpf_get_current_task());
-	ev->euid = ev->hdr.uid;
-	ev->egid = ev->hdr.gid;
-	ev->__pad = 0;
-	bpf_probe_read_user_str(ev->filename, sizeof(ev->filename), filename);
-	/* Known only once the exec succeeds; a failed one keeps it empty. */
-	ev->exe[0] = 0;
+	reset_exec(ev, nr);
+	read_filename(ev, filename);
 
 	walk.ev = ev;
 	walk.argv = argv;
@@ -126,14 +145,14 @@ SEC("tracepoint/syscalls/sys_enter_execve")
 int handle_execve_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	return exec_enter((const char *)ctx->args[0],
-			  (const char *const *)ctx->args[1], 0);
+			  (const char *const *)ctx->args[1], EXEC_SYSCALL_EXECVE);
 }
 
 SEC("tracepoint/syscalls/sys_enter_execveat")
 int handle_execveat_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	return exec_enter((const char *)ctx->args[1],
-			  (const char *const *)ctx->args[2], 1);
+			  (const char *const *)ctx->args[2], EXEC_SYSCALL_EXECVEAT);
 }
 
 static __always_inline __u64 event_size(const struct exec_event *ev)
@@ -167,10 +186,7 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 		if (!slot)
 			return 0;
 		partial = 1;
-		slot->ev.argc = 0;
-		slot->ev.args_size = 0;
-		slot->ev.syscall_nr = 0;
-		slot->ev.auid = task_loginuid(task);
+		reset_exec(&slot->ev, EXEC_SYSCALL_UNKNOWN);
 	}
 	ev = &slot->ev;
 	/* argv may have been cut at enter: fill_header clears the flags. */
@@ -204,7 +220,7 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 }
 
 /* A slot left at exit belongs to a failed exec. */
-static __always_inline int exec_exit(long ret)
+static __always_inline int exec_exit(long ret, enum exec_syscall nr)
 {
 	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid();
 	struct exec_slot *slot;
@@ -228,12 +244,9 @@ static __always_inline int exec_exit(long ret)
 		return 0;
 	ev = &slot->ev;
 	fill_header(&ev->hdr, VIGIL_EV_EXEC);
+	reset_exec(ev, nr);
 	ev->hdr.flags |= VIGIL_F_PARTIAL;
-	ev->ret = ret;
-	ev->argc = 0;
-	ev->args_size = 0;
-	ev->filename[0] = 0;
-	ev->exe[0] = 0;
+	ev->ret = ret;	/* counted PARTIAL at enter, when the slot failed */
 	output_event(&ev->hdr, event_size(ev));
 	return 0;
 }
@@ -241,11 +254,11 @@ static __always_inline int exec_exit(long ret)
 SEC("tracepoint/syscalls/sys_exit_execve")
 int handle_execve_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return exec_exit(ctx->ret);
+	return exec_exit(ctx->ret, EXEC_SYSCALL_EXECVE);
 }
 
 SEC("tracepoint/syscalls/sys_exit_execveat")
 int handle_execveat_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return exec_exit(ctx->ret);
+	return exec_exit(ctx->ret, EXEC_SYSCALL_EXECVEAT);
 }

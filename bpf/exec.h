@@ -12,6 +12,13 @@
 #define EXEC_ARGS_SIZE	8192	/* bytes of argv kept, NULs included */
 #define EXEC_PATH_SIZE	512
 
+/* Which call; user space shows the names (execve, execveat, unknown). */
+enum exec_syscall {
+	EXEC_SYSCALL_EXECVE = 0,
+	EXEC_SYSCALL_EXECVEAT = 1,
+	EXEC_SYSCALL_UNKNOWN = 2,
+};
+
 /*
  * One exec, successful or not.  `args` holds argc NUL-terminated strings
  * back to back; the ring record ends after `args_size` bytes of it, so
@@ -33,7 +40,7 @@ struct exec_event {
 	__u32 euid;		/* effective ids after the exec (setuid) */
 	__u32 egid;
 	__u32 auid;		/* login uid, (u32)-1 when unset */
-	__u32 syscall_nr;	/* 0 execve, 1 execveat */
+	enum exec_syscall syscall;	/* 4 bytes, like any C enum here */
 	__u32 __pad;
 	char filename[EXEC_PATH_SIZE];	/* resolved by the kernel on success */
 	char exe[EXEC_PATH_SIZE];	/* absolute path of the executable */

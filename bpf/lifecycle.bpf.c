@@ -66,7 +66,8 @@ int handle_exit(void *ctx)
 		code = BPF_CORE_READ(task, exit_code);
 	e->exit_code = (code >> 8) & 0xff;
 	e->signal = code & 0x7f;
-	e->duration_ns = e->hdr.ts_ns - task_start_boottime(task);
+	/* from the process's start: the leader's, whichever thread exits last */
+	e->duration_ns = e->hdr.ts_ns - task_start_boottime(BPF_CORE_READ(task, group_leader));
 	submit_event(&e->hdr);
 	return 0;
 }

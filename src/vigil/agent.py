@@ -88,6 +88,7 @@ class Agent:
 
     def stats(self) -> dict[str, dict]:
         """Per kind: kernel counters, events received, and the recent rate."""
+        self.session.refresh_clock()
         now = time.monotonic()
         span = max(now - self._rate_time, 1e-6)
         out = self.session.kernel_stats()

@@ -110,6 +110,11 @@ def set_rodata(obj: bpf.Object, values: dict[str, int]) -> None:
             raise ConfigError(f"{obj.name}: {name}={value} does not fit {size} bytes") from None
 
 
+def _boot_offset_ns() -> int:
+    """Unix epoch minus CLOCK_BOOTTIME, the clock BPF stamps events with."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
 class Session:
     """Sensors loaded and attached, sharing one ring buffer."""
 
@@ -133,8 +138,7 @@ class Session:
         self.ring_bytes = ring_bytes
         # Default: wake the reader when a quarter of the ring is full.
         self.wakeup_bytes = ring_bytes // 4 if wakeup_bytes is None else wakeup_bytes
-        self.boot_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        self.decoder = records.Decoder(self.boot_offset_ns)
+        self.decoder = records.Decoder(_boot_offset_ns())
         self.choices: list[Choice] = []
         self._objects: list[bpf.Object] = []
         self._links: list[bpf.Link] = []
@@ -186,6 +190,10 @@ class Session:
         self._epoll.register(self._ring_fd, select.EPOLLIN)
 
     # -- reading -----------------------------------------------------------------
+    def refresh_clock(self) -> None:
+        """Follow wall-clock steps (NTP, settimeofday) in event timestamps."""
+        self.decoder.set_boot_offset(_boot_offset_ns())
+
     def wait(self, timeout: float) -> None:
         """Block until the kernel wakes us or `timeout` seconds pass."""
         if self.reader.pending_bytes() == 0:

@@ -7,7 +7,9 @@ and build a ``struct.Struct`` per kind.  Add a field in C and rebuild: the
 decoder follows, nothing in Python changes.
 
 Field rules:
-  * integers and enums decode to ``int``;
+  * integers decode to ``int``; a field declared with an enum type decodes
+    to the enumerator's name, lowercased, without the enum's common prefix
+    (``enum exec_syscall syscall`` -> "execve"); unknown values stay ints;
   * ``char[N]`` is a C string: bytes up to the first NUL;
   * other 1-byte arrays (``__u8[N]``) and unions are raw ``bytes``;
   * arrays of wider integers decode to tuples;
@@ -20,6 +22,7 @@ Field rules:
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -57,9 +60,10 @@ class Field:
     name: str
     offset: int
     size: int
-    form: str  # "int", "cstr", "bytes", "ints"
+    form: str  # "int", "enum", "cstr", "bytes", "ints"
     code: str  # struct format of the field
     count: int = 1
+    names: tuple[tuple[int, str], ...] = ()  # enum fields: value -> name
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,11 @@ def _fields(btf: bpf.Btf, struct_t: bpf.BtfType, base: int, prefix: str) -> list
             else:
                 code = _INT_CODES[(size, signed)]
                 out.append(Field(full, off, n * size, "ints", f"{n}{code}", n))
-        elif t.kind in (bpf.BTF_KIND_INT, bpf.BTF_KIND_ENUM, bpf.BTF_KIND_ENUM64):
+        elif t.kind in (bpf.BTF_KIND_ENUM, bpf.BTF_KIND_ENUM64):
+            size, signed, _ = _int_info(btf, t)
+            names = _enum_names(t.enumerators())
+            out.append(Field(full, off, size, "enum", _INT_CODES[(size, signed)], names=names))
+        elif t.kind == bpf.BTF_KIND_INT:
             size, signed, _ = _int_info(btf, t)
             out.append(Field(full, off, size, "int", _INT_CODES[(size, signed)]))
         elif t.kind == bpf.BTF_KIND_PTR:
@@ -133,6 +141,14 @@ def _fields(btf: bpf.Btf, struct_t: bpf.BtfType, base: int, prefix: str) -> list
         else:
             raise LayoutError(f"{struct_t.name}.{name}: unsupported BTF kind {t.kind}")
     return out
+
+
+def _enum_names(enumerators: list[tuple[str, int]]) -> tuple[tuple[int, str], ...]:
+    """value -> short name: EXEC_SYSCALL_EXECVE -> "execve"."""
+    names = [n for n, _ in enumerators]
+    prefix = os.path.commonprefix(names) if len(names) > 1 else ""
+    prefix = prefix[: prefix.rfind("_") + 1]
+    return tuple((v, n[len(prefix) :].lower()) for n, v in enumerators)
 
 
 def enum_values(btf: bpf.Btf, enum_name: str) -> dict[str, int]:
@@ -184,14 +200,16 @@ Decoded = dict
 DecodeFn = Callable[[bytes], Decoded]
 
 
-def make_decoder(layout: Layout, flags: dict[int, str], boot_offset_ns: int = 0) -> DecodeFn:
+def make_decoder(layout: Layout, flags: dict[int, str], clock: list[int] | None = None) -> DecodeFn:
     """A function turning one raw record into a dict of its fields.
 
     ``ts_ns`` (CLOCK_BOOTTIME in the kernel) becomes Unix-epoch nanoseconds
-    by adding `boot_offset_ns`; ``kind`` becomes the kind's name.
+    by adding ``clock[0]``, the current boot-to-epoch offset (a cell, so the
+    owner can follow wall-clock steps); ``kind`` becomes the kind's name.
     """
+    clock = clock if clock is not None else [0]
     fmt, names, pos = ["<"], [], 0
-    cstrs, ints = [], []
+    cstrs, ints, enums = [], [], []
     for f in layout.fields:
         if f.offset < pos:
             raise LayoutError(f"{layout.struct_name}.{f.name} overlaps the field before it")
@@ -202,6 +220,8 @@ def make_decoder(layout: Layout, flags: dict[int, str], boot_offset_ns: int = 0)
         names.append(f.name)
         if f.form == "cstr":
             cstrs.append(f.name)
+        elif f.form == "enum":
+            enums.append((f.name, dict(f.names)))
         elif f.form == "ints":
             ints.append((f.name, f.count))
     fixed = layout.fixed_size
@@ -223,9 +243,11 @@ def make_decoder(layout: Layout, flags: dict[int, str], boot_offset_ns: int = 0)
             raise LayoutError(f"{kind} record of {len(rec)} bytes, expected at least {fixed}")
         ev = dict(zip(names, unpack_from(rec)))
         if has_ts:
-            ev["ts_ns"] += boot_offset_ns
+            ev["ts_ns"] += clock[0]
         for name in cstrs:
             ev[name] = ev[name].partition(b"\0")[0]
+        for name, labels in enums:
+            ev[name] = labels.get(ev[name], ev[name])
         if tail:
             ev[tail] = rec[fixed : fixed + tail_max]
         if has_flags:
@@ -241,7 +263,7 @@ class Decoder:
     """Decodes records of every kind the loaded objects declare."""
 
     def __init__(self, boot_offset_ns: int = 0) -> None:
-        self.boot_offset_ns = boot_offset_ns
+        self.clock = [boot_offset_ns]
         self.layouts: dict[int, Layout] = {}
         self._decoders: dict[int, DecodeFn] = {}
         self._kind_off: int | None = None
@@ -259,7 +281,10 @@ class Decoder:
             if known is not None and known != layout:
                 raise LayoutError(f"objects disagree on struct {layout.struct_name}")
             self.layouts[kind_id] = layout
-            self._decoders[kind_id] = make_decoder(layout, flags, self.boot_offset_ns)
+            self._decoders[kind_id] = make_decoder(layout, flags, self.clock)
+
+    def set_boot_offset(self, offset_ns: int) -> None:
+        self.clock[0] = offset_ns
 
     def kinds(self) -> list[str]:
         return [layout.kind for layout in self.layouts.values()]

@@ -9,7 +9,6 @@ def _finish(ev: dict) -> None:
     raw = ev.pop("args")
     ev["args"] = raw.split(b"\0")[: ev["argc"]] if raw else []
     ev.pop("args_size", None)
-    ev["syscall"] = "execveat" if ev.pop("syscall_nr") else "execve"
 
 
 def _describe(ev: dict) -> str:
