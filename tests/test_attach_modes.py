@@ -6,8 +6,8 @@ import os
 import subprocess
 
 import pytest
-from helpers import pump_until, start_agent
 
+from helpers import pump_until, start_agent
 from vigil import sensors
 from vigil.loader import usable
 
