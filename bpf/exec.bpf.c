@@ -107,24 +107,39 @@ static __always_inline void read_filename(struct exec_event *ev, const char *fil
 		ev->hdr.flags |= VIGIL_F_TRUNCATED;
 }
 
+static __always_inline bool uid_filtered(void)
+{
+	return targ_uid != (__u32)-1 && (__u32)bpf_get_current_uid_gid() != targ_uid;
+}
+
+/* A fresh record in this CPU's scratch slot, header and fields reset. */
+static __always_inline struct exec_slot *start_record(enum exec_syscall nr)
+{
+	__u32 zero = 0;
+	struct exec_slot *slot = bpf_map_lookup_elem(&scratch, &zero);
+
+	if (!slot)
+		return NULL;
+	fill_header(&slot->ev.hdr, VIGIL_EV_EXEC);
+	reset_exec(&slot->ev, nr);
+	return slot;
+}
+
 static __always_inline int exec_enter(const char *filename,
 				      const char *const *argv, enum exec_syscall nr)
 {
-	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct exec_slot *slot;
 	struct exec_event *ev;
 	struct argv_walk walk;
 	const char *arg = NULL;
 
-	if (targ_uid != (__u32)-1 && (__u32)bpf_get_current_uid_gid() != targ_uid)
+	if (uid_filtered())
 		return 0;
-
-	slot = bpf_map_lookup_elem(&scratch, &zero);
+	slot = start_record(nr);
 	if (!slot)
 		return 0;
 	ev = &slot->ev;
-	fill_header(&ev->hdr, VIGIL_EV_EXEC);
-	reset_exec(ev, nr);
 	read_filename(ev, filename);
 
 	walk.ev = ev;
@@ -168,7 +183,7 @@ static __always_inline __u64 event_size(const struct exec_event *ev)
 SEC("tracepoint/sched/sched_process_exec")
 int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
-	__u32 zero = 0, old_tid = ctx->old_pid;
+	__u32 old_tid = ctx->old_pid;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct exec_slot *slot;
 	struct exec_event *ev;
@@ -179,14 +194,12 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 	/* A non-leader thread that execs takes over the leader's tid. */
 	slot = bpf_map_lookup_elem(&inflight, &old_tid);
 	if (!slot) {
-		if (targ_uid != (__u32)-1 &&
-		    (__u32)bpf_get_current_uid_gid() != targ_uid)
+		if (uid_filtered())
 			return 0;
-		slot = bpf_map_lookup_elem(&scratch, &zero);
+		slot = start_record(EXEC_SYSCALL_UNKNOWN);
 		if (!slot)
 			return 0;
 		partial = 1;
-		reset_exec(&slot->ev, EXEC_SYSCALL_UNKNOWN);
 	}
 	ev = &slot->ev;
 	/* argv may have been cut at enter: fill_header clears the flags. */
@@ -222,7 +235,7 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 /* A slot left at exit belongs to a failed exec. */
 static __always_inline int exec_exit(long ret, enum exec_syscall nr)
 {
-	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct exec_slot *slot;
 	struct exec_event *ev;
 
@@ -237,14 +250,12 @@ static __always_inline int exec_exit(long ret, enum exec_syscall nr)
 	if (ret == 0)
 		return 0;	/* success, already sent by sched_process_exec */
 	/* Failed, and enter could not keep its slot: send what we know. */
-	if (targ_uid != (__u32)-1 && (__u32)bpf_get_current_uid_gid() != targ_uid)
+	if (uid_filtered())
 		return 0;
-	slot = bpf_map_lookup_elem(&scratch, &zero);
+	slot = start_record(nr);
 	if (!slot)
 		return 0;
 	ev = &slot->ev;
-	fill_header(&ev->hdr, VIGIL_EV_EXEC);
-	reset_exec(ev, nr);
 	ev->hdr.flags |= VIGIL_F_PARTIAL;
 	ev->ret = ret;	/* counted PARTIAL at enter, when the slot failed */
 	output_event(&ev->hdr, event_size(ev));

@@ -143,7 +143,8 @@ def _processes() -> ProcessTable:
 
 
 # -- monitor -------------------------------------------------------------------------------
-MONITOR_COLUMNS = [
+# `vigil monitor` and `vigil events` show events the same way.
+EVENT_COLUMNS = [
     Column("TIME", 8, clock_time),
     Column("KIND", 5, lambda ev: ev["kind"]),
     Column("PID", 7, lambda ev: ev["pid"]),
@@ -186,7 +187,7 @@ def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ri
         raise
     with session:
         if not quiet:
-            sinks.append(JsonSink() if as_json else TableSink(TablePrinter(MONITOR_COLUMNS)))
+            sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
         sinks.append(StatusLine(status_interval))
         agent = Agent(session, sinks, processes=_processes(), poll_interval=latency)
         _ready(f"monitoring {', '.join(names)} into {db_path}")
@@ -211,16 +212,6 @@ def parse_since(text: str) -> int:
         return int(datetime.fromisoformat(text).timestamp() * 1e9)
     except ValueError:
         raise ConfigError(f"--since {text!r}: use 30s, 10m, 2h, 1d or an ISO time") from None
-
-
-EVENT_COLUMNS = [
-    Column("TIME", 8, clock_time),
-    Column("KIND", 5, lambda ev: ev["kind"]),
-    Column("PID", 7, lambda ev: ev["pid"]),
-    Column("PPID", 7, lambda ev: ev["ppid"]),
-    Column("COMM", 16, lambda ev: ev["comm"]),
-    Column("DETAIL", 0, lambda ev: _describe(ev)),
-]
 
 
 @cli.command()
