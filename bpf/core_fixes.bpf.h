@@ -52,4 +52,14 @@ static __always_inline struct mount *vfsmount_real_mount(struct vfsmount *vfsmnt
  * no fallback on either side of that change.
  */
 
+/*
+ * sk->sk_protocol was an 8-bit bitfield until 5.6 (commit bf9765145b85
+ * "sock: Make sk_protocol a 16-bit value"); the probed bitfield read
+ * handles both layouts.
+ */
+static __always_inline __u16 sock_protocol(struct sock *sk)
+{
+	return BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+}
+
 #endif /* __VIGIL_CORE_FIXES_BPF_H */

@@ -18,6 +18,12 @@ enum vigil_event_kind {
 	VIGIL_EV_EXEC = 1,
 	VIGIL_EV_FORK = 2,
 	VIGIL_EV_EXIT = 3,
+	VIGIL_EV_CAPABLE = 4,
+	VIGIL_EV_CONNECT = 5,
+	VIGIL_EV_ACCEPT = 6,
+	VIGIL_EV_RETRANSMIT = 7,
+	VIGIL_EV_BIND = 8,
+	VIGIL_EV_LISTEN = 9,
 };
 
 /* Bits of vigil_header.flags; user space reads the names from BTF. */

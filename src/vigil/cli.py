@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import time
@@ -12,15 +11,15 @@ import time
 import click
 import orjson
 
-from . import __version__, kernel, loader, sensors
+from . import __version__, kernel, loader, sensors, tools
 from .agent import Agent
-from .encoding import display_args
 from .errors import ConfigError, VigilError
-from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink, lost_summary
+from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
 from .outputs.store import Store
 from .paths import DEFAULT_DB
 from .process import ProcessTable
-from .table import Column, TablePrinter, clock_time, relative_time
+from .table import Column, TablePrinter, clock_time
+from .tools import live
 
 log = logging.getLogger("vigil")
 
@@ -47,99 +46,6 @@ def _db_option(f):
     return click.option(
         "--db", "db_path", default=DEFAULT_DB, show_default=True, help="Event store (SQLite)."
     )(f)
-
-
-def _ring_options(f):
-    f = click.option(
-        "--ring-mb",
-        default=16,
-        show_default=True,
-        type=click.IntRange(1, 1024),
-        help="Ring buffer size, MiB (a power of two).",
-    )(f)
-    return click.option(
-        "--latency",
-        default=0.1,
-        show_default=True,
-        type=click.FloatRange(0.001, 10),
-        help="Longest a quiet event waits before it is read, s.",
-    )(f)
-
-
-def _regex(pattern: str | None, what: str) -> re.Pattern[bytes] | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(os.fsencode(pattern))
-    except re.error as err:
-        raise ConfigError(f"bad {what} regex {pattern!r}: {err}") from None
-
-
-def _finish_run(stats: dict) -> None:
-    msg = lost_summary(stats)
-    if msg:
-        click.echo(f"vigil: {msg}", err=True)
-
-
-# -- execsnoop -----------------------------------------------------------------------------
-@cli.command()
-@click.option("-x", "--fails", is_flag=True, help="Include failed execs (RET < 0).")
-@click.option("-t", "--timestamp", is_flag=True, help="Add a TIME(s) column, seconds since start.")
-@click.option("-T", "--time", "clock", is_flag=True, help="Add a TIME column, wall clock.")
-@click.option("-u", "--uid", type=click.IntRange(0, 2**32 - 2), help="Only this uid (in kernel).")
-@click.option("-n", "--name", help="Only commands whose name matches this regex.")
-@click.option("-l", "--line", help="Only commands whose argument line matches this regex.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, every field.")
-@click.option("--duration", type=float, help="Stop after this many seconds.")
-@_ring_options
-def execsnoop(fails, timestamp, clock, uid, name, line, as_json, duration, ring_mb, latency):
-    """Trace process executions, like bcc's execsnoop (-x: failed ones too)."""
-    name_re, line_re = _regex(name, "name"), _regex(line, "line")
-
-    def keep(ev: dict) -> bool:
-        if ev["kind"] != "exec" or (ev["ret"] != 0 and not fails):
-            return False
-        if name_re and not name_re.search(ev["comm"]):
-            return False
-        return not (line_re and not line_re.search(b" ".join(ev["args"])))
-
-    rodata = {"targ_uid": uid} if uid is not None else {}
-    session = loader.Session(
-        ["exec"], ring_bytes=ring_mb << 20, rodata=rodata, wakeup_bytes=_wakeup(ring_mb)
-    )
-    with session:
-        start = time.time_ns()
-        columns = []
-        if clock:
-            columns.append(Column("TIME", 8, clock_time))
-        if timestamp:
-            columns.append(Column("TIME(s)", 8, relative_time(start)))
-        columns += [
-            Column("PCOMM", 16, lambda ev: ev["comm"]),
-            Column("PID", 7, lambda ev: ev["pid"]),
-            Column("PPID", 7, lambda ev: ev["ppid"]),
-            Column("RET", 3, lambda ev: ev["ret"], right=True),
-            Column("ARGS", 0, lambda ev: display_args(ev["args"]) or ev["filename"]),
-        ]
-        sink = JsonSink() if as_json else TableSink(TablePrinter(columns))
-        agent = Agent(session, [sink], processes=_processes(), keep=keep, poll_interval=latency)
-        _ready("tracing execs")
-        _finish_run(agent.run(duration))
-
-
-def _ready(what: str) -> None:
-    click.echo(f"vigil: {what}; Ctrl-C to end", err=True)
-
-
-def _wakeup(ring_mb: int) -> int:
-    # Interactive tools: wake early (64 KiB) so lines appear promptly under load.
-    return min(64 << 10, (ring_mb << 20) // 4)
-
-
-def _processes() -> ProcessTable:
-    table = ProcessTable()
-    table.seed()
-    return table
 
 
 # -- monitor -------------------------------------------------------------------------------
@@ -174,14 +80,30 @@ def _describe(ev: dict) -> str:
     help="Seconds between status lines on stderr.",
 )
 @click.option("--duration", type=float, help="Stop after this many seconds.")
-@_ring_options
+@click.option(
+    "--ring-mb",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Ring buffer size, MiB (a power of two).",
+)
+@click.option(
+    "--latency",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0.001, 10),
+    help="Longest a quiet event waits before it is read, s.",
+)
 def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ring_mb, latency):
     """Run every sensor this kernel supports; store events and show them live."""
     names = list(sensor_names) or list(sensors.all_sensors())
+    rodata = {}
+    for name in names:
+        rodata.update(sensors.get(name).monitor_rodata)
     store = Store(db_path)
     sinks = [StoreSink(store)]
     try:
-        session = loader.Session(names, ring_bytes=ring_mb << 20)
+        session = loader.Session(names, ring_bytes=ring_mb << 20, rodata=rodata)
     except BaseException:
         store.close()
         raise
@@ -189,12 +111,14 @@ def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ri
         if not quiet:
             sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
         sinks.append(StatusLine(status_interval))
-        agent = Agent(session, sinks, processes=_processes(), poll_interval=latency)
-        _ready(f"monitoring {', '.join(names)} into {db_path}")
+        table = ProcessTable()
+        table.seed()
+        agent = Agent(session, sinks, processes=table, poll_interval=latency)
+        live.ready(f"monitoring {', '.join(names)} into {db_path}")
         stats = agent.run(duration)
     stored = sum(store.stored.values())
     click.echo(f"vigil: {stored} events stored in {db_path}", err=True)
-    _finish_run(stats)
+    live.finish(stats)
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -351,6 +275,10 @@ def _alternatives(choice: loader.Choice) -> str:
     hook = next(h for h in sensors.get(choice.sensor).hooks if h.name == choice.hook)
     others = [f"{a.feature} {a.target}" for a in hook.alternatives if a.feature != choice.feature]
     return ", ".join(others)
+
+
+for _command in tools.commands():
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,9 @@ Field rules:
   * ``char[N]`` is a C string: bytes up to the first NUL;
   * other 1-byte arrays (``__u8[N]``) and unions are raw ``bytes``;
   * arrays of wider integers decode to tuples;
-  * a nested struct's fields are flattened: those of the member named
-    ``hdr`` keep their names, others get ``<member>_`` in front;
+  * a nested struct's fields are flattened into the record under their own
+    names (the common header, shared pieces like the socket addresses); a
+    name that would then appear twice is an error;
   * names starting with ``__`` are padding and are skipped;
   * the last member, if it is a ``char[]``, may be cut short in the ring
     (variable length): it decodes to the raw bytes that are present.
@@ -116,8 +117,7 @@ def _fields(btf: bpf.Btf, struct_t: bpf.BtfType, base: int, prefix: str) -> list
         t = _strip(btf, type_id)
         full = prefix + name
         if t.kind == bpf.BTF_KIND_STRUCT:
-            sub = "" if name == "hdr" else f"{full}_"
-            out.extend(_fields(btf, t, off, sub))
+            out.extend(_fields(btf, t, off, prefix))
         elif t.kind == bpf.BTF_KIND_UNION:
             out.append(Field(full, off, t.size_or_type, "bytes", f"{t.size_or_type}s"))
         elif t.kind == bpf.BTF_KIND_ARRAY:
@@ -164,6 +164,10 @@ def layout_of(btf: bpf.Btf, kind: str, kind_id: int) -> Layout:
     if t is None:
         raise LayoutError(f"struct {struct_name} not in the object's BTF (missing VIGIL_RECORD?)")
     fields = _fields(btf, t, 0, "")
+    names = [f.name for f in fields]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise LayoutError(f"struct {struct_name}: field names repeat once flattened: {dupes}")
     tail = None
     if fields and fields[-1].form == "cstr":
         tail = fields.pop()

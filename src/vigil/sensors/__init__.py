@@ -58,6 +58,9 @@ class Sensor:
     describe: Callable[[dict], str] | None = None
     # .rodata constants every load of this sensor sets, on top of the caller's.
     rodata: dict[str, int] = field(default_factory=dict)
+    # .rodata constants `vigil monitor` sets (e.g. in-kernel de-duplication of a
+    # high-rate sensor), where a live tool would show everything.
+    monitor_rodata: dict[str, int] = field(default_factory=dict)
 
 
 _SENSORS: dict[str, Sensor] = {}
@@ -85,5 +88,9 @@ def get(name: str) -> Sensor:
 
 
 def _import_all() -> None:
-    from . import exec as _exec  # noqa: F401
-    from . import lifecycle as _lifecycle  # noqa: F401
+    """Every module of this package declares sensors: import them all once."""
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")

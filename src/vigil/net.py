@@ -1,0 +1,49 @@
+"""Socket fields of network records, made readable once, after decode.
+
+Every network record carries `struct vigil_sockaddrs` (bpf/net.h): family,
+protocol, ports, and 16-byte address arrays.  `finish_sockaddrs` turns them
+into the fields users read: `ip` (4 or 6), `proto` ("tcp"...), `laddr` and
+`raddr` as text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+_PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", 132: "sctp", 262: "mptcp"}
+_TCP_STATES = (
+    "",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "NEW_SYN_RECV",
+)  # include/net/tcp_states.h: UAPI-stable numbering
+
+
+def address(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if family == socket.AF_INET6:
+        return str(ipaddress.IPv6Address(raw[:16]))
+    return ""
+
+
+def tcp_state(n: int) -> str:
+    return _TCP_STATES[n] if 0 < n < len(_TCP_STATES) else str(n)
+
+
+def finish_sockaddrs(ev: dict) -> None:
+    family = ev.pop("family")
+    ev["ip"] = 4 if family == socket.AF_INET else 6 if family == socket.AF_INET6 else 0
+    ev["proto"] = _PROTOCOLS.get(ev.pop("protocol"), "other")
+    ev["laddr"] = address(family, ev["laddr"])
+    ev["raddr"] = address(family, ev["raddr"])

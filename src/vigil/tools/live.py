@@ -1,0 +1,106 @@
+"""What every live tool shares: options, the run loop, the exit line."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+
+import click
+
+from .. import loader
+from ..agent import Agent
+from ..errors import ConfigError
+from ..outputs.sinks import JsonSink, TableSink, lost_summary
+from ..process import ProcessTable
+from ..table import Column, TablePrinter, clock_time, relative_time
+
+
+def live_options(f):
+    """--json, --duration, --ring-mb, --latency: on every live tool."""
+    f = click.option(
+        "--latency",
+        default=0.1,
+        show_default=True,
+        type=click.FloatRange(0.001, 10),
+        help="Longest a quiet event waits before it is read, s.",
+    )(f)
+    f = click.option(
+        "--ring-mb",
+        default=16,
+        show_default=True,
+        type=click.IntRange(1, 1024),
+        help="Ring buffer size, MiB (a power of two).",
+    )(f)
+    f = click.option("--duration", type=float, help="Stop after this many seconds.")(f)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="One JSON object per event, every field."
+    )(f)
+
+
+def time_columns(clock: bool = False, timestamp: bool = False, start_ns: int = 0) -> list[Column]:
+    """bcc's -T (wall clock, TIME) and -t (seconds since start, TIME(s))."""
+    cols = []
+    if clock:
+        cols.append(Column("TIME", 8, clock_time))
+    if timestamp:
+        cols.append(Column("TIME(s)", 8, relative_time(start_ns)))
+    return cols
+
+
+def regex(pattern: str | None, what: str) -> re.Pattern[bytes] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(os.fsencode(pattern))
+    except re.error as err:
+        raise ConfigError(f"bad {what} regex {pattern!r}: {err}") from None
+
+
+def ready(what: str) -> None:
+    click.echo(f"vigil: {what}; Ctrl-C to end", err=True)
+
+
+def finish(stats: dict) -> None:
+    msg = lost_summary(stats)
+    if msg:
+        click.echo(f"vigil: {msg}", err=True)
+
+
+def run_live(
+    sensors: list[str],
+    *,
+    columns: list[Column] | Callable[[loader.Session], list[Column]],
+    as_json: bool,
+    duration: float | None,
+    ring_mb: int,
+    latency: float,
+    what: str,
+    keep: Callable[[dict], bool] | None = None,
+    rodata: dict[str, int] | None = None,
+    choices: dict[str, str] | None = None,
+    sinks: list | None = None,
+) -> dict:
+    """Load `sensors`, print their events until Ctrl-C or `duration`."""
+    ring = ring_mb << 20
+    # Interactive tools wake early (64 KiB pending) so lines appear promptly.
+    session = loader.Session(
+        sensors,
+        ring_bytes=ring,
+        rodata=rodata,
+        choices=choices,
+        wakeup_bytes=min(64 << 10, ring // 4),
+    )
+    with session:
+        if callable(columns):
+            columns = columns(session)
+        out = JsonSink() if as_json else TableSink(TablePrinter(columns))
+        table = ProcessTable()
+        table.seed()
+        agent = Agent(
+            session, [out, *(sinks or [])], processes=table, keep=keep, poll_interval=latency
+        )
+        ready(what)
+        stats = agent.run(duration)
+    finish(stats)
+    return stats
