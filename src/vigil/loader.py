@@ -215,6 +215,19 @@ class Session:
                 fn(ev)
         return events
 
+    # -- maps ---------------------------------------------------------------------
+    def map(self, name: str) -> bpf.Map:
+        """A map of a loaded object by name (counting tools read theirs)."""
+        for obj in self._objects:
+            for m in obj.maps():
+                if m.name == name:
+                    return m
+        raise ConfigError(f"no loaded sensor has a map {name!r}")
+
+    def btf_of(self, map_name: str) -> bpf.Btf:
+        """The BTF of the object holding `map_name` (to decode its keys)."""
+        return self.map(map_name).obj.btf()
+
     # -- counters -------------------------------------------------------------------
     def kernel_stats(self) -> dict[str, dict[str, int]]:
         """Per record kind: emitted, lost (ring full) and partial, from the kernel."""

@@ -158,8 +158,8 @@ def enum_values(btf: bpf.Btf, enum_name: str) -> dict[str, int]:
     return dict(t.enumerators())
 
 
-def layout_of(btf: bpf.Btf, kind: str, kind_id: int) -> Layout:
-    struct_name = f"{kind}_event"
+def layout_of(btf: bpf.Btf, kind: str, kind_id: int, struct_name: str | None = None) -> Layout:
+    struct_name = struct_name or f"{kind}_event"
     t = btf.find(struct_name, bpf.BTF_KIND_STRUCT)
     if t is None:
         raise LayoutError(f"struct {struct_name} not in the object's BTF (missing VIGIL_RECORD?)")
@@ -261,6 +261,23 @@ def make_decoder(layout: Layout, flags: dict[int, str], clock: list[int] | None 
         return ev
 
     return decode
+
+
+def struct_decoder(btf: bpf.Btf, struct_name: str) -> tuple[DecodeFn, int]:
+    """(decode, size) for any struct in BTF, e.g. a map's key or value.
+
+    Same field rules as records; the result has no `kind`, and `ts_ns` is
+    left as the kernel wrote it.
+    """
+    layout = layout_of(btf, struct_name, 0, struct_name)
+    decode = make_decoder(layout, {})
+
+    def decode_struct(raw: bytes) -> Decoded:
+        out = decode(raw)
+        del out["kind"]
+        return out
+
+    return decode_struct, layout.size
 
 
 class Decoder:
