@@ -158,7 +158,9 @@ def enum_values(btf: bpf.Btf, enum_name: str) -> dict[str, int]:
     return dict(t.enumerators())
 
 
-def layout_of(btf: bpf.Btf, kind: str, kind_id: int, struct_name: str | None = None) -> Layout:
+def layout_of(
+    btf: bpf.Btf, kind: str, kind_id: int, struct_name: str | None = None, tail: bool = True
+) -> Layout:
     struct_name = struct_name or f"{kind}_event"
     t = btf.find(struct_name, bpf.BTF_KIND_STRUCT)
     if t is None:
@@ -168,10 +170,8 @@ def layout_of(btf: bpf.Btf, kind: str, kind_id: int, struct_name: str | None = N
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise LayoutError(f"struct {struct_name}: field names repeat once flattened: {dupes}")
-    tail = None
-    if fields and fields[-1].form == "cstr":
-        tail = fields.pop()
-    return Layout(kind, kind_id, struct_name, t.size_or_type, tuple(fields), tail)
+    last = fields.pop() if tail and fields and fields[-1].form == "cstr" else None
+    return Layout(kind, kind_id, struct_name, t.size_or_type, tuple(fields), last)
 
 
 def layouts_of(btf: bpf.Btf) -> dict[int, Layout]:
@@ -269,7 +269,7 @@ def struct_decoder(btf: bpf.Btf, struct_name: str) -> tuple[DecodeFn, int]:
     Same field rules as records; the result has no `kind`, and `ts_ns` is
     left as the kernel wrote it.
     """
-    layout = layout_of(btf, struct_name, 0, struct_name)
+    layout = layout_of(btf, struct_name, 0, struct_name, tail=False)
     decode = make_decoder(layout, {})
 
     def decode_struct(raw: bytes) -> Decoded:
