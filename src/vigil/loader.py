@@ -13,6 +13,7 @@ long a lone event waits.
 
 from __future__ import annotations
 
+import os
 import select
 import struct
 import time
@@ -141,6 +142,7 @@ class Session:
         self.decoder = records.Decoder(_boot_offset_ns())
         self.choices: list[Choice] = []
         self._objects: list[bpf.Object] = []
+        self._object_kinds: dict[str, list[str]] = {}  # object -> kinds its sensors emit
         self._links: list[bpf.Link] = []
         self._finish = {}
         self._ring_fd = -1
@@ -165,6 +167,7 @@ class Session:
         for obj_name, group in by_object.items():
             obj = bpf.Object(paths.bpf_object(obj_name))
             self._objects.append(obj)
+            self._object_kinds[obj.name] = [k for s in group for k in s.kinds]
             chosen = [c for s in group for c in choose(s, forced)]
             names = {p for c in chosen for p in c.programs}
             for prog in obj.programs():
@@ -233,13 +236,13 @@ class Session:
         """Per record kind: emitted, lost (ring full) and partial, from the kernel."""
         out: dict[str, dict[str, int]] = {}
         ncpu = bpf.num_possible_cpus()
+        kind_ids = {layout.kind: kind_id for kind_id, layout in self.decoder.layouts.items()}
         for obj in self._objects:
             m = obj.map("vigil_stats")
             size = ((m.value_size + 7) // 8) * 8 * ncpu
-            for kind_id, layout in self.decoder.layouts.items():
-                if layout.kind not in self._finish:
-                    continue
-                row = out.setdefault(layout.kind, dict.fromkeys(STAT_NAMES, 0))
+            for kind in self._object_kinds[obj.name]:
+                kind_id = kind_ids[kind]
+                row = out.setdefault(kind, dict.fromkeys(STAT_NAMES, 0))
                 for i, stat in enumerate(STAT_NAMES):
                     raw = bpf.map_lookup(m.fd, struct.pack("<I", kind_id * 4 + i), size)
                     if raw:
@@ -260,8 +263,6 @@ class Session:
             obj.close()
         self._objects.clear()
         if self._ring_fd >= 0:
-            import os
-
             os.close(self._ring_fd)
             self._ring_fd = -1
 
