@@ -96,7 +96,7 @@ def _describe(ev: dict) -> str:
 )
 def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ring_mb, latency):
     """Run every sensor this kernel supports; store events and show them live."""
-    names = list(sensor_names) or list(sensors.all_sensors())
+    names = list(sensor_names) or _available_sensors()
     rodata = {}
     for name in names:
         rodata.update(sensors.get(name).monitor_rodata)
@@ -119,6 +119,19 @@ def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ri
     stored = sum(store.stored.values())
     click.echo(f"vigil: {stored} events stored in {db_path}", err=True)
     live.finish(stats)
+
+
+def _available_sensors() -> list[str]:
+    """Every sensor this kernel can host; the others are named and skipped."""
+    names = []
+    for name, sensor in sensors.all_sensors().items():
+        try:
+            loader.choose(sensor)
+        except VigilError as err:
+            click.echo(f"vigil: skipping {err}", err=True)
+            continue
+        names.append(name)
+    return names
 
 
 # -- events ----------------------------------------------------------------------------------
