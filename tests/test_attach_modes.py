@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from helpers import pump_until, start_agent
+from test_capable import chown_trigger
 from vigil import sensors
 from vigil.loader import usable
 
@@ -23,7 +24,10 @@ def _fork_trigger():
 
 
 # (sensor, hook) -> a trigger that makes the event and returns a matcher for it
-TRIGGERS = {("fork", "fork"): _fork_trigger}
+TRIGGERS = {
+    ("fork", "fork"): _fork_trigger,
+    ("capable", "cap_capable"): chown_trigger,
+}
 
 
 def _alternatives():

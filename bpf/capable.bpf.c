@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause
+/*
+ * Capability checks: every cap_capable() call, the capability LSM's answer
+ * to capable(), ns_capable(), has_capability()... (bcc's capable).
+ *
+ * Three ways in, one record, best first as the loader tries them:
+ *   tracepoint capability:cap_capable  stable, one program, fires after the
+ *                                      decision (ret); no `opts`, so whether
+ *                                      the check is audited is unknown
+ *   fexit cap_capable                  arguments and return in one program:
+ *                                      audit known
+ *   kprobe + kretprobe cap_capable     same, for kernels without BTF
+ *                                      trampolines (arguments parked per
+ *                                      thread between entry and return)
+ * All run in the checking task's context: the header names it.
+ *
+ * Capability checks are frequent (CAP_SYS_ADMIN on many mmaps, CAP_SETUID
+ * on every setuid...), so filters run here, before the ring: a pid,
+ * our own pid, known non-audit checks, and --unique's one record per
+ * (process image, capability, verdict, namespace kind).
+ */
+#include "common.bpf.h"
+#include "core_fixes.bpf.h"
+#include <bpf/bpf_tracing.h>
+#include "capable.h"
+
+VIGIL_RECORD(capable_event);
+enum capable_verdict *__vigil_enum_verdict __attribute__((unused));
+enum capable_audit *__vigil_enum_audit __attribute__((unused));
+
+#define EPERM 1
+/* include/linux/security.h: the check must not be audited (a probe). */
+#define CAP_OPT_NOAUDIT (1U << 1)
+
+/* Filters set by user space before load; 0 = off. */
+const volatile __u32 targ_pid = 0;	/* only this process */
+const volatile __u32 ignore_pid = 0;	/* never this one (the tool itself) */
+const volatile __u8 skip_noaudit = 0;	/* drop checks known to be CAP_OPT_NOAUDIT */
+const volatile __u8 unique = 0;		/* report a repeated check once */
+
+/*
+ * --unique: what makes a check "the same".  The process image, not just
+ * the pid: start time (a reused pid is another process) and the exec
+ * count (after execve the same pid runs another program, whose checks are
+ * news).  The verdict and the namespace kind are part of it so that an
+ * allowed check never hides a later denial, nor a check inside a user
+ * namespace one against the host.
+ */
+struct capable_key {
+	__u64 start_ns;		/* process start, CLOCK_BOOTTIME */
+	__u64 exec_id;		/* task->self_exec_id: +1 per exec */
+	__u32 pid;
+	__s32 cap;
+	__u8 denied;
+	__u8 init_ns;
+	__u8 __pad[6];
+};
+
+/* LRU: a forgotten key costs one more record, never a lost one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct capable_key);
+	__type(value, __u8);
+} capable_seen SEC(".maps");
+
+static __always_inline bool pid_wanted(__u32 pid)
+{
+	if (targ_pid && pid != targ_pid)
+		return false;
+	return !(ignore_pid && pid == ignore_pid);
+}
+
+/* True when an identical check of this process image was reported already. */
+static __always_inline bool repeated(struct task_struct *task, __u32 pid, int cap,
+				     bool denied, bool init_ns)
+{
+	struct capable_key key = {};
+	__u8 one = 1;
+
+	key.pid = pid;
+	key.cap = cap;
+	key.denied = denied;
+	key.init_ns = init_ns;
+	key.start_ns = task_start_boottime(BPF_CORE_READ(task, group_leader));
+	/* u64 since 5.7 (d1e7fd6462ca "signal: Extend exec_id to 64bits");
+	 * ring buffers need 5.8, so no older layout reaches this code */
+	key.exec_id = BPF_CORE_READ(task, self_exec_id);
+	/* lookup first: a repeat (the common case) then costs no LRU update */
+	if (bpf_map_lookup_elem(&capable_seen, &key))
+		return true;
+	/* NOEXIST: of two CPUs racing on a first check, one reports it */
+	return bpf_map_update_elem(&capable_seen, &key, &one, BPF_NOEXIST) != 0;
+}
+
+static __always_inline int emit(const struct cred *cred, struct user_namespace *target_ns,
+				int cap, int ret, enum capable_audit audit)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct capable_event *e;
+	bool init_ns, denied = ret != 0;
+
+	if (!pid_wanted(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	if (skip_noaudit && audit == CAPABLE_AUDIT_NO)
+		return 0;
+	/* only the initial user namespace is at level 0 */
+	init_ns = BPF_CORE_READ(target_ns, level) == 0;
+	if (unique && repeated(task, bpf_get_current_pid_tgid() >> 32, cap, denied, init_ns))
+		return 0;
+	e = reserve_event(VIGIL_EV_CAPABLE, sizeof(*e));
+	if (!e)
+		return 0;
+	fill_header(&e->hdr, VIGIL_EV_CAPABLE);
+	e->cap = cap;
+	e->ret = ret;
+	e->verdict = denied ? CAPABLE_VERDICT_DENIED : CAPABLE_VERDICT_ALLOWED;
+	e->audit = audit;
+	e->target_ns_inum = BPF_CORE_READ(target_ns, ns.inum);
+	e->cred_ns_inum = BPF_CORE_READ(cred, user_ns, ns.inum);
+	e->init_ns = init_ns;
+	/* the subjective creds (current_cred()) are what the task's own checks use */
+	e->other_cred = BPF_CORE_READ(task, cred) != cred;
+	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
+	submit_event(&e->hdr);
+	return 0;
+}
+
+static __always_inline enum capable_audit audit_of(unsigned int opts)
+{
+	return opts & CAP_OPT_NOAUDIT ? CAPABLE_AUDIT_NO : CAPABLE_AUDIT_YES;
+}
+
+/* -- tracepoint (6.14+) ---------------------------------------------------------- */
+SEC("tracepoint/capability/cap_capable")
+int handle_cap_capable(struct trace_event_raw_cap_capable *ctx)
+{
+	return emit(ctx->cred, ctx->target_ns, ctx->cap, ctx->ret, CAPABLE_AUDIT_UNKNOWN);
+}
+
+/*
+ * -- fexit ------------------------------------------------------------------------
+ * int cap_capable(const struct cred *cred, struct user_namespace *ns,
+ *                 int cap, unsigned int opts)
+ * `opts` replaced `int audit` in 5.1 (c1a85a00ea66 "LSM: generalize flag
+ * passing to security_capable"); ring buffers need 5.8, so only `opts`
+ * kernels run this.
+ */
+SEC("fexit/cap_capable")
+int BPF_PROG(capable_fexit, const struct cred *cred, struct user_namespace *ns, int cap,
+	     unsigned int opts, int ret)
+{
+	return emit(cred, ns, cap, ret, audit_of(opts));
+}
+
+/* -- kprobe + kretprobe -------------------------------------------------------------- */
+struct capable_args {
+	const struct cred *cred;
+	struct user_namespace *ns;
+	__s32 cap;
+	__u32 opts;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u32);		/* tid: one check in flight per thread */
+	__type(value, struct capable_args);
+} capable_inflight SEC(".maps");
+
+SEC("kprobe/cap_capable")
+int BPF_KPROBE(capable_kprobe, const struct cred *cred, struct user_namespace *ns, int cap,
+	       unsigned int opts)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct capable_args args = {.cred = cred, .ns = ns, .cap = cap, .opts = opts};
+
+	/* filter at entry: a filtered-out check costs no map update */
+	if (!pid_wanted(id >> 32))
+		return 0;
+	if (skip_noaudit && (opts & CAP_OPT_NOAUDIT))
+		return 0;
+	/* a check we cannot park is a record lost: count it */
+	if (bpf_map_update_elem(&capable_inflight, &tid, &args, BPF_ANY))
+		stat_inc(VIGIL_EV_CAPABLE, VIGIL_STAT_LOST);
+	return 0;
+}
+
+SEC("kretprobe/cap_capable")
+int BPF_KRETPROBE(capable_kretprobe, int ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct capable_args *a = bpf_map_lookup_elem(&capable_inflight, &tid);
+	struct capable_args args;
+
+	if (!a)
+		return 0;	/* entry filtered, or missed (map full) */
+	args = *a;
+	bpf_map_delete_elem(&capable_inflight, &tid);
+	return emit(args.cred, args.ns, args.cap, ret, audit_of(args.opts));
+}

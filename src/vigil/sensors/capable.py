@@ -1,0 +1,51 @@
+"""capable: capability checks and their verdicts (bpf/capable.bpf.c)."""
+
+from .. import caps
+from . import Attach, Sensor, hook, register, tracepoint
+
+
+def _finish(ev: dict) -> None:
+    ev["cap_name"] = caps.name(ev["cap"])
+    ev["init_ns"] = bool(ev["init_ns"])
+    ev["other_cred"] = bool(ev["other_cred"])
+
+
+def _describe(ev: dict) -> str:
+    text = f"{ev['cap_name'] or ev['cap']} {ev['verdict']}"
+    if not ev["init_ns"]:
+        text += f" in userns {ev['target_ns_inum']}"
+    # a check by credentials of another namespace than the one checked
+    # against: from inside a container toward the host, for one
+    if ev["cred_ns_inum"] != ev["target_ns_inum"]:
+        text += f" from userns {ev['cred_ns_inum']}"
+    if ev["audit"] == "no":
+        text += " (noaudit)"
+    if ev["other_cred"]:
+        text += " (other cred)"
+    return text
+
+
+SENSOR = register(
+    Sensor(
+        name="capable",
+        object="capable",
+        kinds=("capable",),
+        summary="capability checks (cap_capable), allowed or denied",
+        hooks=(
+            hook(
+                "cap_capable",
+                # stable and one program, but no `opts`: audit unknown
+                tracepoint("capability/cap_capable", "handle_cap_capable"),
+                # older kernels (no tracepoint before 6.14): audit known
+                Attach("fentry", "cap_capable", ("capable_fexit",)),
+                Attach("kprobe", "cap_capable", ("capable_kprobe", "capable_kretprobe")),
+            ),
+        ),
+        finish=_finish,
+        describe=_describe,
+        # A busy host checks CAP_SYS_ADMIN on many mmaps and CAP_SETUID on
+        # every setuid(): the monitor keeps one record per process image,
+        # capability, verdict and namespace kind (a denial is never hidden).
+        monitor_rodata={"unique": 1},
+    )
+)

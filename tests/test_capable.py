@@ -1,0 +1,425 @@
+"""The capable sensor on the real kernel: real processes make real checks.
+
+Each check comes from a small Python child that names itself (comm) and
+then binds a low port, chowns a file, calls setuid or, after dropping
+CAP_CHOWN from its effective set with capset(2), fails a chown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from helpers import pump_until, start_agent, vigil
+from vigil import caps, sensors
+
+pytestmark = pytest.mark.kernel
+
+CAP_CHOWN, CAP_SETUID, CAP_NET_BIND_SERVICE = 0, 7, 10
+VIGIL = [os.path.join(os.path.dirname(sys.executable), "vigil")]
+# The effective set of the child loses CAP_CHOWN (capset keeps permitted).
+DROP_CHOWN = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+class Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+hdr, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+assert libc.capget(ctypes.byref(hdr), data) == 0, ctypes.get_errno()
+data[0].effective &= ~(1 << 0)  # CAP_CHOWN
+assert libc.capset(ctypes.byref(hdr), data) == 0, ctypes.get_errno()
+"""
+
+
+class Child:
+    """A Python child that sets its comm, optionally waits for "go", runs `code`."""
+
+    def __init__(self, comm: str, code: str, *args: str, wait: bool = False):
+        prelude = "import os, socket, sys\n"
+        prelude += f"open('/proc/self/comm', 'w').write({comm!r})\n"
+        if wait:
+            prelude += "sys.stdin.readline()\n"
+        self.comm = comm.encode()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", prelude + code, *args],
+            stdin=subprocess.PIPE if wait else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.pid = self.proc.pid
+        if not wait:
+            self.join()
+
+    def go(self) -> None:
+        self.join(b"go\n")
+
+    def join(self, stdin: bytes | None = None) -> None:
+        _, err = self.proc.communicate(stdin, timeout=30)
+        assert self.proc.returncode == 0, err.decode()
+
+
+def _checks(events, pid, cap=None):
+    return [
+        e for e in events if e["kind"] == "capable" and e["pid"] == pid and cap in (None, e["cap"])
+    ]
+
+
+def _settle(agent, seconds=0.3):
+    """Read what is still in the ring (the child has exited: it all is)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        agent.step(0.05)
+
+
+def _low_port() -> int:
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        start = int(f.read())
+    if start <= 600:
+        pytest.skip(f"ports from {start} need no CAP_NET_BIND_SERVICE here")
+    return 600
+
+
+BIND_LOW = """
+for port in range(int(sys.argv[1]), 1024):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        break
+    except OSError:
+        s.close()
+else:
+    sys.exit("no free port below 1024")
+"""
+CHOWN = "os.chown(sys.argv[-1], 4321, -1)\n"  # the path is the last argument
+DENIED_CHOWN = (
+    DROP_CHOWN
+    + """
+try:
+    os.chown(sys.argv[-1], 4321, -1)
+    sys.exit("chown worked without CAP_CHOWN")
+except PermissionError:
+    pass
+"""
+)
+
+
+@pytest.fixture
+def victim(tmp_path):
+    path = tmp_path / "victim"
+    path.write_text("x")
+    return str(path)
+
+
+@pytest.fixture
+def agent():
+    agent, sink = start_agent(["capable"])
+    yield agent, sink
+    agent.session.close()
+
+
+def test_allowed_checks_name_pid_comm_cap(agent, victim):
+    agent, sink = agent
+    bind = Child("vcap-bind", BIND_LOW, str(_low_port()))
+    chown = Child("vcap-chown", CHOWN, victim)
+    setuid = Child("vcap-setuid", "os.setuid(0)\n")
+    want = [
+        (bind, CAP_NET_BIND_SERVICE, "CAP_NET_BIND_SERVICE"),
+        (chown, CAP_CHOWN, "CAP_CHOWN"),
+        (setuid, CAP_SETUID, "CAP_SETUID"),
+    ]
+    events = pump_until(
+        agent, sink, lambda evs: all(_checks(evs, c.pid, cap) for c, cap, _ in want)
+    )
+    for child, cap, name in want:
+        ev = _checks(events, child.pid, cap)[0]
+        assert ev["comm"] == child.comm
+        assert ev["tid"] == child.pid
+        assert ev["ppid"] == os.getpid()
+        assert ev["uid"] == 0
+        assert ev["cap_name"] == name
+        assert (ev["verdict"], ev["ret"]) == ("allowed", 0)
+        assert ev["audit"] == "unknown"  # the tracepoint has no `opts`
+        assert ev["init_ns"] is True and ev["other_cred"] is False
+        assert ev["target_ns_inum"] == os.stat("/proc/self/ns/user").st_ino
+        assert ev["cred_ns_inum"] == ev["target_ns_inum"]
+        assert ev["ancestors"][0]["pid"] == os.getpid()
+    assert os.stat(victim).st_uid == 4321
+
+
+def test_dropped_capability_is_denied(agent, victim):
+    agent, sink = agent
+    child = Child("vcap-denied", DENIED_CHOWN, victim)
+    done = lambda evs: _checks(evs, child.pid, CAP_CHOWN)  # noqa: E731
+    (ev,) = _checks(pump_until(agent, sink, done), child.pid, CAP_CHOWN)
+    assert (ev["verdict"], ev["ret"]) == ("denied", -1)  # -EPERM
+    assert ev["comm"] == b"vcap-denied" and ev["cap_name"] == "CAP_CHOWN"
+    assert os.stat(victim).st_uid == 0
+
+
+def test_user_namespace_check_is_not_init_ns():
+    # unshare -U -r: root in a new user namespace; its sethostname needs
+    # CAP_SYS_ADMIN over the UTS ns owned by that user ns, not the host's.
+    agent, sink = start_agent(["capable"], enrich=False)
+    try:
+        proc = subprocess.Popen(
+            ["unshare", "-U", "-r", "-u", "hostname", "vcap-userns"], stderr=subprocess.PIPE
+        )
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+
+        def sethostname(evs):  # unshare execs hostname: same pid
+            return [
+                e
+                for e in _checks(evs, proc.pid, 21)
+                if e["comm"] == b"hostname" and not e["init_ns"]
+            ]
+
+        (ev,) = sethostname(pump_until(agent, sink, sethostname))
+        assert (ev["verdict"], ev["ret"]) == ("allowed", 0)
+        # root of the new namespace, checked against it: not the host's
+        assert ev["target_ns_inum"] == ev["cred_ns_inum"]
+        assert ev["target_ns_inum"] != os.stat("/proc/self/ns/user").st_ino
+        text = sensors.get("capable").describe(ev)
+        assert text == f"CAP_SYS_ADMIN allowed in userns {ev['target_ns_inum']}"
+    finally:
+        agent.session.close()
+
+
+# rtnetlink checks CAP_NET_ADMIN twice: with the credentials the socket was
+# opened with (file_ns_capable) and with the task's own.  setuid(0) gives
+# the task a new struct cred, so the first check is on "other" credentials.
+NETLINK = """
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+os.setuid(0)
+import struct
+RTM_SETLINK, NLM_F_REQUEST, NLM_F_ACK = 19, 1, 4
+body = bytes(16)  # struct ifinfomsg for ifindex 0: refused (EINVAL) after the checks
+s.send(struct.pack("=IHHII", 16 + len(body), RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
+assert struct.unpack_from("=i", s.recv(4096), 16)[0] == -22
+"""
+
+
+def test_check_on_other_credentials(agent):
+    agent, sink = agent
+    child = Child("vcap-netlink", NETLINK)
+    cap_net_admin = 12
+
+    def both(evs):
+        return {e["other_cred"] for e in _checks(evs, child.pid, cap_net_admin)} == {True, False}
+
+    events = pump_until(agent, sink, both)
+    other = next(e for e in _checks(events, child.pid, cap_net_admin) if e["other_cred"])
+    assert other["comm"] == b"vcap-netlink" and other["verdict"] == "allowed"
+    assert sensors.get("capable").describe(other) == "CAP_NET_ADMIN allowed (other cred)"
+
+
+def test_pid_filter_is_in_kernel(victim):
+    target = Child("vcap-target", CHOWN, victim, wait=True)
+    other = Child("vcap-other", CHOWN, victim, wait=True)
+    agent, sink = start_agent(["capable"], enrich=False, rodata={"targ_pid": target.pid})
+    try:
+        other.go()
+        target.go()
+        pump_until(agent, sink, lambda evs: _checks(evs, target.pid, CAP_CHOWN))
+        _settle(agent)
+        # no keep() in user space: whatever arrived, the kernel sent
+        assert {e["pid"] for e in sink.events} == {target.pid}
+        emitted = agent.session.kernel_stats()["capable"]["emitted"]
+        assert emitted == len(sink.events)
+    finally:
+        agent.session.close()
+
+
+REPEAT = "for _ in range(int(sys.argv[1])):\n    os.setuid(0)\n"
+
+
+@pytest.mark.parametrize("unique", [0, 1])
+def test_unique_reports_a_repeated_check_once(unique):
+    n = 50
+    agent, sink = start_agent(["capable"], enrich=False, rodata={"unique": unique})
+    try:
+        child = Child("vcap-repeat", REPEAT, str(n))
+        pump_until(agent, sink, lambda evs: _checks(evs, child.pid, CAP_SETUID))
+        _settle(agent)
+        count = len(_checks(sink.events, child.pid, CAP_SETUID))
+        if unique:
+            assert count == 1
+        else:
+            assert count >= n
+    finally:
+        agent.session.close()
+
+
+def test_unique_keeps_denial_after_allowed_and_new_image_after_exec(victim):
+    # allowed chown, then denied chown, then exec: the new program's
+    # allowed chown is news too, but only once.  Same pid throughout.
+    code = (
+        "os.chown(sys.argv[1], 4321, -1)\n"
+        + DENIED_CHOWN
+        + "os.execv(sys.executable, [sys.executable, '-c', "
+        "'import os, sys; os.chown(sys.argv[1], 4322, -1); os.chown(sys.argv[1], 4323, -1)', "
+        "sys.argv[1]])\n"
+    )
+    agent, sink = start_agent(["capable"], enrich=False, rodata={"unique": 1})
+    try:
+        child = Child("vcap-uniq", code, victim)
+        pump_until(agent, sink, lambda evs: len(_checks(evs, child.pid, CAP_CHOWN)) >= 3)
+        _settle(agent)
+        got = [(e["verdict"], e["comm"]) for e in _checks(sink.events, child.pid, CAP_CHOWN)]
+        exe_comm = os.path.basename(sys.executable).encode()[:15]
+        assert os.stat(victim).st_uid == 4323  # both chowns after exec ran
+        assert got == [
+            ("allowed", b"vcap-uniq"),
+            ("denied", b"vcap-uniq"),
+            ("allowed", exe_comm),
+        ]
+    finally:
+        agent.session.close()
+
+
+def _start(*args: str) -> subprocess.Popen:
+    proc = subprocess.Popen([*VIGIL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    line = proc.stderr.readline()
+    assert b"Ctrl-C to end" in line, line + proc.stderr.read()
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> bytes:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_cli_table_columns(victim):
+    proc = _start("capable")
+    allowed = Child("vcap-cli-ok", CHOWN, victim)
+    denied = Child("vcap-cli-no", DENIED_CHOWN, victim)
+    time.sleep(0.5)
+    lines = _stop(proc).decode().splitlines()
+    assert lines[0].split() == ["TIME", "UID", "PID", "COMM", "CAP", "NAME", "AUDIT", "VERDICT"]
+    rows = [line.split() for line in lines[1:]]
+    for child, verdict in ((allowed, "allowed"), (denied, "denied")):
+        mine = [r for r in rows if len(r) == 8 and r[2] == str(child.pid) and r[4] == "0"]
+        assert mine, f"no CAP_CHOWN row for {child.comm}"
+        when, uid, _, comm, _, name, audit, got = mine[0]
+        assert time.strptime(when, "%H:%M:%S")
+        assert (uid, comm, name, audit, got) == (
+            "0",
+            child.comm.decode(),
+            "CAP_CHOWN",
+            "-",
+            verdict,
+        )
+    # bcc's capable does not show its own checks; neither do we
+    assert not [r for r in rows if r[2] == str(proc.pid)]
+
+
+def test_cli_json_pid_filter_and_relative_time(victim):
+    target = Child("vcap-json", CHOWN, victim, wait=True)
+    proc = _start("capable", "--json", "-p", str(target.pid), "--unique")
+    target.go()
+    time.sleep(0.5)
+    events = [orjson.loads(line) for line in _stop(proc).splitlines()]
+    assert events and {e["pid"] for e in events} == {target.pid}
+    (ev,) = [e for e in events if e["cap"] == CAP_CHOWN]  # --unique: once
+    assert ev["comm"] == "vcap-json" and ev["cap_name"] == "CAP_CHOWN"
+    assert ev["verdict"] == "allowed" and ev["audit"] == "unknown" and ev["init_ns"] is True
+    assert ev["exe"] == os.path.realpath(sys.executable)  # exec'd after the tool began
+    assert ev["ancestors"][0]["pid"] == os.getpid()
+
+    proc = _start("capable", "-t", "--duration", "5")
+    Child("vcap-rel", CHOWN, victim)
+    time.sleep(0.5)
+    lines = _stop(proc).decode().splitlines()
+    assert lines[0].split()[:2] == ["TIME(s)", "UID"]
+    row = next(line.split() for line in lines[1:] if "vcap-rel" in line)
+    assert 0 <= float(row[0]) < 30
+
+
+def test_monitor_stores_capable_with_ancestry(tmp_path, victim):
+    db = str(tmp_path / "v.db")
+    sensors = ("--sensor", "capable", "--sensor", "exec", "--sensor", "fork", "--sensor", "exit")
+    proc = _start("monitor", "--db", db, "-q", *sensors)
+    child = Child("vcap-mon", REPEAT + CHOWN, "20", victim)
+    time.sleep(1.0)
+    _stop(proc)
+    res = vigil("events", "--db", db, "--kind", "capable", "--pid", str(child.pid), "--json")
+    assert res.returncode == 0, res.stderr
+    events = [orjson.loads(line) for line in res.stdout.splitlines()]
+    by_cap = {}
+    for ev in events:
+        by_cap.setdefault(ev["cap_name"], []).append(ev)
+    # the monitor de-duplicates in kernel: 20 setuid(0) calls, one record
+    assert len(by_cap["CAP_SETUID"]) == 1
+    (ev,) = by_cap["CAP_CHOWN"]
+    assert ev["comm"] == "vcap-mon" and ev["verdict"] == "allowed"
+    assert ev["ancestors"][0]["pid"] == os.getpid()
+    assert ev["ancestors"][0]["exe"] == os.path.realpath(sys.executable)
+    text = vigil("events", "--db", db, "--kind", "capable", "--pid", str(child.pid)).stdout
+    assert b"CAP_CHOWN allowed" in text  # describe() in the DETAIL column
+
+
+def test_cap_names_follow_uapi():
+    assert caps.name(0) == "CAP_CHOWN"
+    assert caps.name(21) == "CAP_SYS_ADMIN"
+    assert caps.name(40) == "CAP_CHECKPOINT_RESTORE"
+    assert caps.name(41) is None and caps.name(-1) is None
+    try:  # the installed UAPI header, when present, agrees
+        with open("/usr/include/linux/capability.h") as f:
+            text = f.read()
+    except OSError:
+        return
+    for number, name in enumerate(caps.NAMES):
+        assert f"#define {name}" in text and f"{name} {number}" in " ".join(text.split())
+
+
+def chown_trigger():
+    """For test_attach_modes: one CAP_CHOWN check by a child; its matcher."""
+    path = f"/tmp/vigil-capable-{os.getpid()}-{time.monotonic_ns()}"
+    with open(path, "w"):
+        pass
+    try:
+        child = Child("vcap-mode", CHOWN, path)
+    finally:
+        os.unlink(path)
+    return lambda ev: ev["kind"] == "capable" and ev["pid"] == child.pid and ev["cap"] == CAP_CHOWN
+
+
+@pytest.mark.parametrize(
+    "programs, feature",
+    [(("capable_kprobe", "capable_kretprobe"), "kprobe"), (("capable_fexit",), "fentry")],
+)
+def test_fallback_programs_pass_the_verifier(programs, feature):
+    """The alternatives this kernel cannot attach still load where it lets them.
+
+    kprobe programs load here (only attaching needs kprobes); fexit does not
+    load at all on this kernel (EPERM), so that case runs only elsewhere.
+    """
+    from vigil import _libbpf as bpf
+    from vigil import kernel, paths
+
+    if feature == "fentry" and not kernel.available("fentry"):
+        pytest.skip("fentry programs do not load on this kernel")
+    with bpf.Object(paths.bpf_object("capable")) as obj:
+        for prog in obj.programs():
+            prog.autoload = prog.name in programs
+        obj.load()  # with its own default ring: nothing is attached
+        assert all(obj.program(name).fd >= 0 for name in programs)
+
+
+def test_record_layout_matches_the_c_compiler(tmp_path, monkeypatch):
+    """test_layout's offsetof/sizeof proof, run over capable.h as well."""
+    import test_layout
+
+    objects = {**test_layout.OBJECTS, "capable": ("capable.h",)}
+    monkeypatch.setattr(test_layout, "OBJECTS", objects)
+    assert "capable" in test_layout._layouts()
+    test_layout.test_every_field_matches_the_c_compiler(tmp_path)
