@@ -413,13 +413,3 @@ def test_fallback_programs_pass_the_verifier(programs, feature):
             prog.autoload = prog.name in programs
         obj.load()  # with its own default ring: nothing is attached
         assert all(obj.program(name).fd >= 0 for name in programs)
-
-
-def test_record_layout_matches_the_c_compiler(tmp_path, monkeypatch):
-    """test_layout's offsetof/sizeof proof, run over capable.h as well."""
-    import test_layout
-
-    objects = {**test_layout.OBJECTS, "capable": ("capable.h",)}
-    monkeypatch.setattr(test_layout, "OBJECTS", objects)
-    assert "capable" in test_layout._layouts()
-    test_layout.test_every_field_matches_the_c_compiler(tmp_path)

@@ -100,9 +100,17 @@ class Agent:
         self._rate_time = now
         return out
 
-    def run(self, duration: float | None = None) -> dict[str, dict]:
-        """Run until stopped (SIGINT/SIGTERM) or `duration` seconds; final stats."""
+    def run(
+        self, duration: float | None = None, on_ready: Callable[[], None] | None = None
+    ) -> dict[str, dict]:
+        """Run until stopped (SIGINT/SIGTERM) or `duration` seconds; final stats.
+
+        `on_ready` is called once the stop signals are handled: a "ready"
+        line printed earlier would invite a Ctrl-C that kills us uncleanly.
+        """
         old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        if on_ready is not None:
+            on_ready()
         deadline = None if duration is None else time.monotonic() + duration
         next_status = time.monotonic() + self.status_interval
         try:

@@ -52,7 +52,7 @@ def _db_option(f):
 # `vigil monitor` and `vigil events` show events the same way.
 EVENT_COLUMNS = [
     Column("TIME", 8, clock_time),
-    Column("KIND", 5, lambda ev: ev["kind"]),
+    Column("KIND", 10, lambda ev: ev["kind"]),
     Column("PID", 7, lambda ev: ev["pid"]),
     Column("PPID", 7, lambda ev: ev["ppid"]),
     Column("COMM", 16, lambda ev: ev["comm"]),
@@ -97,13 +97,10 @@ def _describe(ev: dict) -> str:
 def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ring_mb, latency):
     """Run every sensor this kernel supports; store events and show them live."""
     names = list(sensor_names) or _available_sensors()
-    rodata = {}
-    for name in names:
-        rodata.update(sensors.get(name).monitor_rodata)
     store = Store(db_path)
     sinks = [StoreSink(store)]
     try:
-        session = loader.Session(names, ring_bytes=ring_mb << 20, rodata=rodata)
+        session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=True)
     except BaseException:
         store.close()
         raise
@@ -114,8 +111,9 @@ def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ri
         table = ProcessTable()
         table.seed()
         agent = Agent(session, sinks, processes=table, poll_interval=latency)
-        live.ready(f"monitoring {', '.join(names)} into {db_path}")
-        stats = agent.run(duration)
+        stats = agent.run(
+            duration, on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}")
+        )
     stored = sum(store.stored.values())
     click.echo(f"vigil: {stored} events stored in {db_path}", err=True)
     live.finish(stats)

@@ -127,8 +127,10 @@ class Session:
         wakeup_bytes: int | None = None,
         rodata: dict[str, int] | None = None,
         choices: dict[str, str] | None = None,
+        monitor: bool = False,
     ):
-        """`rodata` goes to every object that declares the variable.
+        """`rodata` goes to every object that declares the variable; with
+        `monitor`, each sensor's own `monitor_rodata` goes to its object.
 
         `choices` forces a hook's attach type ({hook: "raw_tp"}): tests use it
         to exercise each attach mode the kernel allows.
@@ -148,6 +150,7 @@ class Session:
         self._ring_fd = -1
         self.reader: bpf.RingReader | None = None
         self._epoll: select.epoll | None = None
+        self._monitor = monitor
         try:
             self._start(rodata or {}, choices or {})
         except BaseException:
@@ -176,6 +179,8 @@ class Session:
             wanted = {"wakeup_bytes": self.wakeup_bytes}
             for s in group:
                 wanted.update(s.rodata)
+                if self._monitor:
+                    wanted.update(s.monitor_rodata)
             declared = _rodata_vars(obj)
             wanted.update({k: v for k, v in rodata.items() if k in declared})
             set_rodata(obj, wanted)

@@ -65,6 +65,7 @@ class Field:
     code: str  # struct format of the field
     count: int = 1
     names: tuple[tuple[int, str], ...] = ()  # enum fields: value -> name
+    path: str = ""  # the C member path ("hdr.pid", "addrs.lport")
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,16 @@ def _int_info(btf: bpf.Btf, t: bpf.BtfType) -> tuple[int, bool, bool]:
     """(size, signed, is_char) of an INT or ENUM type."""
     if t.kind == bpf.BTF_KIND_INT:
         bits, signed = t.int_encoding()
-        return bits // 8, signed, t.name in ("char", "signed char", "unsigned char")
+        # only plain `char` is text; `unsigned char`/`__u8` arrays are raw bytes
+        return bits // 8, signed, t.name == "char"
     if t.kind in (bpf.BTF_KIND_ENUM, bpf.BTF_KIND_ENUM64):
         return t.size_or_type, t.kind_flag, False
     raise LayoutError(f"{t.name or 'type'} (BTF kind {t.kind}) is not an integer")
 
 
-def _fields(btf: bpf.Btf, struct_t: bpf.BtfType, base: int, prefix: str) -> list[Field]:
+def _fields(
+    btf: bpf.Btf, struct_t: bpf.BtfType, base: int, prefix: str, cpath: str = ""
+) -> list[Field]:
     out: list[Field] = []
     for name, type_id, bit_off, bitfield in struct_t.members():
         if name.startswith("__"):
@@ -116,28 +120,31 @@ def _fields(btf: bpf.Btf, struct_t: bpf.BtfType, base: int, prefix: str) -> list
         off = base + bit_off // 8
         t = _strip(btf, type_id)
         full = prefix + name
+        path = cpath + name
         if t.kind == bpf.BTF_KIND_STRUCT:
-            out.extend(_fields(btf, t, off, prefix))
+            out.extend(_fields(btf, t, off, prefix, path + "."))
         elif t.kind == bpf.BTF_KIND_UNION:
-            out.append(Field(full, off, t.size_or_type, "bytes", f"{t.size_or_type}s"))
+            out.append(Field(full, off, t.size_or_type, "bytes", f"{t.size_or_type}s", path=path))
         elif t.kind == bpf.BTF_KIND_ARRAY:
             elem_id, n = t.array()
             size, signed, is_char = _int_info(btf, _strip(btf, elem_id))
             if size == 1:
                 form = "cstr" if is_char else "bytes"
-                out.append(Field(full, off, n, form, f"{n}s"))
+                out.append(Field(full, off, n, form, f"{n}s", path=path))
             else:
                 code = _INT_CODES[(size, signed)]
-                out.append(Field(full, off, n * size, "ints", f"{n}{code}", n))
+                out.append(Field(full, off, n * size, "ints", f"{n}{code}", n, path=path))
         elif t.kind in (bpf.BTF_KIND_ENUM, bpf.BTF_KIND_ENUM64):
             size, signed, _ = _int_info(btf, t)
             names = _enum_names(t.enumerators())
-            out.append(Field(full, off, size, "enum", _INT_CODES[(size, signed)], names=names))
+            out.append(
+                Field(full, off, size, "enum", _INT_CODES[(size, signed)], names=names, path=path)
+            )
         elif t.kind == bpf.BTF_KIND_INT:
             size, signed, _ = _int_info(btf, t)
-            out.append(Field(full, off, size, "int", _INT_CODES[(size, signed)]))
+            out.append(Field(full, off, size, "int", _INT_CODES[(size, signed)], path=path))
         elif t.kind == bpf.BTF_KIND_PTR:
-            out.append(Field(full, off, 8, "int", "Q"))
+            out.append(Field(full, off, 8, "int", "Q", path=path))
         else:
             raise LayoutError(f"{struct_t.name}.{name}: unsupported BTF kind {t.kind}")
     return out

@@ -55,10 +55,7 @@ def capable(verbose, unique, pid, timestamp, clock, as_json, duration, ring_mb, 
     if pid is not None:
         rodata["targ_pid"] = pid
     run_live(
-        # exec/fork/exit only keep the process table current, so that the
-        # checks of short-lived processes still carry exe and ancestry
-        ["capable", "exec", "fork", "exit"],
-        keep=lambda ev: ev["kind"] == "capable",
+        ["capable"],
         columns=columns,
         as_json=as_json,
         duration=duration,

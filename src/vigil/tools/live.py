@@ -9,11 +9,15 @@ from collections.abc import Callable
 import click
 
 from .. import loader
+from .. import sensors as sensor_table
 from ..agent import Agent
 from ..errors import ConfigError
 from ..outputs.sinks import JsonSink, TableSink, lost_summary
 from ..process import ProcessTable
 from ..table import Column, TablePrinter, clock_time, relative_time
+
+# What keeps the process table current (see process.ProcessTable).
+PROCESS_SENSORS = ("exec", "fork", "exit")
 
 
 def live_options(f):
@@ -80,8 +84,18 @@ def run_live(
     rodata: dict[str, int] | None = None,
     choices: dict[str, str] | None = None,
     sinks: list | None = None,
+    track_processes: bool = True,
 ) -> dict:
-    """Load `sensors`, print their events until Ctrl-C or `duration`."""
+    """Load `sensors`, print their events until Ctrl-C or `duration`.
+
+    With `track_processes`, the lifecycle sensors (exec, fork, exit) run too,
+    unseen, so that short-lived processes still get `exe` and ancestry.
+    """
+    shown = {k for name in sensors for k in sensor_table.get(name).kinds}
+    if track_processes:
+        sensors = list(dict.fromkeys([*sensors, *PROCESS_SENSORS]))
+        user_keep = keep
+        keep = lambda ev: ev["kind"] in shown and (user_keep is None or user_keep(ev))  # noqa: E731
     ring = ring_mb << 20
     # Interactive tools wake early (64 KiB pending) so lines appear promptly.
     session = loader.Session(
@@ -100,7 +114,6 @@ def run_live(
         agent = Agent(
             session, [out, *(sinks or [])], processes=table, keep=keep, poll_interval=latency
         )
-        ready(what)
-        stats = agent.run(duration)
+        stats = agent.run(duration, on_ready=lambda: ready(what))
     finish(stats)
     return stats
