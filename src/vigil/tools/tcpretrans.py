@@ -1,0 +1,151 @@
+"""`vigil tcpretrans`: bcc's tcpretrans; -c counts per flow in the kernel."""
+
+from __future__ import annotations
+
+import signal
+import struct
+import sys
+import time
+
+import click
+import orjson
+
+from .. import _libbpf as bpf
+from .. import loader, records
+from ..encoding import iso_time
+from ..errors import LayoutError
+from ..net import finish_sockaddrs
+from ..sensors.tcp import endpoint
+from ..table import Column, clock_time
+from .live import finish, live_options, ready, run_live
+
+COUNTS_MAP = "retrans_counts"  # bpf/retransmit.bpf.c
+FLOW_STRUCT = "retransmit_flow"  # bpf/retransmit.h
+COUNT_COLUMNS = [
+    Column("LADDR:LPORT", 28, lambda f: endpoint(f["laddr"], f["lport"])),
+    Column("<->", 3, lambda f: "<->"),
+    Column("RADDR:RPORT", 28, lambda f: endpoint(f["raddr"], f["rport"])),
+    Column("RETRANSMITS", 0, lambda f: f["retransmits"]),
+]
+
+
+class FlowCounts:
+    """Reads and clears the kernel's per-flow counts; keys decoded from BTF."""
+
+    def __init__(self, session: loader.Session):
+        self.map = session.map(COUNTS_MAP)
+        self.decode, self.key_size = records.struct_decoder(session.btf_of(COUNTS_MAP), FLOW_STRUCT)
+        if self.key_size != self.map.key_size:
+            raise LayoutError(
+                f"{FLOW_STRUCT} is {self.key_size} bytes, map key {self.map.key_size}"
+            )
+        self.totals: dict[bytes, dict] = {}
+
+    def take(self) -> list[dict]:
+        """Counts since the last call, largest first.
+
+        Lookup then delete: a retransmit counted between the two is lost
+        (one syscall apart; the same window as bcc's clear()).
+        """
+        fd, out = self.map.fd, []
+        for key in bpf.map_keys(fd, self.key_size):
+            raw = bpf.map_lookup(fd, key, self.map.value_size)
+            bpf.map_delete(fd, key)
+            if raw is None:
+                continue
+            (n,) = struct.unpack_from("<Q", raw)
+            flow = self.decode(key)
+            finish_sockaddrs(flow)
+            flow["retransmits"] = n
+            out.append(flow)
+            total = self.totals.setdefault(key, dict(flow, retransmits=0))
+            total["retransmits"] += n
+        return sorted(out, key=lambda f: -f["retransmits"])
+
+    def total(self) -> list[dict]:
+        return sorted(self.totals.values(), key=lambda f: -f["retransmits"])
+
+
+def _print_block(title: str, flows: list[dict], as_json: bool, scope: str) -> None:
+    if as_json:
+        now = iso_time(time.time_ns())
+        for f in flows:
+            sys.stdout.buffer.write(orjson.dumps({"time": now, "scope": scope, **f}) + b"\n")
+    else:
+        widths = [c.width for c in COUNT_COLUMNS]
+        lines = [title]
+        for row in [None, *flows]:
+            cells = [c.header if row is None else str(c.value(row)) for c in COUNT_COLUMNS]
+            lines.append(
+                " ".join(f"{v:<{w}}" if w else v for v, w in zip(cells, widths, strict=True))
+            )
+        sys.stdout.write("\n".join(lines) + "\n\n")
+    sys.stdout.flush()
+
+
+def count_flows(interval: float, as_json: bool, duration: float | None) -> None:
+    stop = []
+    old = {s: signal.signal(s, lambda *_: stop.append(1)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # Nothing goes through the ring in this mode: the smallest one will do.
+        with loader.Session(["retransmit"], ring_bytes=4096, rodata={"count_only": 1}) as session:
+            counts = FlowCounts(session)
+            ready(f"counting TCP retransmits per flow every {interval:g}s")
+            end = None if duration is None else time.monotonic() + duration
+            due = time.monotonic() + interval
+            while not stop and (end is None or time.monotonic() < end):
+                time.sleep(max(0.0, min(0.1, due - time.monotonic())))
+                if time.monotonic() >= due:
+                    flows = counts.take()
+                    if flows:
+                        _print_block(time.strftime("%H:%M:%S"), flows, as_json, "interval")
+                    due += interval
+            flows = counts.take()
+            if flows:
+                _print_block(time.strftime("%H:%M:%S"), flows, as_json, "interval")
+            _print_block("Total since start:", counts.total(), as_json, "total")
+            stats = session.kernel_stats()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    finish(stats)
+
+
+@click.command()
+@click.option("-c", "--count", is_flag=True, help="Count per flow in the kernel; print summaries.")
+@click.option(
+    "-i",
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="With -c: seconds between summaries (a total is printed at exit too).",
+)
+@live_options
+def tcpretrans(count, interval, as_json, duration, ring_mb, latency):
+    """Trace TCP retransmits, like bcc's tcpretrans (-c: counts per flow)."""
+    if count:
+        count_flows(interval, as_json, duration)
+        return
+    columns = [
+        Column("TIME", 8, clock_time),
+        Column("PID", 7, lambda ev: ev["pid"]),
+        Column("IP", 2, lambda ev: ev["ip"]),
+        Column("LADDR:LPORT", 28, lambda ev: endpoint(ev["laddr"], ev["lport"])),
+        Column("T>", 2, lambda ev: "R>"),
+        Column("RADDR:RPORT", 28, lambda ev: endpoint(ev["raddr"], ev["rport"])),
+        Column("STATE", 0, lambda ev: ev["state"]),
+    ]
+    run_live(
+        ["retransmit"],
+        columns=columns,
+        keep=lambda ev: ev["kind"] == "retransmit",
+        as_json=as_json,
+        duration=duration,
+        ring_mb=ring_mb,
+        latency=latency,
+        what="tracing TCP retransmits",
+    )
+
+
+COMMAND = tcpretrans
