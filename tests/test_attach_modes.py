@@ -9,6 +9,7 @@ import pytest
 
 from helpers import pump_until, start_agent
 from test_capable import chown_trigger
+from test_tcp import connect_trigger
 from vigil import sensors
 from vigil.loader import usable
 
@@ -27,6 +28,7 @@ def _fork_trigger():
 TRIGGERS = {
     ("fork", "fork"): _fork_trigger,
     ("capable", "cap_capable"): chown_trigger,
+    ("connect", "connect"): connect_trigger,
 }
 
 
