@@ -529,6 +529,13 @@ def _stop(proc: subprocess.Popen) -> list[str]:
     return out.decode().splitlines()
 
 
+def _columns(line: str, left: int, right: int) -> list[str]:
+    """Split a table line whose COMM (between `left` and `right` fixed
+    columns) may itself hold spaces: a process chooses its name."""
+    words = line.split()
+    return [*words[:left], " ".join(words[left:-right]), *words[-right:]]
+
+
 def test_tcpconnect_table():
     proc = _start("tcpconnect", "-t")
     try:
@@ -541,7 +548,7 @@ def test_tcpconnect_table():
     finally:
         lines = _stop(proc)
     assert lines[0].split() == ["TIME(s)", "PID", "COMM", "IP", "SADDR", "DADDR", "DPORT", "RESULT"]
-    rows = {int(cols[6]): cols for cols in (line.split() for line in lines[1:])}
+    rows = {int(cols[6]): cols for cols in (_columns(line, 2, 5) for line in lines[1:])}
     ok, refused = rows[port], rows[closed]
     float(ok[0])
     assert ok[1:4] == [str(os.getpid()), own_comm().decode(), "4"]
@@ -559,7 +566,7 @@ def test_tcpconnect_port_filter_and_bad_ports():
                 socket.create_connection((LOOPBACK[4], port)).close()
         finally:
             lines = _stop(proc)
-    ports = [int(line.split()[5]) for line in lines[1:]]
+    ports = [int(_columns(line, 1, 5)[5]) for line in lines[1:]]
     assert port_a in ports and port_b not in ports
     for bad in ("70000", "http", ",".join(str(p) for p in range(1, 10))):
         res = vigil("tcpconnect", "-P", bad)
@@ -576,7 +583,7 @@ def test_tcpaccept_table():
     finally:
         lines = _stop(proc)
     assert lines[0].split() == ["PID", "COMM", "IP", "RADDR", "RPORT", "LADDR", "LPORT"]
-    (row,) = [cols for cols in (line.split() for line in lines[1:]) if cols[6] == str(port)]
+    (row,) = [cols for cols in (_columns(line, 1, 5) for line in lines[1:]) if cols[6] == str(port)]
     assert row == [str(child.pid), "vigil-acceptor", "6", "::1", str(cport), "::1", str(port)]
 
 
