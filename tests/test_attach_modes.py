@@ -9,6 +9,7 @@ import pytest
 
 from helpers import pump_until, start_agent
 from test_capable import chown_trigger
+from test_listen import bind_trigger, listen_trigger
 from test_tcp import connect_trigger
 from vigil import sensors
 from vigil.loader import usable
@@ -28,6 +29,8 @@ def _fork_trigger():
 TRIGGERS = {
     ("fork", "fork"): _fork_trigger,
     ("capable", "cap_capable"): chown_trigger,
+    ("bind", "bind"): bind_trigger,
+    ("listen", "listen"): listen_trigger,
     ("connect", "connect"): connect_trigger,
 }
 

@@ -1,0 +1,90 @@
+"""`vigil listen`: which process bound which port, and what starts listening.
+
+Sockets already bound or listening when it starts come first (from the
+start-up snapshot, TIME "-"), then every bind and listen as it happens.
+BACKLOG is "-" for binds; ADDR is the local address as text, without
+brackets (the port has its own column).
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from .. import listeners
+from ..loader import Session
+from ..table import Column
+from .live import live_options, run_live, time_columns
+
+KINDS = ("bind", "listen")
+
+
+def _unless_snapshot(col: Column) -> Column:
+    """A time column shows "-" for snapshot rows: when they were bound is unknown."""
+    value = col.value
+    return Column(
+        col.header, col.width, lambda ev: "-" if ev["origin"] == "snapshot" else value(ev)
+    )
+
+
+def columns(clock: bool, timestamp: bool, start_ns: int) -> list[Column]:
+    times = time_columns(clock or not timestamp, timestamp, start_ns)
+    return [_unless_snapshot(c) for c in times] + [
+        Column("PID", 7, lambda ev: ev["pid"]),
+        Column("COMM", 16, lambda ev: ev["comm"] or "-"),
+        Column("PROTO", 5, lambda ev: ev["proto"]),
+        Column("ADDR", 24, lambda ev: ev["laddr"]),
+        Column("PORT", 5, lambda ev: ev["lport"]),
+        Column("BACKLOG", 7, lambda ev: ev["backlog"] if ev["kind"] == "listen" else "-"),
+        Column("EXE", 0, lambda ev: ev["exe"] or "-"),
+    ]
+
+
+def _read_snapshot_first(session: Session, events: list[dict]) -> None:
+    """Hand `events` to the agent as the first batch the session reads.
+
+    They then take the kernel events' path (process table, filters, the
+    printer or --json), ahead of anything the sensors saw.
+    """
+    read = session.read
+
+    def first() -> list[dict]:
+        session.read = read
+        return events + read()
+
+    session.read = first
+
+
+@click.command()
+@click.option("-t", "--timestamp", is_flag=True, help="TIME(s) column: seconds since start.")
+@click.option("-T", "--time", "clock", is_flag=True, help="TIME column, wall clock (default).")
+@click.option(
+    "-p", "--pid", type=click.IntRange(1, 2**32 - 1), help="Only this process (in kernel)."
+)
+@click.option("--no-snapshot", is_flag=True, help="Do not list sockets already bound or listening.")
+@live_options
+def listen(timestamp, clock, pid, no_snapshot, as_json, duration, ring_mb, latency):
+    """Trace binds and listens: which process opened which port (TCP, UDP)."""
+    start_ns = time.time_ns()
+
+    def prepare(session: Session) -> list[Column]:
+        # after attach: a socket opened meanwhile shows twice, never zero times
+        if not no_snapshot:
+            _read_snapshot_first(session, listeners.snapshot_events(KINDS, pid=pid))
+        return columns(clock, timestamp, start_ns)
+
+    run_live(
+        list(KINDS),
+        columns=prepare,
+        keep=lambda ev: ev["kind"] in KINDS,
+        as_json=as_json,
+        duration=duration,
+        ring_mb=ring_mb,
+        latency=latency,
+        what="tracing binds and listens",
+        rodata={"targ_pid": pid} if pid is not None else None,
+    )
+
+
+COMMAND = listen
