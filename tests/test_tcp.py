@@ -521,11 +521,13 @@ def _start(*args: str) -> subprocess.Popen:
     return proc
 
 
-def _stop(proc: subprocess.Popen) -> list[str]:
+def _stop(proc: subprocess.Popen, stderr: list | None = None) -> list[str]:
     time.sleep(0.5)  # let the tool read what is pending
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+    if stderr is not None:
+        stderr.append(err.decode())
     return out.decode().splitlines()
 
 
@@ -674,13 +676,16 @@ def test_monitor_stores_connect_and_accept_with_ancestry(tmp_path):
             child.stdout.readline()
             time.sleep(1.0)
     finally:
-        _stop(proc)
+        err = []
+        _stop(proc, err)
 
     def stored(kind: str) -> list[dict]:
         res = vigil("events", "--db", db, "--kind", kind, "--json", "-n", "100000", check=True)
         return [orjson.loads(line) for line in res.stdout.splitlines()]
 
-    (conn,) = [e for e in stored("connect") if e["rport"] == port]
+    conns = [e for e in stored("connect") if e["rport"] == port]
+    assert len(conns) == 1, err  # the status lines say what was lost, if anything
+    (conn,) = conns
     assert conn["ppid"] == os.getpid() and conn["ancestors"][0]["pid"] == os.getpid()
     assert conn["result"] == "established" and conn["raddr"] == "127.0.0.1"
     (acc,) = [e for e in stored("accept") if e["lport"] == port]
