@@ -24,29 +24,6 @@ VIGIL_RECORD(accept_event);
 /* Filter set by user space before load; 0 = every process. */
 const volatile __u32 targ_pid = 0;
 
-/*
- * read_sockaddrs() of net.bpf.h, with explicit sizes.  Its
- * BPF_CORE_READ_INTO(a->laddr, ...) copies sizeof(*a->laddr) = 1 byte of
- * each address (127.0.0.1 arrives as 127.0.0.0); use that helper again once
- * it is fixed.  `family` and `protocol` are the caller's, already read.
- */
-static __always_inline void accept_sockaddrs(struct sock *sk, __u16 family,
-					     struct vigil_sockaddrs *a)
-{
-	__builtin_memset(a, 0, sizeof(*a));
-	a->family = family;
-	a->protocol = IPPROTO_TCP;
-	a->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	a->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (family == VIGIL_AF_INET) {
-		bpf_core_read(a->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_core_read(a->raddr, 4, &sk->__sk_common.skc_daddr);
-	} else {
-		bpf_core_read(a->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(a->raddr, 16, &sk->__sk_common.skc_v6_daddr);
-	}
-}
-
 static __always_inline int accept_exit(long ret)
 {
 	struct task_struct *task;
@@ -70,7 +47,7 @@ static __always_inline int accept_exit(long ret)
 	if (!e)
 		return 0;
 	fill_header(&e->hdr, VIGIL_EV_ACCEPT);
-	accept_sockaddrs(sk, family, &e->addrs);
+	read_sockaddrs(sk, &e->addrs);
 	e->fd = ret;
 	e->__pad = 0;
 	submit_event(&e->hdr);

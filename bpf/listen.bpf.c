@@ -111,24 +111,6 @@ static __always_inline __u32 fill_exe(char *exe, struct vigil_header *hdr)
 	return n;
 }
 
-/*
- * The sock's addresses.  read_sockaddrs() of net.bpf.h copies one byte of
- * each address (its BPF_CORE_READ_INTO(a->laddr, ...) is sized by
- * *a->laddr, a __u8): the addresses are read again here whole.  Drop the
- * second half once that helper is fixed.
- */
-static __always_inline void sock_addrs(struct sock *sk, struct vigil_sockaddrs *a)
-{
-	read_sockaddrs(sk, a);
-	if (a->family == VIGIL_AF_INET) {
-		bpf_core_read(a->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_core_read(a->raddr, 4, &sk->__sk_common.skc_daddr);
-	} else if (a->family == VIGIL_AF_INET6) {
-		bpf_core_read(a->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(a->raddr, 16, &sk->__sk_common.skc_v6_daddr);
-	}
-}
-
 /* -- bind ------------------------------------------------------------------ */
 
 static __always_inline struct bind_event *start_bind(enum listen_origin origin)
@@ -189,7 +171,7 @@ int bind_exit(struct trace_event_raw_sys_exit *ctx)
 	if (!e)
 		return 0;
 	/* after the bind: a port 0 request now holds the port it was given */
-	sock_addrs(sk, &e->addrs);
+	read_sockaddrs(sk, &e->addrs);
 	send_bind(e);
 	return 0;
 }
@@ -257,7 +239,7 @@ static __always_inline void send_listen(struct sock *sk, enum listen_origin orig
 		return;
 	fill_header(&e->hdr, VIGIL_EV_LISTEN);
 	e->origin = origin;
-	sock_addrs(sk, &e->addrs);
+	read_sockaddrs(sk, &e->addrs);
 	/*
 	 * Set by listen() before the state change, capped at somaxconn.  Its
 	 * width has changed over time (u16, now u32): the probed read sizes

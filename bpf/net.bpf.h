@@ -50,12 +50,13 @@ static __always_inline void read_sockaddrs(struct sock *sk, struct vigil_sockadd
 	a->protocol = sock_protocol(sk);
 	a->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	a->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	/* explicit sizes: BPF_CORE_READ_INTO into an array copies one element */
 	if (family == VIGIL_AF_INET) {
-		BPF_CORE_READ_INTO(a->laddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(a->raddr, sk, __sk_common.skc_daddr);
+		bpf_core_read(a->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(a->raddr, 4, &sk->__sk_common.skc_daddr);
 	} else if (family == VIGIL_AF_INET6) {
-		BPF_CORE_READ_INTO(a->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(a->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		bpf_core_read(a->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(a->raddr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 }
 

@@ -76,6 +76,11 @@ class Agent:
         received = self.received
         for ev in events:
             received[ev["kind"]] = received.get(ev["kind"], 0) + 1
+        return self.inject(events)
+
+    def inject(self, events: list[dict]) -> int:
+        """Enrich, filter and emit events made in user space (a start-up
+        snapshot) exactly as kernel ones; returns how many were emitted."""
         if self.processes is not None:
             self.processes.enrich(events)
         if self.keep is not None:

@@ -11,7 +11,7 @@ import time
 import click
 import orjson
 
-from . import __version__, kernel, loader, sensors, tools
+from . import __version__, kernel, listeners, loader, sensors, tools
 from .agent import Agent
 from .errors import ConfigError, VigilError
 from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
@@ -111,6 +111,10 @@ def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ri
         table = ProcessTable()
         table.seed()
         agent = Agent(session, sinks, processes=table, poll_interval=latency)
+        # sockets already bound or listening: the picture from the first second
+        snapshot_kinds = {"bind", "listen"} & {k for s in session.sensors for k in s.kinds}
+        if snapshot_kinds:
+            agent.inject(listeners.snapshot_events(snapshot_kinds, processes=table))
         stats = agent.run(
             duration, on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}")
         )

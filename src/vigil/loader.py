@@ -45,14 +45,20 @@ def usable(attach: Attach) -> bool:
 def choose(sensor: Sensor, forced: dict[str, str] | None = None) -> list[Choice]:
     """The way each of the sensor's hooks is attached on this kernel.
 
-    The first usable alternative wins; `forced` ({hook: attach type}) picks
-    another one (tests use it to check every mode reports the same events).
+    The first usable alternative wins; `forced` ({hook: "type"} or
+    {hook: "type:target"}) picks another one (tests use it to check every mode reports the same events).
     """
     out = []
     for hook in sensor.hooks:
         want = (forced or {}).get(hook.name)
         if want is not None:
-            picks = [a for a in hook.alternatives if a.feature == want]
+            # "feature" or "feature:target" when one type has several targets
+            feature, _, target = want.partition(":")
+            picks = [
+                a
+                for a in hook.alternatives
+                if a.feature == feature and (not target or a.target == target)
+            ]
             if not picks:
                 raise ConfigError(f"hook {hook.name} of {sensor.name} has no {want} mode")
         else:

@@ -13,7 +13,6 @@ import time
 import click
 
 from .. import listeners
-from ..loader import Session
 from ..table import Column
 from .live import live_options, run_live, time_columns
 
@@ -41,21 +40,6 @@ def columns(clock: bool, timestamp: bool, start_ns: int) -> list[Column]:
     ]
 
 
-def _read_snapshot_first(session: Session, events: list[dict]) -> None:
-    """Hand `events` to the agent as the first batch the session reads.
-
-    They then take the kernel events' path (process table, filters, the
-    printer or --json), ahead of anything the sensors saw.
-    """
-    read = session.read
-
-    def first() -> list[dict]:
-        session.read = read
-        return events + read()
-
-    session.read = first
-
-
 @click.command()
 @click.option("-t", "--timestamp", is_flag=True, help="TIME(s) column: seconds since start.")
 @click.option("-T", "--time", "clock", is_flag=True, help="TIME column, wall clock (default).")
@@ -68,16 +52,14 @@ def listen(timestamp, clock, pid, no_snapshot, as_json, duration, ring_mb, laten
     """Trace binds and listens: which process opened which port (TCP, UDP)."""
     start_ns = time.time_ns()
 
-    def prepare(session: Session) -> list[Column]:
-        # after attach: a socket opened meanwhile shows twice, never zero times
-        if not no_snapshot:
-            _read_snapshot_first(session, listeners.snapshot_events(KINDS, pid=pid))
-        return columns(clock, timestamp, start_ns)
+    def snapshot(table) -> list[dict]:
+        # taken after attach: a socket opened meanwhile shows twice, never zero times
+        return listeners.snapshot_events(KINDS, pid=pid, processes=table)
 
     run_live(
         list(KINDS),
-        columns=prepare,
-        keep=lambda ev: ev["kind"] in KINDS,
+        columns=columns(clock, timestamp, start_ns),
+        first=None if no_snapshot else snapshot,
         as_json=as_json,
         duration=duration,
         ring_mb=ring_mb,

@@ -85,11 +85,14 @@ def run_live(
     choices: dict[str, str] | None = None,
     sinks: list | None = None,
     track_processes: bool = True,
+    first: Callable[[ProcessTable], list[dict]] | None = None,
 ) -> dict:
     """Load `sensors`, print their events until Ctrl-C or `duration`.
 
     With `track_processes`, the lifecycle sensors (exec, fork, exit) run too,
     unseen, so that short-lived processes still get `exe` and ancestry.
+    `first` makes events shown before the kernel's (a start-up snapshot);
+    it runs once the sensors are attached, so nothing falls in between.
     """
     shown = {k for name in sensors for k in sensor_table.get(name).kinds}
     if track_processes:
@@ -114,6 +117,8 @@ def run_live(
         agent = Agent(
             session, [out, *(sinks or [])], processes=table, keep=keep, poll_interval=latency
         )
+        if first is not None:
+            agent.inject(first(table))
         stats = agent.run(duration, on_ready=lambda: ready(what))
     finish(stats)
     return stats
