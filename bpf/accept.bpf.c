@@ -50,7 +50,7 @@ static __always_inline int accept_exit(long ret)
 	read_sockaddrs(sk, &e->addrs);
 	e->fd = ret;
 	e->__pad = 0;
-	submit_event(&e->hdr);
+	submit_event(&e->hdr, sizeof(*e));
 	return 0;
 }
 

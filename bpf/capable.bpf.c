@@ -122,7 +122,7 @@ static __always_inline int emit(const struct cred *cred, struct user_namespace *
 	/* the subjective creds (current_cred()) are what the task's own checks use */
 	e->other_cred = BPF_CORE_READ(task, cred) != cred;
 	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
-	submit_event(&e->hdr);
+	submit_event(&e->hdr, sizeof(*e));
 	return 0;
 }
 

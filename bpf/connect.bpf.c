@@ -95,7 +95,7 @@ static __always_inline void emit(struct trace_event_raw_inet_sock_set_state *ctx
 	e->latency_ns = latency_ns;
 	e->result = result;
 	e->error = error;
-	submit_event(&e->hdr);
+	submit_event(&e->hdr, sizeof(*e));
 }
 
 /* CLOSE -> SYN_SENT: still in connect(), in the caller's context. */
@@ -209,7 +209,7 @@ int cgroup_connect4(struct bpf_sock_addr *ctx)
 		__builtin_memcpy(e->addrs.laddr, &ip, 4);
 		e->addrs.lport = sk->src_port;
 	}
-	submit_event(&e->hdr);
+	submit_event(&e->hdr, sizeof(*e));
 	return 1;
 }
 
@@ -239,6 +239,6 @@ int cgroup_connect6(struct bpf_sock_addr *ctx)
 		__builtin_memcpy(e->addrs.laddr, ip6, 16);
 		e->addrs.lport = sk->src_port;
 	}
-	submit_event(&e->hdr);
+	submit_event(&e->hdr, sizeof(*e));
 	return 1;
 }

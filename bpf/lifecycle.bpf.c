@@ -29,7 +29,7 @@ static __always_inline int emit_fork(struct task_struct *child)
 	fill_header(&e->hdr, VIGIL_EV_FORK);
 	e->child_pid = pid;
 	e->__pad = 0;
-	submit_event(&e->hdr);
+	submit_event(&e->hdr, sizeof(*e));
 	return 0;
 }
 
@@ -68,6 +68,6 @@ int handle_exit(void *ctx)
 	e->signal = code & 0x7f;
 	/* from the process's start: the leader's, whichever thread exits last */
 	e->duration_ns = e->hdr.ts_ns - task_start_boottime(BPF_CORE_READ(task, group_leader));
-	submit_event(&e->hdr);
+	submit_event(&e->hdr, sizeof(*e));
 	return 0;
 }

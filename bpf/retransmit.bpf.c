@@ -131,6 +131,6 @@ int handle_retransmit(void *ctx)
 	e->addrs = flow.addrs;
 	e->state = state;
 	e->err = err;
-	submit_event(&e->hdr);
+	submit_event(&e->hdr, sizeof(*e));
 	return 0;
 }
