@@ -258,7 +258,7 @@ def test_other_process_with_ancestry_and_exe(live, tmp_path):
     assert ev["exe"] == os.path.realpath(sys.executable).encode()
     assert (ev["laddr"], ev["backlog"]) == ("::1", 9)
     assert ev["ancestors"][0]["pid"] == ME
-    assert ev["ancestors"][0]["exe"] == MY_EXE
+    assert ev["ancestors"][0]["exe"] == MY_EXE.decode()  # ancestry is escaped text
     (bind,) = of(sink.events, "bind", port, pid=child.pid)
     assert bind["ancestors"][0]["pid"] == ME
 

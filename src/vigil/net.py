@@ -8,7 +8,6 @@ into the fields users read: `ip` (4 or 6), `proto` ("tcp"...), `laddr` and
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 
 _PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", 132: "sctp", 262: "mptcp"}
@@ -30,10 +29,11 @@ _TCP_STATES = (
 
 
 def address(family: int, raw: bytes) -> str:
+    """Text form of a 16-byte address array (inet_ntop: the C fast path)."""
     if family == socket.AF_INET:
-        return str(ipaddress.IPv4Address(raw[:4]))
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
     if family == socket.AF_INET6:
-        return str(ipaddress.IPv6Address(raw[:16]))
+        return socket.inet_ntop(socket.AF_INET6, raw[:16])
     return ""
 
 

@@ -16,6 +16,8 @@ import os
 from collections import deque
 from dataclasses import dataclass
 
+from .encoding import escape_cached
+
 MAX_ANCESTORS = 16
 KEEP_EXITED = 8192
 
@@ -28,9 +30,25 @@ class Proc:
     exe: bytes
     args: list[bytes]
     exited: bool = False
+    _brief: dict | None = None
 
     def brief(self) -> dict:
-        return {"pid": self.pid, "comm": self.comm, "exe": self.exe}
+        """{pid, comm, exe} for ancestry, as escaped text (docs/events.md).
+
+        Made once per process image and shared by every event that names
+        it: ancestry is on every event, so it must cost nothing per event.
+        """
+        if self._brief is None:
+            self._brief = {
+                "pid": self.pid,
+                "comm": escape_cached(self.comm),
+                "exe": escape_cached(self.exe),
+            }
+        return self._brief
+
+    def update(self, ppid: int, comm: bytes, exe: bytes, args: list[bytes]) -> None:
+        self.ppid, self.comm, self.exe, self.args = ppid, comm, exe, args
+        self._brief = None
 
 
 def read_proc(pid: int) -> Proc | None:
@@ -106,7 +124,7 @@ class ProcessTable:
         if proc is None or proc.exited:
             self.procs[ev["pid"]] = Proc(ev["pid"], ev["ppid"], ev["comm"], exe, ev["args"])
         else:
-            proc.ppid, proc.comm, proc.exe, proc.args = ev["ppid"], ev["comm"], exe, ev["args"]
+            proc.update(ev["ppid"], ev["comm"], exe, ev["args"])
 
     def on_exit(self, ev: dict) -> None:
         proc = self.procs.get(ev["pid"])
@@ -126,7 +144,7 @@ class ProcessTable:
             seen.add(pid)
             proc = self.get(pid)
             if proc is None:
-                out.append({"pid": pid, "comm": b"", "exe": b""})
+                out.append({"pid": pid, "comm": "", "exe": ""})
                 break
             out.append(proc.brief())
             pid = proc.ppid
@@ -139,13 +157,19 @@ class ProcessTable:
         known before its later events are enriched.
         """
         updates = self._UPDATES
+        lineage: dict[int, list[dict]] = {}  # ppid -> ancestry, within this batch
         for ev in events:
             update = updates.get(ev["kind"])
             if update is not None:
                 update(self, ev)
+                lineage.clear()  # the table changed: recompute
             # `exe` is the process's executable at the event: a successful
             # exec brings its own (kernel-resolved); others take the table's
             if not ev.get("exe"):
                 proc = self.get(ev["pid"])
                 ev["exe"] = proc.exe if proc is not None else b""
-            ev["ancestors"] = self.ancestors(ev["ppid"])
+            ppid = ev["ppid"]
+            chain = lineage.get(ppid)
+            if chain is None:
+                chain = lineage[ppid] = self.ancestors(ppid)
+            ev["ancestors"] = chain

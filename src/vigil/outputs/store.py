@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
-from ..encoding import escape
+from ..encoding import escape_cached
 from ..errors import StoreError
 
 log = logging.getLogger("vigil.store")
@@ -118,7 +118,7 @@ class Store:
                 ev["pid"],
                 ev["ppid"],
                 ev["uid"],
-                escape(ev["comm"]),
+                escape_cached(ev["comm"]),
                 line.decode(),
             )
             for ev, line in zip(events, lines)
