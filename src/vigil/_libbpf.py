@@ -520,26 +520,35 @@ class RingReader:
     def pending_bytes(self) -> int:
         return self._prod_pos[0] - self._cons[0]
 
-    def drain(self, limit: int = 1 << 30) -> list[bytes]:
-        """Every committed record, oldest first, up to `limit` bytes of them."""
+    def _committed_end(self, cons: int, end: int) -> int:
+        """Position of the first record at or after `cons` not yet committed."""
+        data, mask, unpack = self._data, self._mask, _LEN_HDR.unpack_from
+        while cons < end:
+            (length,) = unpack(data, cons & mask)
+            if length & _BUSY:
+                break  # reserved, not yet committed: stop here
+            cons += ((length & ~(_BUSY | _DISCARD)) + _HDR + 7) & ~7
+        return cons
+
+    def drain_raw(self, limit: int = 4 << 20) -> bytes:
+        """The committed part of the ring as it lies there (record headers,
+        padding and discarded records included), up to about `limit` bytes,
+        in one copy.  split_records() turns it into records.
+        """
         cons = self._cons[0]
         prod = self._prod_pos[0]
         if cons == prod:
-            return []
-        data, mask, unpack = self._data, self._mask, _LEN_HDR.unpack_from
-        out = []
-        end = min(prod, cons + limit)
-        while cons < end:
-            off = cons & mask
-            (length,) = unpack(data, off)
-            if length & _BUSY:
-                break  # reserved, not yet committed: stop here
-            rec_len = length & ~(_BUSY | _DISCARD)
-            if not length & _DISCARD:
-                out.append(bytes(data[off + _HDR : off + _HDR + rec_len]))
-            cons += (rec_len + _HDR + 7) & ~7
-        self._cons[0] = cons
-        return out
+            return b""
+        stop = self._committed_end(cons, min(prod, cons + limit))
+        off = cons & self._mask
+        # the data area is mapped twice in a row: no wrap to handle
+        raw = bytes(self._data[off : off + (stop - cons)])
+        self._cons[0] = stop
+        return raw
+
+    def drain(self, limit: int = 4 << 20) -> list[bytes]:
+        """Committed records, oldest first, up to about `limit` bytes of them."""
+        return split_records(self.drain_raw(limit))
 
     def close(self) -> None:
         for view in ("_cons", "_prod_pos", "_data", "_prod"):
@@ -549,6 +558,20 @@ class RingReader:
 
 
 _LEN_HDR = struct.Struct("<I")
+
+
+def split_records(raw: bytes) -> list[bytes]:
+    """Records of a ring segment from RingReader.drain_raw (or a recording)."""
+    out = []
+    pos, n, unpack = 0, len(raw), _LEN_HDR.unpack_from
+    while pos < n:
+        (length,) = unpack(raw, pos)
+        rec_len = length & ~(_BUSY | _DISCARD)
+        if not length & _DISCARD:
+            out.append(raw[pos + _HDR : pos + _HDR + rec_len])
+        pos += (rec_len + _HDR + 7) & ~7
+    return out
+
 
 __all__ = [
     "BpfError",
@@ -566,4 +589,5 @@ __all__ = [
     "map_update",
     "num_possible_cpus",
     "recent_log",
+    "split_records",
 ]

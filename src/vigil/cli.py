@@ -11,8 +11,8 @@ import time
 import click
 import orjson
 
-from . import __version__, kernel, listeners, loader, sensors, tools
-from .agent import Agent
+from . import __version__, kernel, listeners, loader, recorder, sensors, tools
+from .agent import Agent, Batch
 from .errors import ConfigError, VigilError
 from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
 from .outputs.store import Store
@@ -134,6 +134,72 @@ def _available_sensors() -> list[str]:
             continue
         names.append(name)
     return names
+
+
+# -- record / report ----------------------------------------------------------------
+@cli.command()
+@click.option("-o", "--output", "path", required=True, help="Recording file to write.")
+@click.option("--sensor", "sensor_names", multiple=True, help="Only these sensors (repeatable).")
+@click.option("--duration", type=float, help="Stop after this many seconds.")
+@click.option(
+    "--ring-mb",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Ring buffer size, MiB (a power of two).",
+)
+@click.option(
+    "--latency",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0.001, 10),
+    help="Longest a quiet event waits before it is written, s.",
+)
+def record(path, sensor_names, duration, ring_mb, latency):
+    """Record raw events to a file at the lowest cost; decode with `vigil report`."""
+    import signal
+
+    names = list(sensor_names) or _available_sensors()
+    stop = {"now": False}
+    deadline = None if duration is None else time.monotonic() + duration
+
+    def should_stop() -> bool:
+        if deadline is not None and time.monotonic() >= deadline:
+            stop["now"] = True
+        return stop["now"]
+
+    def on_signal(*_):
+        stop["now"] = True
+
+    with loader.Session(names, ring_bytes=ring_mb << 20, monitor=True) as session:
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            live.ready(f"recording {', '.join(names)} into {path}")
+            written = recorder.record(session, path, should_stop, latency)
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        stats = session.kernel_stats()
+    total = sum(s["emitted"] for s in stats.values())
+    click.echo(f"vigil: {total} events ({written} bytes) recorded in {path}", err=True)
+    live.finish(stats)
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (docs/events.md).")
+def report(path, kinds, as_json):
+    """Decode a recording made by `vigil record`."""
+    table = recorder.report_table()
+    wanted = set(kinds)
+    sink = JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS))
+    for events in recorder.replay(path, table):
+        table.enrich(events)
+        if wanted:
+            events = [ev for ev in events if ev["kind"] in wanted]
+        if events:
+            sink.write(Batch(events))
 
 
 # -- events ----------------------------------------------------------------------------------

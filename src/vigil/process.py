@@ -77,8 +77,15 @@ def read_proc(pid: int) -> Proc | None:
 
 
 class ProcessTable:
-    def __init__(self, max_ancestors: int = MAX_ANCESTORS, keep_exited: int = KEEP_EXITED):
+    def __init__(
+        self,
+        max_ancestors: int = MAX_ANCESTORS,
+        keep_exited: int = KEEP_EXITED,
+        read_proc: bool = True,
+    ):
+        """`read_proc=False` never looks in /proc (replaying a recording)."""
         self.procs: dict[int, Proc] = {}
+        self._read_proc = read_proc
         self.max_ancestors = max_ancestors
         self._exited: deque[int] = deque()
         self._keep_exited = keep_exited
@@ -94,7 +101,7 @@ class ProcessTable:
 
     def get(self, pid: int) -> Proc | None:
         proc = self.procs.get(pid)
-        if proc is None and pid > 0:
+        if proc is None and pid > 0 and self._read_proc:
             proc = read_proc(pid)
             if proc is not None:
                 self.procs[pid] = proc
