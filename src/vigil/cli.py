@@ -80,20 +80,7 @@ def _describe(ev: dict) -> str:
     help="Seconds between status lines on stderr.",
 )
 @click.option("--duration", type=float, help="Stop after this many seconds.")
-@click.option(
-    "--ring-mb",
-    default=16,
-    show_default=True,
-    type=click.IntRange(1, 1024),
-    help="Ring buffer size, MiB (a power of two).",
-)
-@click.option(
-    "--latency",
-    default=0.1,
-    show_default=True,
-    type=click.FloatRange(0.001, 10),
-    help="Longest a quiet event waits before it is read, s.",
-)
+@live.ring_options
 def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ring_mb, latency):
     """Run every sensor this kernel supports; store events and show them live."""
     names = list(sensor_names) or _available_sensors()
@@ -141,20 +128,7 @@ def _available_sensors() -> list[str]:
 @click.option("-o", "--output", "path", required=True, help="Recording file to write.")
 @click.option("--sensor", "sensor_names", multiple=True, help="Only these sensors (repeatable).")
 @click.option("--duration", type=float, help="Stop after this many seconds.")
-@click.option(
-    "--ring-mb",
-    default=16,
-    show_default=True,
-    type=click.IntRange(1, 1024),
-    help="Ring buffer size, MiB (a power of two).",
-)
-@click.option(
-    "--latency",
-    default=0.1,
-    show_default=True,
-    type=click.FloatRange(0.001, 10),
-    help="Longest a quiet event waits before it is written, s.",
-)
+@live.ring_options
 def record(path, sensor_names, duration, ring_mb, latency):
     """Record raw events to a file at the lowest cost; decode with `vigil report`."""
     import signal

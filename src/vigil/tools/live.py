@@ -20,8 +20,8 @@ from ..table import Column, TablePrinter, clock_time, relative_time
 PROCESS_SENSORS = ("exec", "fork", "exit")
 
 
-def live_options(f):
-    """--json, --duration, --ring-mb, --latency: on every live tool."""
+def ring_options(f):
+    """--ring-mb and --latency: every command that reads the event ring."""
     f = click.option(
         "--latency",
         default=0.1,
@@ -29,13 +29,18 @@ def live_options(f):
         type=click.FloatRange(0.001, 10),
         help="Longest a quiet event waits before it is read, s.",
     )(f)
-    f = click.option(
+    return click.option(
         "--ring-mb",
         default=16,
         show_default=True,
         type=click.IntRange(1, 1024),
         help="Ring buffer size, MiB (a power of two).",
     )(f)
+
+
+def live_options(f):
+    """--json, --duration, --ring-mb, --latency: on every live tool."""
+    f = ring_options(f)
     f = click.option("--duration", type=float, help="Stop after this many seconds.")(f)
     return click.option(
         "--json", "as_json", is_flag=True, help="One JSON object per event, every field."
