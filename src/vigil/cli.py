@@ -11,7 +11,7 @@ import time
 import click
 import orjson
 
-from . import __version__, kernel, listeners, loader, recorder, sensors, tools
+from . import __version__, kernel, listeners, loader, recorder, sensors, summaries, tools
 from .agent import Agent, Batch
 from .errors import ConfigError, VigilError
 from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
@@ -80,16 +80,51 @@ def _describe(ev: dict) -> str:
     help="Seconds between status lines on stderr.",
 )
 @click.option("--duration", type=float, help="Stop after this many seconds.")
+@click.option(
+    "--summary",
+    "summary_specs",
+    multiple=True,
+    metavar="NAME=SPEC",
+    help="An in-kernel counter to keep (an argdist -C spec; NAME= drops a default).",
+)
+@click.option("--no-summaries", is_flag=True, help="Keep no in-kernel counters.")
+@click.option(
+    "--summary-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds between counter flushes to the store.",
+)
 @live.ring_options
-def monitor(db_path, sensor_names, as_json, quiet, status_interval, duration, ring_mb, latency):
+def monitor(
+    db_path,
+    sensor_names,
+    as_json,
+    quiet,
+    status_interval,
+    duration,
+    summary_specs,
+    no_summaries,
+    summary_interval,
+    ring_mb,
+    latency,
+):
     """Run every sensor this kernel supports; store events and show them live."""
     names = list(sensor_names) or _available_sensors()
+    specs = {} if no_summaries else summaries.parse_option(summary_specs)
     store = Store(db_path)
-    sinks = [StoreSink(store)]
+    sinks = []
     try:
+        # counters flush into the store: close them before it (sinks close in order)
+        if specs:
+            sinks.append(summaries.SummarySink(store, specs, summary_interval))
+        sinks.append(StoreSink(store))
         session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=True)
     except BaseException:
-        store.close()
+        for sink in sinks:
+            sink.close()
+        if not sinks:
+            store.close()
         raise
     with session:
         if not quiet:
@@ -223,6 +258,58 @@ def events(db_path, since, kinds, pid, comm, limit, as_json):
     printer.header()
     if rows:
         printer.rows([orjson.loads(r) for r in rows])
+
+
+# -- summaries ----------------------------------------------------------------------
+@cli.command("summaries")
+@_db_option
+@click.option("--since", help="Only intervals newer than this (10m, 2h, 7d, ISO time).")
+@click.option("--name", "names", multiple=True, help="Only this summary (repeatable).")
+@click.option("-T", "--top", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Every interval, as stored.")
+def summaries_cmd(db_path, since, names, top, as_json):
+    """In-kernel counters kept by `vigil monitor`, summed over time."""
+    store = Store(db_path, readonly=True)
+    try:
+        rows = store.summaries(since_ns=parse_since(since) if since else None, names=names)
+    finally:
+        store.close()
+    if as_json:
+        for ts, interval, name, spec, counts in rows:
+            line = {
+                "ts_ns": ts,
+                "interval_ns": interval,
+                "name": name,
+                "spec": spec,
+                "counts": counts,
+            }
+            click.echo(orjson.dumps(line).decode())
+        return
+    if not rows:
+        click.echo("no summaries stored yet")
+        return
+    span = (rows[-1][0] - rows[0][0] + rows[0][1]) / 1e9
+    for name, pairs in summaries.totals(rows).items():
+        click.echo(f"{name}: {_spec_of(rows, name)}  ({span:.0f}s)")
+        printer = TablePrinter(
+            [
+                Column("COUNT", 10, lambda kn: kn[1], right=True),
+                Column("KEY", 0, lambda kn: _key_text(kn[0])),
+            ]
+        )
+        printer.header()
+        printer.rows(pairs[:top])
+        click.echo("")
+
+
+def _spec_of(rows, name: str) -> str:
+    return next(spec for _t, _i, n, spec, _c in reversed(rows) if n == name)
+
+
+def _key_text(key) -> str:
+    if isinstance(key, dict):
+        return ", ".join(f"{k} = {v}" for k, v in key.items())
+    return str(key)
 
 
 # -- status ---------------------------------------------------------------------------------

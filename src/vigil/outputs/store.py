@@ -19,6 +19,8 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
+import orjson
+
 from ..encoding import escape_cached
 from ..errors import StoreError
 
@@ -41,6 +43,15 @@ CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ns);
 CREATE INDEX IF NOT EXISTS events_kind_ts ON events (kind, ts_ns);
 CREATE INDEX IF NOT EXISTS events_pid_ts ON events (pid, ts_ns);
 CREATE INDEX IF NOT EXISTS events_comm_ts ON events (comm, ts_ns);
+CREATE TABLE IF NOT EXISTS summaries (
+    id INTEGER PRIMARY KEY,
+    ts_ns INTEGER NOT NULL,
+    interval_ns INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    counts TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS summaries_name_ts ON summaries (name, ts_ns);
 CREATE TABLE IF NOT EXISTS sensor_status (
     kind TEXT PRIMARY KEY,
     updated_ns INTEGER NOT NULL,
@@ -182,6 +193,41 @@ class Store:
             )
         except sqlite3.Error as err:
             log.debug("store %s: status not written: %s", self.path, err)
+
+    def add_summary(
+        self, ts_ns: int, interval_ns: int, name: str, spec: str, rows: list[tuple[dict, int]]
+    ) -> None:
+        """One interval of an in-kernel counter: a single row, its counts as
+        compact JSON ([[key, count], ...]), so a week costs kilobytes."""
+        counts = orjson.dumps([[key, n] for key, n in rows]).decode()
+        try:
+            self.db.execute(
+                "INSERT INTO summaries (ts_ns, interval_ns, name, spec, counts) VALUES (?,?,?,?,?)",
+                (ts_ns, interval_ns, name, spec, counts),
+            )
+        except sqlite3.Error as err:
+            log.error("store %s: summary %s not written: %s", self.path, name, err)
+
+    def summaries(
+        self, *, since_ns: int | None = None, names: Iterable[str] = ()
+    ) -> list[tuple[int, int, str, str, list]]:
+        """(ts_ns, interval_ns, name, spec, [[key, count], ...]) rows, oldest first."""
+        where, args = [], []
+        if since_ns is not None:
+            where.append("ts_ns >= ?")
+            args.append(since_ns)
+        names = list(names)
+        if names:
+            where.append(f"name IN ({','.join('?' * len(names))})")
+            args.extend(names)
+        sql = "SELECT ts_ns, interval_ns, name, spec, counts FROM summaries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts_ns, id"
+        try:
+            return [(t, i, n, s, orjson.loads(c)) for t, i, n, s, c in self.db.execute(sql, args)]
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: query failed ({err})") from err
 
     # -- reading --------------------------------------------------------------------
     def query(

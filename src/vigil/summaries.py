@@ -1,0 +1,111 @@
+"""In-kernel counters that `vigil monitor` keeps beside its event stream.
+
+Each summary is an argdist spec (vigil.argdist): counting happens in a BPF
+map, and once per interval the monitor reads and clears it and stores one
+row (the interval's counts).  A week of "which command used which
+capability, connected to which port, spawned what" then costs kilobytes,
+where storing every event would cost gigabytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .errors import ConfigError, VigilError
+from .outputs.store import Store
+
+log = logging.getLogger("vigil.summaries")
+
+# name -> argdist counting spec (-C).  Keys chosen for baselining: who does
+# what, not every occurrence.
+DEFAULT_SUMMARIES: dict[str, str] = {
+    "capabilities": "t:capability:cap_capable():int:comm,cap",
+    "connects": "t:sock:inet_sock_set_state():u16:comm,dport:newstate==2",
+    "execs": "t:sched:sched_process_exec():int:pcomm,comm",
+}
+
+
+def parse_option(values: tuple[str, ...], defaults: bool = True) -> dict[str, str]:
+    """`--summary NAME=SPEC` values on top of the defaults (SPEC "" drops NAME)."""
+    out = dict(DEFAULT_SUMMARIES) if defaults else {}
+    for value in values:
+        name, sep, spec = value.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--summary {value!r}: use NAME=SPEC (an argdist -C spec)")
+        if spec.strip():
+            out[name.strip()] = spec.strip()
+        else:
+            out.pop(name.strip(), None)
+    return out
+
+
+class SummarySink:
+    """An agent sink that flushes in-kernel counters to the store each interval."""
+
+    def __init__(self, store: Store, specs: dict[str, str], interval: float):
+        self.store = store
+        self.interval = interval
+        self.aggregations = {}
+        self.specs = specs
+        try:
+            from .argdist import Aggregation, parse
+        except ImportError as err:  # an install without the argdist machinery
+            log.warning("in-kernel summaries unavailable: %s", err)
+            specs = {}
+        for name, text in specs.items():
+            try:
+                agg = Aggregation(parse(text))
+                agg.start()
+            except VigilError as err:
+                # one counter this kernel cannot keep must not stop the monitor
+                log.warning("summary %s skipped: %s", name, err)
+                continue
+            self.aggregations[name] = agg
+        self._last = time.time_ns()
+        self._next = time.monotonic() + interval
+
+    def write(self, batch) -> None:
+        pass
+
+    def flush(self) -> None:
+        now = time.time_ns()
+        for name, agg in self.aggregations.items():
+            try:
+                rows = agg.read(clear=True)
+            except VigilError as err:
+                log.error("summary %s: %s", name, err)
+                continue
+            self.store.add_summary(now, now - self._last, name, self.specs[name], rows)
+        self._last = now
+
+    def status(self, stats: dict) -> None:
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.interval
+            self.flush()
+
+    def close_aggregations(self) -> None:
+        for agg in self.aggregations.values():
+            agg.close()
+        self.aggregations = {}
+
+    def close(self) -> None:
+        self.flush()  # the partial last interval counts too
+        self.close_aggregations()
+
+
+def totals(rows: list[tuple[int, int, str, str, list]]) -> dict[str, list[tuple[dict, int]]]:
+    """Counts summed over intervals: name -> [(key, count)], biggest first."""
+    sums: dict[str, dict[str, list]] = {}
+    for _ts, _interval, name, _spec, counts in rows:
+        per = sums.setdefault(name, {})
+        for key, n in counts:
+            ident = repr(sorted(key.items())) if isinstance(key, dict) else repr(key)
+            if ident in per:
+                per[ident][1] += n
+            else:
+                per[ident] = [key, n]
+    return {
+        name: sorted(((k, n) for k, n in per.values()), key=lambda kn: -kn[1])
+        for name, per in sums.items()
+    }
