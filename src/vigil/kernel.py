@@ -152,6 +152,15 @@ def target_exists(feature: str, target: str) -> bool:
         return btf is not None and btf.find(f"bpf_lsm_{target}", bpf.BTF_KIND_FUNC) is not None
     if feature == "kprobe":
         return target in _kallsyms()
+    if feature in ("uprobe", "uretprobe"):
+        from .elf import symbol_offset
+
+        path, _, symbol = target.rpartition(":")  # "PATH:SYMBOL"
+        try:
+            symbol_offset(path, symbol)
+        except VigilError:
+            return False  # no such file, not ELF, or no such function
+        return True
     return True
 
 

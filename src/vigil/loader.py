@@ -78,6 +78,13 @@ def attach(prog: bpf.Program, choice: Choice) -> bpf.Link:
         if root is None:
             raise VigilError("cgroup socket hooks need a cgroup v2 hierarchy; none is mounted")
         return prog.attach_cgroup(root)
+    if choice.feature in ("uprobe", "uretprobe"):
+        from .elf import symbol_offset
+
+        path, _, symbol = choice.target.rpartition(":")  # "PATH:SYMBOL"
+        # SEC("uretprobe") programs run at the function's return
+        retprobe = choice.feature == "uretprobe" or prog.section.startswith("uretprobe")
+        return prog.attach_uprobe(path, symbol_offset(path, symbol), retprobe=retprobe)
     return prog.attach()  # SEC() names the target: tracepoint, raw_tp, tp_btf, kprobe...
 
 
