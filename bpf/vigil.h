@@ -24,6 +24,7 @@ enum vigil_event_kind {
 	VIGIL_EV_RETRANSMIT = 7,
 	VIGIL_EV_BIND = 8,
 	VIGIL_EV_LISTEN = 9,
+	VIGIL_EV_BASHREADLINE = 10,
 };
 
 /* Bits of vigil_header.flags; user space reads the names from BTF. */
