@@ -52,7 +52,7 @@ def _db_option(f):
 # `vigil monitor` and `vigil events` show events the same way.
 EVENT_COLUMNS = [
     Column("TIME", 8, clock_time),
-    Column("KIND", 10, lambda ev: ev["kind"]),
+    Column("KIND", 12, lambda ev: ev["kind"]),
     Column("PID", 7, lambda ev: ev["pid"]),
     Column("PPID", 7, lambda ev: ev["ppid"]),
     Column("COMM", 16, lambda ev: ev["comm"]),

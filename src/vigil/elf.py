@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -10,8 +11,17 @@ from elftools.elf.elffile import ELFFile
 from .errors import ConfigError
 
 
-@functools.lru_cache(maxsize=64)
 def _symbols(path: str) -> dict[str, int]:
+    """Cached per file version: an upgraded binary is read again."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no such file") from err
+    return _read_symbols(path, st.st_ino, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_symbols(path: str, _inode: int, _mtime_ns: int) -> dict[str, int]:
     """name -> file offset of every defined function symbol (.symtab, .dynsym)."""
     try:
         with open(path, "rb") as f:
