@@ -97,6 +97,9 @@ _map_lookup = _fn("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
 _map_update = _fn("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, c_uint64)
 _map_delete = _fn("bpf_map_delete_elem", c_int, c_int, c_void_p)
 _map_next_key = _fn("bpf_map_get_next_key", c_int, c_int, c_void_p, c_void_p)
+_BATCH_ARGS = (c_int, c_void_p, c_void_p, c_void_p, c_void_p, POINTER(c_uint32), c_void_p)
+_map_lookup_batch = _fn("bpf_map_lookup_batch", c_int, *_BATCH_ARGS)
+_map_lookup_and_delete_batch = _fn("bpf_map_lookup_and_delete_batch", c_int, *_BATCH_ARGS)
 _num_cpus = _fn("libbpf_num_possible_cpus", c_int)
 
 # -- BTF -----------------------------------------------------------------------
@@ -432,6 +435,46 @@ def map_keys(fd: int, key_size: int) -> list[bytes]:
     return keys
 
 
+def map_lookup_batch(
+    fd: int, key_size: int, value_size: int, delete: bool = False, chunk: int = 1024
+) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash map, `chunk` entries per syscall.
+
+    With `delete` each entry is removed as it is read, bucket by bucket
+    under the bucket's lock (bpf_map_lookup_and_delete_batch): reading and
+    clearing a counting map leaves no window per key between the two.
+    `value_size` is per entry as the syscall returns it (per-CPU maps:
+    rounded up to 8, times the possible CPUs).
+    """
+    fn = _map_lookup_and_delete_batch if delete else _map_lookup_batch
+    what = f"{'lookup and delete' if delete else 'lookup'} batch in map fd {fd}"
+    token = max(key_size, 8)  # hash maps use a u32 bucket index as the batch token
+    in_batch, out_batch = None, ctypes.create_string_buffer(token)
+    out: list[tuple[bytes, bytes]] = []
+    while True:
+        keys = ctypes.create_string_buffer(key_size * chunk)
+        values = ctypes.create_string_buffer(value_size * chunk)
+        count = c_uint32(chunk)
+        rc = fn(fd, in_batch, out_batch, keys, values, ctypes.byref(count), None)
+        err = 0 if rc >= 0 else (-rc if rc != -1 else _last_errno())
+        kraw, vraw = keys.raw, values.raw
+        for i in range(count.value):
+            out.append(
+                (
+                    kraw[i * key_size : (i + 1) * key_size],
+                    vraw[i * value_size : (i + 1) * value_size],
+                )
+            )
+        if err == errno.ENOENT:
+            return out  # the last batch (maybe empty): the map is walked
+        if err == errno.ENOSPC and count.value == 0:
+            chunk *= 2  # one bucket holds more entries than a chunk: retry bigger
+            continue
+        if err:
+            raise BpfError(what, err, recent_log())
+        in_batch = ctypes.create_string_buffer(out_batch.raw, token)
+
+
 class Object:
     """A BPF object file: open, adjust, load, attach, close."""
 
@@ -586,6 +629,7 @@ __all__ = [
     "map_delete",
     "map_keys",
     "map_lookup",
+    "map_lookup_batch",
     "map_update",
     "num_possible_cpus",
     "recent_log",
