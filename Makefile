@@ -12,7 +12,7 @@ HELPER_CFLAGS := -O2 -g -Wall -Wextra
 ARGS        ?=
 PYTEST_ARGS ?=
 
-HELPERS := $(BIN)/usdt-probe
+HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target
 
 .DELETE_ON_ERROR:
 .PHONY: setup monitor test bench lint format helpers clean distclean
@@ -55,6 +55,9 @@ $(BIN):
 	mkdir -p $@
 
 $(BIN)/usdt-probe: tests/progs/usdt_probe.c | $(BIN)
+	$(CC) $(HELPER_CFLAGS) -o $@ $<
+
+$(BIN)/uprobe-target: tests/progs/uprobe_target.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
 
 clean:
