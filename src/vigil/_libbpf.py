@@ -385,10 +385,11 @@ class Map:
         _check_rc(_map_reuse_fd(self._ptr, fd), f"reuse fd {fd} for map {self.name}")
 
     def data_view(self) -> memoryview:
-        """The bytes of a global-data map (.rodata/.bss/.data).
+        """The initial image of a global-data map (.rodata/.bss/.data):
+        write .rodata constants here between open and load.
 
-        Before load this is the initial image (write .rodata constants here);
-        after load it is the live, mmap'd map.
+        Not a view of the live map after load (with libbpf 1.1 it keeps
+        showing the initial bytes): read live values with map_lookup.
         """
         size = c_size_t()
         ptr = _check_ptr(_map_initial_value(self._ptr, ctypes.byref(size)), f"data of {self.name}")
