@@ -163,8 +163,13 @@ def _available_sensors() -> list[str]:
 @click.option("-o", "--output", "path", required=True, help="Recording file to write.")
 @click.option("--sensor", "sensor_names", multiple=True, help="Only these sensors (repeatable).")
 @click.option("--duration", type=float, help="Stop after this many seconds.")
+@click.option(
+    "--all-events",
+    is_flag=True,
+    help="Every event, as live tools see them (no monitor de-duplication, e.g. of capable).",
+)
 @live.ring_options
-def record(path, sensor_names, duration, ring_mb, latency):
+def record(path, sensor_names, duration, all_events, ring_mb, latency):
     """Record raw events to a file at the lowest cost; decode with `vigil report`."""
     import signal
 
@@ -180,7 +185,8 @@ def record(path, sensor_names, duration, ring_mb, latency):
     def on_signal(*_):
         stop["now"] = True
 
-    with loader.Session(names, ring_bytes=ring_mb << 20, monitor=True) as session:
+    session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=not all_events)
+    with session:
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             live.ready(f"recording {', '.join(names)} into {path}")

@@ -52,7 +52,7 @@ class TablePrinter:
         self.out.write(self._line([c.header for c in self.columns]) + "\n")
         self.out.flush()
 
-    def rows(self, events: list[dict]) -> None:
+    def format_rows(self, events: list[dict]) -> str:
         lines = []
         for ev in events:
             values = []
@@ -60,5 +60,8 @@ class TablePrinter:
                 v = col.value(ev)
                 values.append(display(v) if isinstance(v, bytes | str) else str(v))
             lines.append(self._line(values))
-        self.out.write("\n".join(lines) + "\n")
+        return "\n".join(lines) + "\n"
+
+    def rows(self, events: list[dict]) -> None:
+        self.out.write(self.format_rows(events))
         self.out.flush()

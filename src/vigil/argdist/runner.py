@@ -30,6 +30,11 @@ def _s64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+# Entries unchanged for this many clearing reads are deleted (their room
+# back for new keys); only an increment racing that delete can be lost.
+IDLE_READS = 3
+
+
 class Aggregation:
     """A spec's counts or histogram, kept in the kernel.
 
@@ -49,6 +54,8 @@ class Aggregation:
         self._map: bpf.Map | None = None
         self._decode = None
         self._key_size = 0
+        self._base: dict[bytes, int] = {}  # raw key -> running total at the last read
+        self._idle: dict[bytes, int] = {}  # raw key -> clearing reads with no change
 
     # -- life cycle -----------------------------------------------------------------
     def start(self) -> Aggregation:
@@ -152,14 +159,33 @@ class Aggregation:
 
     # -- reading ----------------------------------------------------------------------
     def _entries(self, clear: bool) -> list[tuple[dict, int, int]]:
-        """(key, slot, count) of every entry; with `clear`, removed as read."""
+        """(key, slot, count) of every entry: with `clear`, the counts since
+        the last clearing read, else the kernel's running totals.
+
+        The map is never cleared as it is read: an increment racing the
+        delete of its entry would be lost (bcc's clear() loses those).  The
+        kernel keeps running totals; we report differences, and only delete
+        entries idle for IDLE_READS reads, to give their room back.
+        """
         if self._map is None:
             raise VigilError(f"argdist spec {self.spec.text!r} is not started")
         m = self._map
-        rows = bpf.map_lookup_batch(m.fd, self._key_size, m.value_size, delete=clear)
+        rows = bpf.map_lookup_batch(m.fd, self._key_size, m.value_size)
         out = []
+        base, idle = self._base, self._idle
         for kraw, vraw in rows:
             (n,) = struct.unpack_from("<Q", vraw)
+            if clear:
+                delta = n - base.get(kraw, 0)
+                base[kraw] = n
+                if delta == 0:
+                    idle[kraw] = idle.get(kraw, 0) + 1
+                    if idle[kraw] >= IDLE_READS:
+                        bpf.map_delete(m.fd, kraw)
+                        del base[kraw], idle[kraw]
+                    continue
+                idle.pop(kraw, None)
+                n = delta
             raw = self._decode(kraw)
             key = {}
             for i, e in enumerate(self.spec.keys):

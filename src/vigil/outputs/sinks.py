@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import BinaryIO, TextIO
@@ -38,15 +39,25 @@ class StoreSink:
         self.store.close()
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Every byte to `fd`.  Python's buffered stdout can drop the rest of a
+    write that a signal (Ctrl-C) interrupts while a pipe is full; os.write
+    is retried on EINTR (PEP 475), and we loop over partial writes."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class JsonSink:
     """One JSON object per line, every field (docs/events.md)."""
 
     def __init__(self, out: BinaryIO | None = None):
         self.out = out or sys.stdout.buffer
+        self.out.flush()
+        self.fd = self.out.fileno()
 
     def write(self, batch: Batch) -> None:
-        self.out.write(b"\n".join(batch.lines) + b"\n")
-        self.out.flush()
+        write_all(self.fd, b"\n".join(batch.lines) + b"\n")
 
     def status(self, stats: dict[str, dict]) -> None:
         pass
@@ -64,7 +75,8 @@ class TableSink:
             printer.header()
 
     def write(self, batch: Batch) -> None:
-        self.printer.rows(batch.events)
+        self.printer.out.flush()
+        write_all(self.printer.out.fileno(), self.printer.format_rows(batch.events).encode())
 
     def status(self, stats: dict[str, dict]) -> None:
         pass

@@ -75,7 +75,8 @@ def argdist(count_specs, hist_specs, interval, number, top, pid, cumulative, max
                 show(agg, top, as_json, not cumulative)
 
         what = f"{len(aggs)} spec{'s' if len(aggs) > 1 else ''} attached"
-        every(interval, number, tick, on_ready=lambda: ready(what))
+        if every(interval, number, tick, on_ready=lambda: ready(what)):
+            tick()  # Ctrl-C: the interval under way counts too, as in bcc
         for agg in aggs:
             _report_losses(agg)
 
