@@ -493,3 +493,23 @@ def test_bitehist_prints_at_ctrl_c(block_file):
     lines = _finish(proc)
     assert lines[0] == "     kbytes              : count     distribution"
     assert _bucket(lines) >= DD_WRITES, lines
+
+
+def test_clearing_reads_are_exact_differences_and_idle_entries_are_freed():
+    from vigil import _libbpf
+    from vigil.argdist import Aggregation, parse
+    from vigil.argdist.runner import IDLE_READS
+
+    spec = parse("t:syscalls:sys_enter_getppid():int:pid", pid=os.getpid())
+    with Aggregation(spec) as agg:
+        for n in (5, 3):
+            for _ in range(n):
+                os.getppid()
+            assert agg.read() == [({"pid": os.getpid()}, n)]
+        assert agg.read(clear=False) == [({"pid": os.getpid()}, 8)]  # running total
+        for _ in range(IDLE_READS):
+            assert agg.read() == []
+        m = agg._map
+        assert _libbpf.map_keys(m.fd, m.key_size) == []  # room given back
+        os.getppid()
+        assert agg.read() == [({"pid": os.getpid()}, 1)]
