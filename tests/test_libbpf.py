@@ -63,5 +63,18 @@ def test_rodata_is_set_before_load():
         assert {"targ_uid", "wakeup_bytes"} <= set(layout)
         set_rodata(obj, {"targ_uid": 1234})
         ro = next(m for m in obj.maps() if m.name.endswith(".rodata"))
-        off, size, _ = layout["targ_uid"]
+        _type, off, size = layout["targ_uid"]
         assert int.from_bytes(ro.data_view()[off : off + size], "little") == 1234
+
+
+def test_rodata_arrays_are_encoded_from_btf():
+    from vigil.loader import _rodata_vars, set_rodata
+
+    with bpf.Object(paths.bpf_object("connect")) as obj:
+        set_rodata(obj, {"targ_ports": [80, 443]})
+        ro = next(m for m in obj.maps() if m.name.endswith(".rodata"))
+        _type, off, size = _rodata_vars(obj)["targ_ports"]
+        raw = bytes(ro.data_view()[off : off + size])
+        assert struct.unpack(f"<{size // 2}H", raw) == (80, 443) + (0,) * (size // 2 - 2)
+        with pytest.raises(Exception, match="targ_ports"):
+            set_rodata(obj, {"targ_ports": list(range(size // 2 + 1))})

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from . import _libbpf as bpf
 from . import kernel, paths, records, sensors
-from .errors import ConfigError, VigilError
+from .errors import ConfigError, LayoutError, VigilError
 from .sensors import Attach, Sensor
 
 DEFAULT_RING_BYTES = 16 << 20
@@ -88,27 +88,20 @@ def attach(prog: bpf.Program, choice: Choice) -> bpf.Link:
     return prog.attach()  # SEC() names the target: tracepoint, raw_tp, tp_btf, kprobe...
 
 
-def _rodata_vars(obj: bpf.Object) -> dict[str, tuple[int, int, bool]]:
-    """name -> (offset, size, signed) of every .rodata variable, from BTF."""
-    btf = obj.btf()
-    sec = btf.find(".rodata", bpf.BTF_KIND_DATASEC)
-    out: dict[str, tuple[int, int, bool]] = {}
-    if sec is None:
-        return out
-    for var_id, offset, size in sec.datasec_vars():
-        var = btf.type(var_id)
-        t = btf.type(var.size_or_type)
-        while t.kind in (bpf.BTF_KIND_CONST, bpf.BTF_KIND_VOLATILE, bpf.BTF_KIND_TYPEDEF):
-            t = btf.type(t.size_or_type)
-        signed = t.kind == bpf.BTF_KIND_INT and t.int_encoding()[1]
-        out[var.name] = (offset, size, signed)
-    return out
+def _rodata_vars(obj: bpf.Object) -> dict[str, tuple[int, int, int]]:
+    """name -> (type id, offset, size) of every .rodata variable, from BTF."""
+    return records.datasec(obj.btf(), ".rodata")
 
 
-def set_rodata(obj: bpf.Object, values: dict[str, int]) -> None:
-    """Write `.rodata` constants (filters, knobs) between open and load."""
+def set_rodata(obj: bpf.Object, values: dict) -> None:
+    """Write `.rodata` constants (filters, knobs) between open and load.
+
+    Any C type: ints, arrays (a list, or bytes/str for char arrays) and
+    structs (a dict by member name), encoded from the object's BTF.
+    """
     if not values:
         return
+    btf = obj.btf()
     layout = _rodata_vars(obj)
     ro = next((m for m in obj.maps() if m.name.endswith(".rodata")), None)
     if ro is None:
@@ -117,11 +110,14 @@ def set_rodata(obj: bpf.Object, values: dict[str, int]) -> None:
     for name, value in values.items():
         if name not in layout:
             raise ConfigError(f"{obj.name}: no .rodata variable {name!r}")
-        offset, size, signed = layout[name]
+        type_id, offset, size = layout[name]
         try:
-            view[offset : offset + size] = int(value).to_bytes(size, "little", signed=signed)
-        except OverflowError:
-            raise ConfigError(f"{obj.name}: {name}={value} does not fit {size} bytes") from None
+            raw = records.encode(btf, type_id, value)
+        except LayoutError as err:
+            raise ConfigError(f"{obj.name}: {name}: {err}") from None
+        if len(raw) != size:
+            raise ConfigError(f"{obj.name}: {name} encodes to {len(raw)} bytes, not {size}")
+        view[offset : offset + size] = raw
 
 
 def _boot_offset_ns() -> int:

@@ -90,11 +90,76 @@ class Layout:
         raise KeyError(name)
 
 
-def _strip(btf: bpf.Btf, type_id: int) -> bpf.BtfType:
+def strip_qualifiers(btf: bpf.Btf, type_id: int) -> bpf.BtfType:
+    """The type under any typedef/const/volatile/restrict/type tag."""
     t = btf.type(type_id)
     while t.kind in _QUALIFIERS:
         t = btf.type(t.size_or_type)
     return t
+
+
+# -- values in C layout (.rodata constants, map keys written from Python) --------
+def type_size(btf: bpf.Btf, type_id: int) -> int:
+    t = strip_qualifiers(btf, type_id)
+    if t.kind == bpf.BTF_KIND_ARRAY:
+        elem, n = t.array()
+        return type_size(btf, elem) * n
+    if t.kind == bpf.BTF_KIND_PTR:
+        return 8
+    return t.size_or_type
+
+
+def encode(btf: bpf.Btf, type_id: int, value) -> bytes:
+    """`value` in the C layout of BTF type `type_id`.
+
+    Integers and enums take an int; arrays a list (char arrays also str or
+    bytes, NUL-padded); structs a dict by member name (missing members are
+    zero; a name the struct lacks is an error).
+    """
+    t = strip_qualifiers(btf, type_id)
+    if t.kind in (bpf.BTF_KIND_INT, bpf.BTF_KIND_ENUM, bpf.BTF_KIND_ENUM64):
+        size = t.size_or_type
+        signed = t.int_encoding()[1] if t.kind == bpf.BTF_KIND_INT else t.kind_flag
+        try:
+            return int(value).to_bytes(size, "little", signed=signed and int(value) < 0)
+        except OverflowError:
+            raise LayoutError(f"{value} does not fit {t.name or 'an integer'}") from None
+    if t.kind == bpf.BTF_KIND_ARRAY:
+        elem, n = t.array()
+        esize = type_size(btf, elem)
+        if isinstance(value, str):
+            value = value.encode()
+        if isinstance(value, bytes):
+            if esize != 1 or len(value) > n:
+                raise LayoutError(f"{value!r} does not fit a {n}-byte array")
+            return value.ljust(n, b"\0")
+        if len(value) > n:
+            raise LayoutError(f"{len(value)} items for an array of {n}")
+        return b"".join(encode(btf, elem, v) for v in value).ljust(n * esize, b"\0")
+    if t.kind == bpf.BTF_KIND_STRUCT:
+        out = bytearray(t.size_or_type)
+        members = {name: (tid, bit_off) for name, tid, bit_off, _ in t.members()}
+        unknown = set(value) - set(members)
+        if unknown:
+            raise LayoutError(f"struct {t.name} has no member {', '.join(sorted(unknown))}")
+        for name, v in value.items():
+            tid, bit_off = members[name]
+            raw = encode(btf, tid, v)
+            out[bit_off // 8 : bit_off // 8 + len(raw)] = raw
+        return bytes(out)
+    raise LayoutError(f"cannot encode BTF kind {t.kind} ({t.name})")
+
+
+def datasec(btf: bpf.Btf, name: str) -> dict[str, tuple[int, int, int]]:
+    """var name -> (type id, offset, size) of a data section (.rodata, .bss)."""
+    sec = btf.find(name, bpf.BTF_KIND_DATASEC)
+    if sec is None:
+        return {}
+    out = {}
+    for var_id, offset, size in sec.datasec_vars():
+        var = btf.type(var_id)
+        out[var.name] = (var.size_or_type, offset, size)
+    return out
 
 
 def _int_info(btf: bpf.Btf, t: bpf.BtfType) -> tuple[int, bool, bool]:
@@ -118,7 +183,7 @@ def _fields(
         if bitfield or bit_off % 8:
             raise LayoutError(f"{struct_t.name}.{name}: bitfields are not supported in records")
         off = base + bit_off // 8
-        t = _strip(btf, type_id)
+        t = strip_qualifiers(btf, type_id)
         full = prefix + name
         path = cpath + name
         if t.kind == bpf.BTF_KIND_STRUCT:
@@ -127,7 +192,7 @@ def _fields(
             out.append(Field(full, off, t.size_or_type, "bytes", f"{t.size_or_type}s", path=path))
         elif t.kind == bpf.BTF_KIND_ARRAY:
             elem_id, n = t.array()
-            size, signed, is_char = _int_info(btf, _strip(btf, elem_id))
+            size, signed, is_char = _int_info(btf, strip_qualifiers(btf, elem_id))
             if size == 1:
                 form = "cstr" if is_char else "bytes"
                 out.append(Field(full, off, n, form, f"{n}s", path=path))

@@ -17,6 +17,7 @@ from .. import _libbpf as bpf
 from .. import kernel, paths, records
 from ..encoding import escape
 from ..errors import LayoutError, VigilError
+from ..loader import set_rodata
 from . import config
 from .spec import Expr, Spec, parse
 
@@ -119,7 +120,7 @@ class Aggregation:
         }
         if spec.value is not None:
             rodata["value"] = expr(spec.value)
-        config.write_rodata(obj, rodata)
+        set_rodata(obj, rodata)
         map_name, key_struct = config.KEY_LAYOUTS[layout]
         for name, _struct in config.KEY_LAYOUTS.values():
             obj.map(name).set_max_entries(self.max_entries if name == map_name else 1)

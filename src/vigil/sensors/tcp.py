@@ -29,18 +29,16 @@ def endpoint(addr: str, port: int) -> str:
 def connect_rodata(pid: int | None = None, ports: list[int] | tuple[int, ...] = ()) -> dict:
     """.rodata filters of the connect object: targ_pid, targ_ports, targ_nports.
 
-    targ_ports is a `__u16[8]` array; the loader writes a .rodata variable as
-    one little-endian integer of the variable's size, which for an array of
-    little-endian u16 is the ports packed 16 bits apart.
+    targ_ports is a `__u16[8]` array, given as a list (unused slots are zero).
     """
-    out: dict[str, int] = {}
+    out: dict = {}
     if pid is not None:
         out["targ_pid"] = pid
     ports = list(dict.fromkeys(ports))
     if ports:
         if len(ports) > PORTS_MAX:
             raise ConfigError(f"at most {PORTS_MAX} ports can be filtered in the kernel")
-        out["targ_ports"] = sum(p << (16 * i) for i, p in enumerate(ports))
+        out["targ_ports"] = ports  # a __u16[8]: the loader encodes arrays from BTF
         out["targ_nports"] = len(ports)
     return out
 
