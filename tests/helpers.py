@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -80,3 +81,28 @@ def vigil(
     exe = os.path.join(os.path.dirname(sys.executable), "vigil")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "vigil.cli"]
     return subprocess.run([*cmd, *args], capture_output=True, timeout=timeout, check=check, **kw)
+
+
+VIGIL = os.path.join(os.path.dirname(sys.executable), "vigil")
+
+
+def start_vigil(*args: str, env=None) -> subprocess.Popen:
+    """Start a vigil command; return once it says it is tracing (lines it
+    prints before that, such as skipped sensors, are allowed)."""
+    proc = subprocess.Popen([VIGIL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    seen = b""
+    while b"Ctrl-C to end" not in seen:
+        line = proc.stderr.readline()
+        if not line:
+            raise AssertionError(seen + proc.stderr.read())
+        seen += line
+    proc.seen = seen  # what it printed up to the ready line
+    return proc
+
+
+def stop_vigil(proc: subprocess.Popen, timeout: float = 60) -> tuple[bytes, bytes]:
+    """Ctrl-C it, as a user would; it must exit cleanly."""
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return out, err

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, vigil
+from helpers import ROOT, start_vigil, vigil
 from vigil.argdist import SLOTS, Aggregation, parse, printers, tracefs
 from vigil.argdist.runner import key_layout
 from vigil.errors import ConfigError, VigilError
@@ -370,11 +370,6 @@ def test_tracefs_format_parser():
 
 
 # -- the command line -----------------------------------------------------------------------
-def _start(*args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([*VIGIL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    line = proc.stderr.readline()
-    assert b"Ctrl-C to end" in line, line + proc.stderr.read()
-    return proc
 
 
 def _finish(proc: subprocess.Popen) -> list[str]:
@@ -387,7 +382,7 @@ def test_cli_counts_in_bcc_format(child_factory):
     child = child_factory(SETUID_CODE)
     spec = f"t:capability:cap_capable():int:cap:pid=={child.pid}"
     hspec = f"t:capability:cap_capable():int:cap:pid=={child.pid}"
-    proc = _start("argdist", "-C", spec, "-H", hspec, "-i", "2", "-n", "1")
+    proc = start_vigil("argdist", "-C", spec, "-H", hspec, "-i", "2", "-n", "1")
     child.go()
     lines = _finish(proc)
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\]", lines[0]), lines
@@ -408,14 +403,14 @@ def test_cli_counts_in_bcc_format(child_factory):
 def test_cli_top_and_json(child_factory):
     child = child_factory(OPEN_CODE)
     spec = f"t:syscalls:sys_exit_openat():long:ret:pid=={child.pid}"
-    proc = _start("argdist", "-C", spec, "-i", "2", "-n", "1", "-T", "1")
+    proc = start_vigil("argdist", "-C", spec, "-i", "2", "-n", "1", "-T", "1")
     child.go()
     lines = _finish(proc)
     assert lines[1:] == [spec, "\tCOUNT      EVENT", f"\t{FAILS:<10} ret = -2"]  # the larger only
 
     child = child_factory(OPEN_CODE)
     spec = f"t:syscalls:sys_exit_openat():long:ret:ret<0&&pid=={child.pid}"
-    proc = _start("argdist", "-C", spec, "-i", "2", "-n", "1", "--json")
+    proc = start_vigil("argdist", "-C", spec, "-i", "2", "-n", "1", "--json")
     child.go()
     (line,) = _finish(proc)
     obj = json.loads(line)
@@ -476,7 +471,7 @@ def block_file():
 
 def test_bitehist_counts_direct_io_sizes_per_disk(block_file):
     path, disk = block_file
-    proc = _start("bitehist", "-D", "-i", "3", "-n", "1")
+    proc = start_vigil("bitehist", "-D", "-i", "3", "-n", "1")
     _direct_writes(path)
     lines = _finish(proc)
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\]", lines[0])
@@ -487,7 +482,7 @@ def test_bitehist_counts_direct_io_sizes_per_disk(block_file):
 
 def test_bitehist_prints_at_ctrl_c(block_file):
     path, _disk = block_file
-    proc = _start("bitehist")
+    proc = start_vigil("bitehist")
     _direct_writes(path)
     proc.send_signal(signal.SIGINT)
     lines = _finish(proc)

@@ -24,7 +24,7 @@ import time
 import orjson
 import pytest
 
-from helpers import pump_until, start_agent, unique_marker, vigil
+from helpers import pump_until, start_agent, start_vigil, stop_vigil, unique_marker, vigil
 from vigil import kernel, loader
 from vigil.errors import ConfigError, VigilError
 from vigil.sensors import bashreadline
@@ -304,35 +304,16 @@ def test_strip_keeps_readline_in_dynsym(tmp_path):
 
 
 # -- the command line --------------------------------------------------------------------
-def _start(*args: str, env=None) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [*VIGIL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    )
-    seen = b""
-    while b"Ctrl-C to end" not in seen:  # monitor names skipped sensors first
-        line = proc.stderr.readline()
-        if not line:
-            raise AssertionError(seen + proc.stderr.read())
-        seen += line
-    proc.seen = seen
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> tuple[bytes, bytes]:
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    return out, err
 
 
 def test_cli_table(bash):
     marker = unique_marker()
-    proc = _start("bashreadline")
+    proc = start_vigil("bashreadline")
     sh = bash()
     sh.type(b"echo " + marker)
     sh.type(b"echo \x16\x1b[2J" + marker)  # an escape that would clear the screen
     time.sleep(0.5)
-    out, _ = _stop(proc)
+    out, _ = stop_vigil(proc)
     lines = out.decode().splitlines()
     assert lines[0].split() == ["TIME", "PID", "UID", "COMMAND"]
     rows = [line.split(None, 3) for line in lines[1:]]
@@ -346,14 +327,14 @@ def test_cli_table(bash):
 
 def test_cli_json_pid_filter(bash):
     mine, other = bash(), bash()
-    proc = _start("bashreadline", "--json", "-p", str(mine.pid), "-t")
+    proc = start_vigil("bashreadline", "--json", "-p", str(mine.pid), "-t")
     line = b"echo caf\xe9 " + unique_marker()
     mine.type(b": warm-up")  # in readline before the probe: not seen
     other.type(b": warm-up")
     other.type(b"echo " + unique_marker())
     mine.type(line)
     time.sleep(0.5)
-    out, _ = _stop(proc)
+    out, _ = stop_vigil(proc)
     events = [orjson.loads(x) for x in out.splitlines()]
     assert {e["pid"] for e in events} == {mine.pid}
     (ev,) = [e for e in events if e["line"] != ": warm-up"]
@@ -366,12 +347,12 @@ def test_cli_json_pid_filter(bash):
 def test_monitor_runs_it_and_stores_lines_with_ancestry(tmp_path, bash):
     db = str(tmp_path / "v.db")
     # no --sensor: every sensor this kernel can host, bashreadline among them
-    proc = _start("monitor", "--db", db, "-q")
+    proc = start_vigil("monitor", "--db", db, "-q")
     sh = bash()
     line = b"echo " + unique_marker()
     sh.type(line)
     time.sleep(1.0)
-    _, err = _stop(proc)
+    _, err = stop_vigil(proc)
     ready = proc.seen.splitlines()[-1].decode()  # "vigil: monitoring a, b into DB; ..."
     assert "bashreadline" in ready.partition("monitoring ")[2].partition(" into ")[0].split(", ")
     assert b"events stored" in err

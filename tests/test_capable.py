@@ -8,7 +8,6 @@ CAP_CHOWN from its effective set with capset(2), fails a chown.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import time
 import orjson
 import pytest
 
-from helpers import pump_until, start_agent, vigil
+from helpers import pump_until, start_agent, start_vigil, stop_vigil, vigil
 from vigil import caps, sensors
 
 pytestmark = pytest.mark.kernel
@@ -284,22 +283,12 @@ def test_unique_keeps_denial_after_allowed_and_new_image_after_exec(victim):
         agent.session.close()
 
 
-def _start(*args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([*VIGIL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    line = proc.stderr.readline()
-    assert b"Ctrl-C to end" in line, line + proc.stderr.read()
-    return proc
-
-
 def _stop(proc: subprocess.Popen) -> bytes:
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    return out
+    return stop_vigil(proc)[0]
 
 
 def test_cli_table_columns(victim):
-    proc = _start("capable")
+    proc = start_vigil("capable")
     allowed = Child("vcap-cli-ok", CHOWN, victim)
     denied = Child("vcap-cli-no", DENIED_CHOWN, victim)
     time.sleep(0.5)
@@ -324,7 +313,7 @@ def test_cli_table_columns(victim):
 
 def test_cli_json_pid_filter_and_relative_time(victim):
     target = Child("vcap-json", CHOWN, victim, wait=True)
-    proc = _start("capable", "--json", "-p", str(target.pid), "--unique")
+    proc = start_vigil("capable", "--json", "-p", str(target.pid), "--unique")
     target.go()
     time.sleep(0.5)
     events = [orjson.loads(line) for line in _stop(proc).splitlines()]
@@ -335,7 +324,7 @@ def test_cli_json_pid_filter_and_relative_time(victim):
     assert ev["exe"] == os.path.realpath(sys.executable)  # exec'd after the tool began
     assert ev["ancestors"][0]["pid"] == os.getpid()
 
-    proc = _start("capable", "-t", "--duration", "5")
+    proc = start_vigil("capable", "-t", "--duration", "5")
     Child("vcap-rel", CHOWN, victim)
     time.sleep(0.5)
     lines = _stop(proc).decode().splitlines()
@@ -347,7 +336,7 @@ def test_cli_json_pid_filter_and_relative_time(victim):
 def test_monitor_stores_capable_with_ancestry(tmp_path, victim):
     db = str(tmp_path / "v.db")
     sensors = ("--sensor", "capable", "--sensor", "exec", "--sensor", "fork", "--sensor", "exit")
-    proc = _start("monitor", "--db", db, "-q", *sensors)
+    proc = start_vigil("monitor", "--db", db, "-q", *sensors)
     child = Child("vcap-mon", REPEAT + CHOWN, "20", victim)
     time.sleep(1.0)
     _stop(proc)

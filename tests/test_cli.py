@@ -3,37 +3,21 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 
 import orjson
 import pytest
 
-from helpers import unique_marker, vigil
+from helpers import start_vigil, stop_vigil, unique_marker, vigil
 from vigil.encoding import unescape
 
 VIGIL = [os.path.join(os.path.dirname(os.sys.executable), "vigil")]
 
 
-def _start(*args: str) -> subprocess.Popen:
-    """Start a vigil command and wait until it says it is tracing."""
-    proc = subprocess.Popen([*VIGIL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    line = proc.stderr.readline()
-    assert b"Ctrl-C to end" in line, line + proc.stderr.read()
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> tuple[bytes, bytes]:
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    return out, err
-
-
 @pytest.mark.kernel
 def test_execsnoop_table_with_failed_execs(tmp_path):
-    proc = _start("execsnoop", "-x", "-t")
+    proc = start_vigil("execsnoop", "-x", "-t")
     marker = unique_marker().decode()
     subprocess.run(["/bin/true", "a", "b", marker], check=True)
     missing = f"/nonexistent/{marker}"
@@ -44,7 +28,7 @@ def test_execsnoop_table_with_failed_execs(tmp_path):
     with pytest.raises(PermissionError):
         subprocess.run([str(noexec), marker])
     time.sleep(0.3)
-    out, err = _stop(proc)
+    out, err = stop_vigil(proc)
     lines = out.decode().splitlines()
     assert lines[0].split() == ["TIME(s)", "PCOMM", "PID", "PPID", "RET", "ARGS"]
     rows = {}
@@ -61,26 +45,26 @@ def test_execsnoop_table_with_failed_execs(tmp_path):
 
 @pytest.mark.kernel
 def test_execsnoop_hides_failures_without_x_and_filters():
-    proc = _start("execsnoop", "-n", "^true$")
+    proc = start_vigil("execsnoop", "-n", "^true$")
     marker = unique_marker().decode()
     subprocess.run(["/bin/true", marker], check=True)
     subprocess.run(["/bin/echo", marker], check=True, stdout=subprocess.DEVNULL)
     with pytest.raises(FileNotFoundError):
         subprocess.run([f"/nonexistent/{marker}"])
     time.sleep(0.3)
-    out, _ = _stop(proc)
+    out, _ = stop_vigil(proc)
     mine = [line for line in out.decode().splitlines() if marker in line]
     assert len(mine) == 1 and mine[0].split()[0] == "true"
 
 
 @pytest.mark.kernel
 def test_execsnoop_json_has_every_field_and_escapes_bytes():
-    proc = _start("execsnoop", "-x", "--json", "-l", "vigil-test")
+    proc = start_vigil("execsnoop", "-x", "--json", "-l", "vigil-test")
     marker = unique_marker()
     weird = b"\xff\n\x1b[31m"
     subprocess.run([b"/bin/true", marker, weird], check=True)
     time.sleep(0.3)
-    out, _ = _stop(proc)
+    out, _ = stop_vigil(proc)
     events = [orjson.loads(line) for line in out.splitlines()]
     (ev,) = [e for e in events if marker.decode() in e["args"]]
     for field in (
@@ -107,11 +91,11 @@ def test_execsnoop_json_has_every_field_and_escapes_bytes():
 
 @pytest.mark.kernel
 def test_execsnoop_table_cannot_be_forged():
-    proc = _start("execsnoop")
+    proc = start_vigil("execsnoop")
     marker = unique_marker().decode()
     subprocess.run(["/bin/true", marker, "\nFAKE 1 1 0 /bin/evil\r\x1b[2K"], check=True)
     time.sleep(0.3)
-    out, _ = _stop(proc)
+    out, _ = stop_vigil(proc)
     text = out.decode()
     assert "\x1b" not in text and "\r" not in text
     (line,) = [line for line in text.splitlines() if marker in line]
@@ -122,12 +106,12 @@ def test_execsnoop_table_cannot_be_forged():
 @pytest.mark.kernel
 def test_monitor_stores_and_events_queries(tmp_path):
     db = str(tmp_path / "v.db")
-    proc = _start("monitor", "--db", db, "-q", "--status-interval", "0.2")
+    proc = start_vigil("monitor", "--db", db, "-q", "--status-interval", "0.2")
     marker = unique_marker()
     weird = b"caf\xe9 \\ \xff"
     subprocess.run([b"/bin/true", marker, weird], check=True)
     time.sleep(1.0)
-    out, err = _stop(proc)
+    out, err = stop_vigil(proc)
     assert b"events stored" in err
     res = vigil(
         "events",

@@ -13,7 +13,6 @@ import errno
 import mmap
 import os
 import random
-import signal
 import socket
 import struct
 import subprocess
@@ -24,7 +23,7 @@ import orjson
 import psutil
 import pytest
 
-from helpers import pump_until, start_agent, vigil
+from helpers import pump_until, start_agent, start_vigil, stop_vigil, vigil
 from vigil import listeners, sensors
 from vigil.loader import usable
 
@@ -310,7 +309,7 @@ def old_server():
     child.communicate(b"\n", timeout=10)
 
 
-def test_snapshot_lists_sockets_opened_before_start(live, old_server):
+def test_snapshot_lists_sockets_opened_beforestart_vigil(live, old_server):
     child, tcp, udp, connected = old_server
     events = listeners.snapshot_events()
     (lst,) = of(events, "listen", tcp, pid=child.pid)
@@ -537,30 +536,18 @@ def test_listen_modes_agree(family):
 
 
 # -- the command line --------------------------------------------------------------------
-def _start(*args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([*VIGIL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    line = proc.stderr.readline()
-    assert b"Ctrl-C to end" in line, line + proc.stderr.read()
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> tuple[bytes, bytes]:
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    return out, err
 
 
 def test_cli_table(old_server):
     child, old_tcp, old_udp, _ = old_server
-    proc = _start("listen")
+    proc = start_vigil("listen")
     with socket.socket() as s, socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u:
         s.bind(("127.0.0.1", 0))
         s.listen(64)
         u.bind(("::1", 0))
         tcp, udp = s.getsockname()[1], u.getsockname()[1]
         time.sleep(0.5)
-    out, _ = _stop(proc)
+    out, _ = stop_vigil(proc)
     lines = out.decode().splitlines()
     header = ["TIME", "PID", "COMM", "PROTO", "ADDR", "PORT", "BACKLOG", "EXE"]
     assert lines[0].split() == header
@@ -588,21 +575,21 @@ def test_cli_table(old_server):
 
 def test_cli_json_pid_filter_and_no_snapshot(old_server):
     child, old_tcp, _, _ = old_server
-    proc = _start("listen", "--json", "-p", str(ME), "-t")
+    proc = start_vigil("listen", "--json", "-p", str(ME), "-t")
     with socket.socket() as s:
         s.listen(8)
         port = s.getsockname()[1]
         time.sleep(0.5)
-    out, _ = _stop(proc)
+    out, _ = stop_vigil(proc)
     events = [orjson.loads(line) for line in out.splitlines()]
     assert {e["pid"] for e in events} == {ME}  # the old server is filtered out too
     (ev,) = [e for e in events if e["kind"] == "listen" and e["lport"] == port]
     assert ev["backlog"] == 8 and ev["exe"] == MY_EXE.decode() and ev["origin"] == "syscall"
     assert ev["ancestors"] and "time" in ev
 
-    proc = _start("listen", "--no-snapshot", "-t")
+    proc = start_vigil("listen", "--no-snapshot", "-t")
     time.sleep(0.3)
-    out, _ = _stop(proc)
+    out, _ = stop_vigil(proc)
     lines = out.decode().splitlines()
     assert lines[0].split()[0] == "TIME(s)"
     assert not [line for line in lines[1:] if line.split()[1] == str(child.pid)]
@@ -610,7 +597,7 @@ def test_cli_json_pid_filter_and_no_snapshot(old_server):
 
 def test_monitor_stores_binds_and_listens_with_ancestry(tmp_path):
     db = str(tmp_path / "v.db")
-    proc = _start("monitor", "--db", db, "-q", "--sensor", "bind", "--sensor", "listen")
+    proc = start_vigil("monitor", "--db", db, "-q", "--sensor", "bind", "--sensor", "listen")
     code = (
         "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(6);"
         "print(s.getsockname()[1])"
@@ -618,7 +605,7 @@ def test_monitor_stores_binds_and_listens_with_ancestry(tmp_path):
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
     port = int(child.stdout)
     time.sleep(1.0)
-    _, err = _stop(proc)
+    _, err = stop_vigil(proc)
     assert b"events stored" in err
     res = vigil("events", "--db", db, "--json", "-n", "100000", check=True)
     events = [orjson.loads(line) for line in res.stdout.splitlines()]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
-from helpers import pump_until, start_agent, vigil
+from helpers import pump_until, start_agent, start_vigil, stop_vigil, vigil
 from vigil import _libbpf as bpf
 from vigil import records
 from vigil.loader import Session, usable
@@ -514,18 +513,11 @@ def test_count_only_counts_in_kernel_without_records(netpair):
 
 
 # -- command line -------------------------------------------------------------------
-def _start(*args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([*VIGIL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    line = proc.stderr.readline()
-    assert b"Ctrl-C to end" in line, line + proc.stderr.read()
-    return proc
 
 
 def _stop(proc: subprocess.Popen, stderr: list | None = None) -> list[str]:
     time.sleep(0.5)  # let the tool read what is pending
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    out, err = stop_vigil(proc)
     if stderr is not None:
         stderr.append(err.decode())
     return out.decode().splitlines()
@@ -539,7 +531,7 @@ def _columns(line: str, left: int, right: int) -> list[str]:
 
 
 def test_tcpconnect_table():
-    proc = _start("tcpconnect", "-t")
+    proc = start_vigil("tcpconnect", "-t")
     try:
         srv, port = listener(4)
         held, closed = closed_port(6)
@@ -562,7 +554,7 @@ def test_tcpconnect_port_filter_and_bad_ports():
     srv_a, port_a = listener(4)
     srv_b, port_b = listener(4)
     with srv_a, srv_b:
-        proc = _start("tcpconnect", "-P", f"{port_a},1", "-P", "2")
+        proc = start_vigil("tcpconnect", "-P", f"{port_a},1", "-P", "2")
         try:
             for port in (port_b, port_a):
                 socket.create_connection((LOOPBACK[4], port)).close()
@@ -577,7 +569,7 @@ def test_tcpconnect_port_filter_and_bad_ports():
 
 
 def test_tcpaccept_table():
-    proc = _start("tcpaccept")
+    proc = start_vigil("tcpaccept")
     try:
         with acceptor(6) as (child, port), socket.create_connection((LOOPBACK[6], port)) as c:
             cport = c.getsockname()[1]
@@ -590,7 +582,7 @@ def test_tcpaccept_table():
 
 
 def test_tcpretrans_table(netpair):
-    proc = _start("tcpretrans")
+    proc = start_vigil("tcpretrans")
     try:
         flow = lossy_transfer(
             netpair.client_ns, netpair.server_ns, netpair.client_addr, netpair.server_addr
@@ -626,7 +618,7 @@ def _count_blocks(lines: list[str]) -> list[tuple[str, dict[tuple[str, str], int
 
 
 def test_tcpretrans_count_mode(netpair):
-    proc = _start("tcpretrans", "-c", "-i", "0.3")
+    proc = start_vigil("tcpretrans", "-c", "-i", "0.3")
     try:
         flow = lossy_transfer(
             netpair.client_ns, netpair.server_ns, netpair.client_addr, netpair.server_addr
@@ -645,7 +637,7 @@ def test_tcpretrans_count_mode(netpair):
 
 
 def test_tcpretrans_count_json(netpair):
-    proc = _start("tcpretrans", "-c", "-i", "0.3", "--json")
+    proc = start_vigil("tcpretrans", "-c", "-i", "0.3", "--json")
     try:
         flow = lossy_transfer(
             netpair.client_ns, netpair.server_ns, netpair.client_addr, netpair.server_addr
@@ -667,7 +659,7 @@ def test_tcpretrans_count_json(netpair):
 
 def test_monitor_stores_connect_and_accept_with_ancestry(tmp_path):
     db = str(tmp_path / "v.db")
-    proc = _start("monitor", "--db", db, "-q", "--status-interval", "0.2")
+    proc = start_vigil("monitor", "--db", db, "-q", "--status-interval", "0.2")
     try:
         with acceptor(4) as (child, port):
             script = f"import socket; socket.create_connection(('127.0.0.1', {port})).close()"
