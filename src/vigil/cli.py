@@ -328,6 +328,7 @@ def status(db_path, as_json):
     try:
         rows = store.status()
         total = store.count()
+        stopped = store.get_meta("agent") == "stopped"
     finally:
         store.close()
     if as_json:
@@ -337,11 +338,14 @@ def status(db_path, as_json):
         click.echo(f"no status in {db_path} yet ({total} events stored)")
         return
     age = (time.time_ns() - max(r["updated_ns"] for r in rows)) / 1e9
-    state = "running" if age < 15 else f"not running (last report {age:.0f}s ago)"
+    if stopped:
+        state = f"stopped {age:.0f}s ago"
+    else:
+        state = "running" if age < 15 else f"not running (last report {age:.0f}s ago)"
     click.echo(f"agent: {state}; {total} events in {db_path}")
     printer = TablePrinter(
         [
-            Column("KIND", 8, lambda r: r["kind"]),
+            Column("KIND", 12, lambda r: r["kind"]),
             Column("EVENTS/S", 9, lambda r: f"{r['rate']:.1f}", right=True),
             Column("EMITTED", 10, lambda r: r["emitted"], right=True),
             Column("STORED", 10, lambda r: r["stored"], right=True),

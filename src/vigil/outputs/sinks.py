@@ -17,6 +17,7 @@ class StoreSink:
 
     def __init__(self, store: Store, flush_interval: float = 0.5, flush_rows: int = 20_000):
         self.store = store
+        store.set_meta("agent", "running")  # `vigil status` tells a stopped agent apart
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
         self._next_flush = time.monotonic() + flush_interval
@@ -36,6 +37,8 @@ class StoreSink:
         self.store.record_status(stats)
 
     def close(self) -> None:
+        self.store.flush()
+        self.store.set_meta("agent", "stopped")
         self.store.close()
 
 

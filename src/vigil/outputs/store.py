@@ -119,6 +119,16 @@ class Store:
             self.flush()
         self.db.close()
 
+    def set_meta(self, key: str, value: str) -> None:
+        try:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        except sqlite3.Error as err:
+            log.debug("store %s: meta %s not written: %s", self.path, key, err)
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
     # -- writing --------------------------------------------------------------------
     def add(self, events: list[dict], lines: list[bytes]) -> None:
         """Queue events (with their JSON lines) for the next flush."""
