@@ -62,4 +62,19 @@ static __always_inline __u16 sock_protocol(struct sock *sk)
 	return BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
 }
 
+/*
+ * Whether this sched_process_exit is the last thread of its process.
+ * Since 6.16 (commit "sched: Add group_dead to sched_process_exit") the
+ * tracepoint says so; before, signal->live reaching 0 is the best guess,
+ * and two threads exiting at once can both see 0 there.
+ */
+static __always_inline bool exit_is_group_dead(void *ctx, struct task_struct *task)
+{
+	struct trace_event_raw_sched_process_exit *tp = ctx;
+
+	if (bpf_core_field_exists(tp->group_dead))
+		return BPF_CORE_READ(tp, group_dead);
+	return BPF_CORE_READ(task, signal, live.counter) == 0;
+}
+
 #endif /* __VIGIL_CORE_FIXES_BPF_H */

@@ -52,9 +52,8 @@ int handle_exit(void *ctx)
 	struct exit_event *e;
 	__u32 code;
 
-	/* signal->live reaches 0 before this tracepoint for the last thread */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
-		return 0;
+	if (!exit_is_group_dead(ctx, task))
+		return 0;	/* a thread, not the process */
 	e = reserve_event(VIGIL_EV_EXIT, sizeof(*e));
 	if (!e)
 		return 0;

@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -247,5 +248,26 @@ def test_lost_events_are_counted():
         assert stats["emitted"] + stats["lost"] >= 20
         agent.step(0)
         assert len(sink.events) == stats["emitted"] > 0
+    finally:
+        agent.session.close()
+
+
+def test_threads_exiting_together_make_one_exit_event(tmp_path):
+    exe = tmp_path / "threads_exit"
+    src = os.path.join(os.path.dirname(__file__), "progs", "threads_exit.c")
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(exe), src], check=True)
+    agent, sink = start_agent(["exit"], enrich=False)
+    try:
+        subprocess.run([str(exe), "200"], check=True)
+
+        def mine(evs):
+            return [e for e in evs if e["comm"] == b"threads_exit"]
+
+        events = mine(pump_until(agent, sink, lambda evs: len(mine(evs)) >= 201))
+        time.sleep(0.2)
+        agent.step(0)
+        events = mine(sink.events)
+        assert len(events) == 201  # 200 children and the parent
+        assert len({e["pid"] for e in events}) == 201
     finally:
         agent.session.close()
