@@ -37,7 +37,7 @@ struct {
 	__uint(max_entries, 4096);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);		/* tid */
-	__type(value, struct exec_slot);
+	__type(value, struct exec_event);	/* no slack: ~9 KiB, not 17 */
 } inflight SEC(".maps");
 
 /* Zeroed template: hash values cannot be built on the 512-byte stack. */
@@ -151,8 +151,8 @@ static __always_inline int exec_enter(const char *filename,
 	    ev->argc == EXEC_ARGS_MAX && arg)
 		ev->hdr.flags |= VIGIL_F_TRUNCATED;
 
-	if (bpf_map_update_elem(&inflight, &tid, slot, BPF_ANY))
-		stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);	/* sys_exit will emit without argv */
+	/* on failure, sys_exit or sched_process_exec emits (and counts) a PARTIAL */
+	bpf_map_update_elem(&inflight, &tid, ev, BPF_ANY);
 	return 0;
 }
 
@@ -192,16 +192,16 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 	int partial = 0;
 
 	/* A non-leader thread that execs takes over the leader's tid. */
-	slot = bpf_map_lookup_elem(&inflight, &old_tid);
-	if (!slot) {
+	ev = bpf_map_lookup_elem(&inflight, &old_tid);
+	if (!ev) {
 		if (uid_filtered())
 			return 0;
 		slot = start_record(EXEC_SYSCALL_UNKNOWN);
 		if (!slot)
 			return 0;
+		ev = &slot->ev;
 		partial = 1;
 	}
-	ev = &slot->ev;
 	/* argv may have been cut at enter: fill_header clears the flags. */
 	truncated = partial ? 0 : ev->hdr.flags & VIGIL_F_TRUNCATED;
 	/* New comm and credentials; the filename as the kernel resolved it. */
@@ -239,9 +239,8 @@ static __always_inline int exec_exit(long ret, enum exec_syscall nr)
 	struct exec_slot *slot;
 	struct exec_event *ev;
 
-	slot = bpf_map_lookup_elem(&inflight, &tid);
-	if (slot) {
-		ev = &slot->ev;
+	ev = bpf_map_lookup_elem(&inflight, &tid);
+	if (ev) {
 		ev->ret = ret;
 		output_event(&ev->hdr, event_size(ev));
 		bpf_map_delete_elem(&inflight, &tid);
@@ -257,7 +256,8 @@ static __always_inline int exec_exit(long ret, enum exec_syscall nr)
 		return 0;
 	ev = &slot->ev;
 	ev->hdr.flags |= VIGIL_F_PARTIAL;
-	ev->ret = ret;	/* counted PARTIAL at enter, when the slot failed */
+	ev->ret = ret;
+	stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);
 	output_event(&ev->hdr, event_size(ev));
 	return 0;
 }

@@ -97,6 +97,9 @@ class Agent:
         now = time.monotonic()
         span = max(now - self._rate_time, 1e-6)
         out = self.session.kernel_stats()
+        bad = self.session.decoder.undecodable
+        if bad:  # records no loaded layout decodes: lost too, and said so
+            out["undecodable"] = {"emitted": bad, "lost": bad, "partial": 0, "received": 0}
         for kind, n in self.received.items():
             row = out.setdefault(kind, {"emitted": 0, "lost": 0, "partial": 0})
             row["received"] = n
@@ -129,9 +132,10 @@ class Agent:
                     next_status = now + self.status_interval
                 if deadline is not None and now >= deadline:
                     break
-            # what arrived before the stop still counts
-            while self.step(timeout=0):
-                pass
+            # what arrived before the stop still counts: empty the ring (a
+            # drain whose events the filter hid must not end this early)
+            while self.session.reader.pending_bytes():
+                self.step(timeout=0)
             stats = self.stats()
             for sink in self.sinks:
                 sink.status(stats)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -60,11 +61,14 @@ EVENT_COLUMNS = [
 ]
 
 
+@functools.cache
+def _describers() -> dict:
+    return {k: s.describe for s in sensors.all_sensors().values() for k in s.kinds if s.describe}
+
+
 def _describe(ev: dict) -> str:
-    for s in sensors.all_sensors().values():
-        if ev["kind"] in s.kinds and s.describe:
-            return s.describe(ev)
-    return ""
+    fn = _describers().get(ev["kind"])
+    return fn(ev) if fn is not None else ""
 
 
 @cli.command()

@@ -8,6 +8,7 @@ type the kernel probe reports working and whose target exists here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -87,6 +88,7 @@ def get(name: str) -> Sensor:
         raise ConfigError(f"unknown sensor {name!r} (known: {known})") from None
 
 
+@functools.cache
 def _import_all() -> None:
     """Every module of this package declares sensors: import them all once."""
     import importlib
