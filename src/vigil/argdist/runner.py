@@ -9,12 +9,12 @@ counts (and clear them) with batched map reads.
 from __future__ import annotations
 
 import signal
-import struct
 import time
 from collections.abc import Callable
 
 from .. import _libbpf as bpf
 from .. import kernel, paths, records
+from ..counters import IDLE_READS, CounterMap  # noqa: F401 (IDLE_READS: tests)
 from ..encoding import escape
 from ..errors import LayoutError, VigilError
 from ..loader import set_rodata
@@ -29,11 +29,6 @@ DEFAULT_MAX_ENTRIES = 10240  # bcc's default table size
 
 def _s64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
-
-
-# Entries unchanged for this many clearing reads are deleted (their room
-# back for new keys); only an increment racing that delete can be lost.
-IDLE_READS = 3
 
 
 class Aggregation:
@@ -55,8 +50,7 @@ class Aggregation:
         self._map: bpf.Map | None = None
         self._decode = None
         self._key_size = 0
-        self._base: dict[bytes, int] = {}  # raw key -> running total at the last read
-        self._idle: dict[bytes, int] = {}  # raw key -> clearing reads with no change
+        self._counts: CounterMap | None = None
 
     # -- life cycle -----------------------------------------------------------------
     def start(self) -> Aggregation:
@@ -131,6 +125,7 @@ class Aggregation:
         if size != self._map.key_size:
             raise LayoutError(f"{key_struct} is {size} bytes, map key {self._map.key_size}")
         self._decode, self._key_size = decode, size
+        self._counts = CounterMap(self._map, size)
         prog = obj.program(want)
         pid = spec.pid
         if spec.probe == "t":
@@ -151,6 +146,7 @@ class Aggregation:
             self._obj.close()
             self._obj = None
         self._map = None
+        self._counts = None
 
     def __enter__(self) -> Aggregation:
         return self.start()
@@ -161,32 +157,12 @@ class Aggregation:
     # -- reading ----------------------------------------------------------------------
     def _entries(self, clear: bool) -> list[tuple[dict, int, int]]:
         """(key, slot, count) of every entry: with `clear`, the counts since
-        the last clearing read, else the kernel's running totals.
-
-        The map is never cleared as it is read: an increment racing the
-        delete of its entry would be lost (bcc's clear() loses those).  The
-        kernel keeps running totals; we report differences, and only delete
-        entries idle for IDLE_READS reads, to give their room back.
-        """
-        if self._map is None:
+        the last clearing read (counters.CounterMap: nothing lost to races),
+        else the kernel's running totals."""
+        if self._counts is None:
             raise VigilError(f"argdist spec {self.spec.text!r} is not started")
-        m = self._map
-        rows = bpf.map_lookup_batch(m.fd, self._key_size, m.value_size)
         out = []
-        base, idle = self._base, self._idle
-        for kraw, vraw in rows:
-            (n,) = struct.unpack_from("<Q", vraw)
-            if clear:
-                delta = n - base.get(kraw, 0)
-                base[kraw] = n
-                if delta == 0:
-                    idle[kraw] = idle.get(kraw, 0) + 1
-                    if idle[kraw] >= IDLE_READS:
-                        bpf.map_delete(m.fd, kraw)
-                        del base[kraw], idle[kraw]
-                    continue
-                idle.pop(kraw, None)
-                n = delta
+        for kraw, n in self._counts.read(clear):
             raw = self._decode(kraw)
             key = {}
             for i, e in enumerate(self.spec.keys):

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import signal
-import struct
 import sys
 import time
 
 import click
 import orjson
 
-from .. import _libbpf as bpf
 from .. import loader, records
+from ..counters import CounterMap
 from ..encoding import iso_time
 from ..errors import LayoutError
 from ..net import finish_sockaddrs
@@ -39,21 +38,13 @@ class FlowCounts:
             raise LayoutError(
                 f"{FLOW_STRUCT} is {self.key_size} bytes, map key {self.map.key_size}"
             )
+        self.counts = CounterMap(self.map, self.key_size)
         self.totals: dict[bytes, dict] = {}
 
     def take(self) -> list[dict]:
-        """Counts since the last call, largest first.
-
-        Lookup then delete: a retransmit counted between the two is lost
-        (one syscall apart; the same window as bcc's clear()).
-        """
-        fd, out = self.map.fd, []
-        for key in bpf.map_keys(fd, self.key_size):
-            raw = bpf.map_lookup(fd, key, self.map.value_size)
-            bpf.map_delete(fd, key)
-            if raw is None:
-                continue
-            (n,) = struct.unpack_from("<Q", raw)
+        """Counts since the last call, largest first (none lost to races)."""
+        out = []
+        for key, n in self.counts.read():
             flow = self.decode(key)
             finish_sockaddrs(flow)
             flow["retransmits"] = n
