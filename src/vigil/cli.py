@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import re
 import sys
@@ -212,8 +213,10 @@ def report(path, kinds, as_json):
     """Decode a recording made by `vigil record`."""
     table = recorder.report_table()
     wanted = set(kinds)
+    batches = recorder.replay(path, table)
+    first = next(batches, [])  # a bad file fails here, before any output
     sink = JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS))
-    for events in recorder.replay(path, table):
+    for events in itertools.chain([first], batches):
         table.enrich(events)
         if wanted:
             events = [ev for ev in events if ev["kind"] in wanted]
