@@ -133,24 +133,38 @@ static __always_inline void send_bind(struct bind_event *e)
 	output_event(&e->hdr, offsetof(struct bind_event, exe) + n);
 }
 
-SEC("tracepoint/syscalls/sys_enter_bind")
-int bind_enter(struct trace_event_raw_sys_enter *ctx)
+/* The IPv4/IPv6 sock behind the call's fd (args[0]), unless filtered out. */
+static __always_inline struct sock *inet_sock_of_call(struct trace_event_raw_sys_enter *ctx)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sock_call call = {};
 	struct sock *sk;
 
 	if (pid_filtered())
-		return 0;
+		return NULL;
 	sk = sock_from_fd(task, (int)ctx->args[0]);
-	if (!sk || !inet_family(BPF_CORE_READ(sk, __sk_common.skc_family)) ||
-	    !port_protocol(sock_protocol(sk)))
-		return 0;
-	/* the syscall holds the file: sk stays valid until sys_exit */
-	call.sk = sk;
+	if (!sk || !inet_family(BPF_CORE_READ(sk, __sk_common.skc_family)))
+		return NULL;
+	return sk;
+}
+
+/* Keep the sock for sys_exit: the syscall holds the file, so sk stays valid. */
+static __always_inline int remember_call(struct sock *sk)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sock_call call = { .sk = sk };
+
 	bpf_map_update_elem(&sock_calls, &tid, &call, BPF_ANY);
 	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_bind")
+int bind_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	struct sock *sk = inet_sock_of_call(ctx);
+
+	if (!sk || !port_protocol(sock_protocol(sk)))
+		return 0;
+	return remember_call(sk);
 }
 
 SEC("tracepoint/syscalls/sys_exit_bind")
@@ -258,22 +272,12 @@ static __always_inline void send_listen(struct sock *sk, enum listen_origin orig
 SEC("tracepoint/syscalls/sys_enter_listen")
 int listen_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sock_call call = {};
-	struct sock *sk;
+	struct sock *sk = inet_sock_of_call(ctx);
 
-	if (pid_filtered())
-		return 0;
-	sk = sock_from_fd(task, (int)ctx->args[0]);
-	if (!sk || !inet_family(BPF_CORE_READ(sk, __sk_common.skc_family)))
-		return 0;
 	/* already listening: this call only changes the backlog */
-	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
+	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
 		return 0;
-	call.sk = sk;
-	bpf_map_update_elem(&sock_calls, &tid, &call, BPF_ANY);
-	return 0;
+	return remember_call(sk);
 }
 
 SEC("tracepoint/syscalls/sys_exit_listen")
