@@ -66,6 +66,24 @@ CREATE TABLE IF NOT EXISTS sensor_status (
 _INSERT = "INSERT INTO events (ts_ns, kind, pid, ppid, uid, comm, data) VALUES (?,?,?,?,?,?,?)"
 
 
+def _where(since_ns: int | None, **columns) -> tuple[str, list]:
+    """ " WHERE ..." and its arguments: ts_ns >= since, column = value, or
+    column IN (...) for a list value (an empty list matches everything)."""
+    where, args = [], []
+    if since_ns is not None:
+        where.append("ts_ns >= ?")
+        args.append(since_ns)
+    for column, value in columns.items():
+        if isinstance(value, list):
+            if value:
+                where.append(f"{column} IN ({','.join('?' * len(value))})")
+                args.extend(value)
+        else:
+            where.append(f"{column} = ?")
+            args.append(value)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
 def _connect(path: str, readonly: bool) -> sqlite3.Connection:
     if readonly:
         if not os.path.exists(path):
@@ -222,17 +240,8 @@ class Store:
         self, *, since_ns: int | None = None, names: Iterable[str] = ()
     ) -> list[tuple[int, int, str, str, list]]:
         """(ts_ns, interval_ns, name, spec, [[key, count], ...]) rows, oldest first."""
-        where, args = [], []
-        if since_ns is not None:
-            where.append("ts_ns >= ?")
-            args.append(since_ns)
-        names = list(names)
-        if names:
-            where.append(f"name IN ({','.join('?' * len(names))})")
-            args.extend(names)
-        sql = "SELECT ts_ns, interval_ns, name, spec, counts FROM summaries"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, args = _where(since_ns, name=list(names))
+        sql = f"SELECT ts_ns, interval_ns, name, spec, counts FROM summaries{where}"
         sql += " ORDER BY ts_ns, id"
         try:
             return [(t, i, n, s, orjson.loads(c)) for t, i, n, s, c in self.db.execute(sql, args)]
@@ -250,23 +259,11 @@ class Store:
         limit: int = 100,
     ) -> list[str]:
         """Events as their JSON text, newest first."""
-        where, args = [], []
-        if since_ns is not None:
-            where.append("ts_ns >= ?")
-            args.append(since_ns)
-        kinds = list(kinds)
-        if kinds:
-            where.append(f"kind IN ({','.join('?' * len(kinds))})")
-            args.extend(kinds)
-        if pid is not None:
-            where.append("pid = ?")
-            args.append(pid)
-        if comm is not None:
-            where.append("comm = ?")
-            args.append(comm)
-        sql = "SELECT data FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        eq = {"pid": pid, "comm": comm}
+        where, args = _where(
+            since_ns, kind=list(kinds), **{k: v for k, v in eq.items() if v is not None}
+        )
+        sql = f"SELECT data FROM events{where}"
         sql += " ORDER BY ts_ns DESC, id DESC LIMIT ?"
         args.append(limit)
         try:
