@@ -8,10 +8,6 @@ counts (and clear them) with batched map reads.
 
 from __future__ import annotations
 
-import signal
-import time
-from collections.abc import Callable
-
 from .. import _libbpf as bpf
 from .. import kernel, paths, records
 from ..counters import IDLE_READS, CounterMap  # noqa: F401 (IDLE_READS: tests)
@@ -222,37 +218,3 @@ def key_layout(spec: Spec) -> str:
 
 def _order(key: dict) -> tuple:
     return tuple((isinstance(v, str), v) for v in key.values())
-
-
-def every(
-    interval: float | None,
-    count: int | None,
-    tick: Callable[[], None],
-    on_ready: Callable[[], None] | None = None,
-) -> bool:
-    """Call `tick` every `interval` seconds, `count` times or until Ctrl-C
-    or SIGTERM; with no interval, wait for the signal only.  `on_ready`
-    runs once the signals are caught (a "ready" line must not come before).
-    True when a signal ended it (bcc's tools print a last summary then).
-    """
-    stop: list[int] = []
-    handlers = {
-        s: signal.signal(s, lambda *_: stop.append(1)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        if on_ready is not None:
-            on_ready()
-        done = 0
-        due = time.monotonic() + (interval or 0)
-        while not stop and (count is None or done < count):
-            wait = 0.2 if interval is None else due - time.monotonic()
-            if wait > 0:
-                time.sleep(min(wait, 0.2))
-                continue
-            tick()
-            done += 1
-            due += interval
-        return bool(stop)
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)

@@ -10,8 +10,8 @@ from contextlib import ExitStack
 import click
 
 from ..argdist import Aggregation, parse, printers
-from ..argdist.runner import DEFAULT_MAX_ENTRIES, every
-from .live import ready
+from ..argdist.runner import DEFAULT_MAX_ENTRIES
+from .live import every, ready
 
 EPILOG = """\b
 Specs: TYPE:TARGET:FUNC(SIGNATURE)[:TYPES:EXPRS[:FILTER]][#LABEL]

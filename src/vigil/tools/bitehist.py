@@ -10,8 +10,7 @@ import time
 import click
 
 from ..argdist import Aggregation, parse, printers
-from ..argdist.runner import every
-from .live import ready
+from .live import every, ready
 
 # bcc's bitehist buckets req->__data_len / 1024; block_rq_issue's `bytes` is that length.
 SPEC = "t:block:block_rq_issue():u32:bytes/1024"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import signal
+import math
 import sys
 import time
 
@@ -15,8 +15,8 @@ from ..encoding import iso_time
 from ..errors import LayoutError
 from ..net import finish_sockaddrs
 from ..sensors.tcp import endpoint
-from ..table import Column, clock_time
-from .live import finish, live_options, ready, run_live
+from ..table import Column, TablePrinter, clock_time
+from .live import every, finish, live_options, ready, run_live
 
 COUNTS_MAP = "retrans_counts"  # bpf/retransmit.bpf.c
 FLOW_STRUCT = "retransmit_flow"  # bpf/retransmit.h
@@ -62,43 +62,36 @@ def _print_block(title: str, flows: list[dict], as_json: bool, scope: str) -> No
         now = iso_time(time.time_ns())
         for f in flows:
             sys.stdout.buffer.write(orjson.dumps({"time": now, "scope": scope, **f}) + b"\n")
-    else:
-        widths = [c.width for c in COUNT_COLUMNS]
-        lines = [title]
-        for row in [None, *flows]:
-            cells = [c.header if row is None else str(c.value(row)) for c in COUNT_COLUMNS]
-            lines.append(
-                " ".join(f"{v:<{w}}" if w else v for v, w in zip(cells, widths, strict=True))
-            )
-        sys.stdout.write("\n".join(lines) + "\n\n")
-    sys.stdout.flush()
+        sys.stdout.flush()
+        return
+    print(title)
+    printer = TablePrinter(COUNT_COLUMNS)
+    printer.header()
+    if flows:
+        printer.rows(flows)
+    print(flush=True)
 
 
 def count_flows(interval: float, as_json: bool, duration: float | None) -> None:
-    stop = []
-    old = {s: signal.signal(s, lambda *_: stop.append(1)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        # Nothing goes through the ring in this mode: the smallest one will do.
-        with loader.Session(["retransmit"], ring_bytes=4096, rodata={"count_only": 1}) as session:
-            counts = FlowCounts(session)
-            ready(f"counting TCP retransmits per flow every {interval:g}s")
-            end = None if duration is None else time.monotonic() + duration
-            due = time.monotonic() + interval
-            while not stop and (end is None or time.monotonic() < end):
-                time.sleep(max(0.0, min(0.1, due - time.monotonic())))
-                if time.monotonic() >= due:
-                    flows = counts.take()
-                    if flows:
-                        _print_block(time.strftime("%H:%M:%S"), flows, as_json, "interval")
-                    due += interval
+    # Nothing goes through the ring in this mode: the smallest one will do.
+    with loader.Session(["retransmit"], ring_bytes=4096, rodata={"count_only": 1}) as session:
+        counts = FlowCounts(session)
+
+        def tick() -> None:
             flows = counts.take()
             if flows:
                 _print_block(time.strftime("%H:%M:%S"), flows, as_json, "interval")
-            _print_block("Total since start:", counts.total(), as_json, "total")
-            stats = session.kernel_stats()
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+
+        ticks = None if duration is None else max(1, math.ceil(duration / interval))
+        every(
+            interval,
+            ticks,
+            tick,
+            on_ready=lambda: ready(f"counting TCP retransmits per flow every {interval:g}s"),
+        )
+        tick()  # what came in since the last interval
+        _print_block("Total since start:", counts.total(), as_json, "total")
+        stats = session.kernel_stats()
     finish(stats)
 
 
