@@ -23,6 +23,7 @@ import orjson
 
 from ..encoding import escape_cached
 from ..errors import StoreError
+from . import rows as checked
 
 log = logging.getLogger("vigil.store")
 
@@ -109,6 +110,7 @@ class Store:
         self.stored: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
         self._failing = False
+        self.skipped = 0  # rows read back in a shape the agent never writes
         try:
             self.db = _connect(path, readonly)
             if not readonly:
@@ -144,7 +146,10 @@ class Store:
             log.debug("store %s: meta %s not written: %s", self.path, key, err)
 
     def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: cannot read meta ({err})") from err
         return row[0] if row else None
 
     # -- writing --------------------------------------------------------------------
@@ -239,14 +244,25 @@ class Store:
     def summaries(
         self, *, since_ns: int | None = None, names: Iterable[str] = ()
     ) -> list[tuple[int, int, str, str, list]]:
-        """(ts_ns, interval_ns, name, spec, [[key, count], ...]) rows, oldest first."""
+        """(ts_ns, interval_ns, name, spec, [[key, count], ...]) rows, oldest first
+        (malformed rows skipped and counted in `skipped`)."""
         where, args = _where(since_ns, name=list(names))
         sql = f"SELECT ts_ns, interval_ns, name, spec, counts FROM summaries{where}"
         sql += " ORDER BY ts_ns, id"
         try:
-            return [(t, i, n, s, orjson.loads(c)) for t, i, n, s, c in self.db.execute(sql, args)]
+            return self._checked(checked.summary(row) for row in self.db.execute(sql, args))
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: query failed ({err})") from err
+
+    def _checked(self, rows: Iterable) -> list:
+        """The rows a check (outputs/rows.py) passed; the others counted."""
+        out = []
+        for row in rows:
+            if row is None:
+                self.skipped += 1
+            else:
+                out.append(row)
+        return out
 
     # -- reading --------------------------------------------------------------------
     def query(
@@ -258,7 +274,8 @@ class Store:
         comm: str | None = None,
         limit: int = 100,
     ) -> list[str]:
-        """Events as their JSON text, newest first."""
+        """Events as their JSON text, newest first (malformed rows skipped and
+        counted in `skipped`)."""
         eq = {"pid": pid, "comm": comm}
         where, args = _where(
             since_ns, kind=list(kinds), **{k: v for k, v in eq.items() if v is not None}
@@ -267,7 +284,10 @@ class Store:
         sql += " ORDER BY ts_ns DESC, id DESC LIMIT ?"
         args.append(limit)
         try:
-            return [row[0] for row in self.db.execute(sql, args)]
+            return self._checked(
+                row[0] if checked.event(row[0]) is not None else None
+                for row in self.db.execute(sql, args)
+            )
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: query failed ({err})") from err
 
@@ -275,9 +295,12 @@ class Store:
         try:
             cur = self.db.execute("SELECT * FROM sensor_status ORDER BY kind")
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur]
+            return self._checked(checked.status(dict(zip(names, row))) for row in cur)
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: cannot read status ({err})") from err
 
     def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
+        try:
+            return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: cannot count events ({err})") from err

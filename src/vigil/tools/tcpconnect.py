@@ -6,6 +6,7 @@ import time
 
 import click
 
+from .. import options as opt
 from ..sensors.tcp import PORTS_MAX, connect_rodata, result_text
 from ..table import Column
 from .live import live_options, run_live, time_columns
@@ -31,9 +32,7 @@ def parse_ports(values: tuple[str, ...]) -> list[int]:
 @click.command()
 @click.option("-t", "--timestamp", is_flag=True, help="Add a TIME(s) column, seconds since start.")
 @click.option("-T", "--time", "clock", is_flag=True, help="Add a TIME column, wall clock.")
-@click.option(
-    "-p", "--pid", type=click.IntRange(1, 2**32 - 1), help="Only this process (in kernel)."
-)
+@click.option("-p", "--pid", type=opt.PID, help="Only this process (in kernel).")
 @click.option(
     "-P",
     "--port",
