@@ -15,7 +15,7 @@ import orjson
 from . import __version__, kernel, listeners, loader, recorder, sensors, summaries, tools
 from . import options as opt
 from .agent import Agent, Batch
-from .encoding import as_text, escape
+from .encoding import as_text, display, escape
 from .errors import VigilError
 from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
 from .outputs.store import Store
@@ -486,13 +486,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except click.UsageError as err:
         cmd = err.ctx.command_path if err.ctx else "vigil"
-        click.echo(f"{cmd}: error: {err.format_message()} (see {cmd} --help)", err=True)
+        _error_line(f"{cmd}: error: {err.format_message()} (see {cmd} --help)")
         return 2
     except click.ClickException as err:
-        click.echo(f"vigil: error: {err.format_message()}", err=True)
+        _error_line(f"vigil: error: {err.format_message()}")
         return err.exit_code
     except VigilError as err:
-        click.echo(f"vigil: error: {err}", err=True)
+        _error_line(f"vigil: error: {err}")
         return 1
     except KeyboardInterrupt:
         return 130
@@ -505,13 +505,16 @@ def main(argv: list[str] | None = None) -> int:
         # The fuzz tests (tests/test_fuzz_cli.py) fail on this line.
         if log.isEnabledFor(logging.INFO):
             log.exception("internal error")
-        what = as_text(" ".join(str(err).split()))[:200]
-        click.echo(
-            f"vigil: internal error: {type(err).__name__}: {what}; run with -v for details",
-            err=True,
-        )
+        what = " ".join(str(err).split())[:200]
+        _error_line(f"vigil: internal error: {type(err).__name__}: {what}; run with -v for details")
         return INTERNAL_ERROR
     return 0
+
+
+def _error_line(text: str) -> None:
+    """An error as exactly one line: what the user typed may hold newlines,
+    control characters or bytes that are not UTF-8 (see encoding.display)."""
+    click.echo(display(as_text(text)), err=True)
 
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h): distinct from user errors (1, 2)

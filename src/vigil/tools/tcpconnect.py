@@ -20,7 +20,10 @@ def parse_ports(values: tuple[str, ...]) -> list[int]:
             part = part.strip()
             if not part:
                 continue
-            if not part.isdigit() or not 0 < int(part) < 65536:
+            # ASCII digits only ("²".isdigit() is true and int() refuses it),
+            # and few of them (int() refuses more than 4300)
+            digits = part.isascii() and part.isdigit() and len(part) <= 5
+            if not digits or not 0 < int(part) < 65536:
                 raise click.BadParameter(f"{part!r} is not a port (1-65535)", param_hint="-P")
             ports.append(int(part))
     ports = list(dict.fromkeys(ports))
