@@ -367,3 +367,69 @@ def test_fuzz_tampered_store(store_dir, strict, events, status, sums, filters):
             assert all(isinstance(orjson.loads(x), dict) for x in res.out.splitlines())
         elif argv[0] == "status" and "--json" in argv:
             assert isinstance(orjson.loads(res.out), dict)
+
+
+# -- files Vigil reads besides the store -------------------------------------------------------
+_ELF = os.path.join(os.path.dirname(os.path.dirname(__file__)), "build", "bin", "usdt-probe")
+
+
+@pytest.mark.skipif(not os.path.exists(_ELF), reason="build/bin/usdt-probe not built")
+def test_fuzz_hostile_elf_for_uprobes_and_usdt(tmp_path):
+    """argdist's p:, r: and u: specs name any file: its symbols and USDT notes
+    are read with pyelftools, which a crafted file must not crash through."""
+    from vigil import elf
+    from vigil.argdist import targets
+
+    with open(_ELF, "rb") as f:
+        good = f.read()
+    path = str(tmp_path / "hostile")
+
+    @FUZZ
+    @given(
+        flips=st.lists(
+            st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)), min_size=1, max_size=8
+        ),
+        cut=st.none() | st.integers(0, len(good)),
+    )
+    def check(flips, cut):
+        data = bytearray(good)
+        for offset, byte in flips:
+            data[offset] = byte
+        with open(path, "wb") as f:
+            f.write(bytes(data[:cut]))
+        for read in (lambda: elf._read_symbols.__wrapped__(path, 0, 0),
+                     lambda: targets.usdt_probes.__wrapped__(path)):  # fmt: skip
+            try:
+                read()
+            except VigilError:
+                pass
+
+    check()
+
+
+def _cache_files():
+    from vigil import kernel
+
+    probe = st.fixed_dictionaries({}, optional={k: JSONS for k in ("feature", "ok", "detail")})
+    current = st.fixed_dictionaries(
+        {"key": st.just(kernel._cache_key()), "probes": st.lists(probe | JSONS, max_size=3)}
+    )
+    return st.one_of(current.map(json.dumps), JSONS.map(json.dumps), st.binary(max_size=40))
+
+
+@FUZZ
+@given(content=_cache_files())
+def test_fuzz_feature_cache(tmp_path_factory, content):
+    """doctor reads this boot's probe results from a cache file."""
+    from vigil import kernel
+
+    d = tmp_path_factory.mktemp("cache")
+    with open(os.path.join(d, "features.json"), "wb") as f:
+        f.write(content.encode() if isinstance(content, str) else content)
+    saved = kernel.CACHE_DIR
+    kernel.CACHE_DIR = str(d)
+    try:
+        cached = kernel._load_cache()
+    finally:
+        kernel.CACHE_DIR = saved
+    assert cached is None or all(isinstance(p, kernel.Probe) for p in cached.values())
