@@ -312,3 +312,24 @@ def test_monitor_keeps_a_summary_whose_spec_is_not_utf8(tmp_path):
     assert_user_facing(out)
     specs = {orjson.loads(x)["spec"] for x in out.out.splitlines()}
     assert specs == {"t:syscalls:sys_enter_getppid():u32:pid:comm==\\xffkid"}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["execsnoop", "--duration", "0", "--latency", "0.001"],
+        ["capable", "--duration", "0.2", "-p", str(PID_MAX_LIMIT - 1)],
+        ["argdist", "-C", SPEC, "-i", "0.1", "-n", "1", "-T", "0", "--max-entries", "1"],
+        ["tcpretrans", "-c", "-i", "0.1", "--duration", "0.2"],
+        ["bitehist", "-i", "0.1", "-n", "1"],
+    ],
+)
+def test_loading_commands_run_at_the_bounds_of_their_options(argv):
+    """The bounds refuse only what is wrong: the edge values still load and run."""
+    t = time.monotonic()
+    res = vigil(*argv, timeout=60)
+    err = res.stderr.decode()
+    assert res.returncode == 0, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert time.monotonic() - t < 30
