@@ -129,6 +129,21 @@ def test_fuzz_db_path(path):
         assert_user_facing(run([name, "--db", path]))
 
 
+@FUZZ
+@given(
+    argv=st.lists(
+        st.one_of(VALUES, st.sampled_from(["-v", "-vv", "--version", "-h", "events"])), max_size=4
+    )
+)
+def test_fuzz_top_level(store_dir, argv):
+    """Whatever words follow `vigil`; a command that would load BPF is not run."""
+    if set(argv) & set(LOADING) or (set(argv) & {"doctor"}):
+        return
+    if "events" in argv:  # never the default /var/lib/vigil store of this host
+        argv = [*argv, "--db", os.path.join(store_dir, "good.db")]
+    assert_user_facing(run(argv))
+
+
 def test_doctor_json_is_clean():
     res = run(["doctor", "--json"])
     assert_user_facing(res)
