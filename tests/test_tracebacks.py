@@ -323,10 +323,14 @@ def test_monitor_keeps_a_summary_whose_spec_is_not_utf8(tmp_path):
         ["argdist", "-C", SPEC, "-i", "0.1", "-n", "1", "-T", "0", "--max-entries", "1"],
         ["tcpretrans", "-c", "-i", "0.1", "--duration", "0.2"],
         ["bitehist", "-i", "0.1", "-n", "1"],
+        ["monitor", "--db", "TMP/m.db", "-q", "--sensor", "exec", "--duration", "0.3",
+         "--status-interval", "0.1", "--summary-interval", "0.1", "--latency", "0.001"],
+        ["record", "-o", "TMP/r.rec", "--sensor", "exec", "--duration", "0"],
     ],
-)
-def test_loading_commands_run_at_the_bounds_of_their_options(argv):
+)  # fmt: skip
+def test_loading_commands_run_at_the_bounds_of_their_options(argv, tmp_path):
     """The bounds refuse only what is wrong: the edge values still load and run."""
+    argv = [a.replace("TMP", str(tmp_path)) for a in argv]
     t = time.monotonic()
     res = vigil(*argv, timeout=60)
     err = res.stderr.decode()
