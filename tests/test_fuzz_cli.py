@@ -322,6 +322,13 @@ COUNTS = st.one_of(
 )
 
 
+_COLUMNS = {
+    "events": ("ts_ns", "kind", "pid", "ppid", "uid", "comm", "data"),
+    "sensor_status": ("kind", "updated_ns", "emitted", "lost", "partial", "stored", "rate"),
+    "summaries": ("ts_ns", "interval_ns", "name", "spec", "counts"),
+}
+
+
 def _loose(schema: str) -> str:
     return schema.replace(" NOT NULL", "")
 
@@ -329,6 +336,7 @@ def _loose(schema: str) -> str:
 @FUZZ
 @given(
     strict=st.booleans(),
+    blobs_as_text=st.booleans(),
     events=st.lists(st.tuples(CELLS, CELLS | KINDS, CELLS, CELLS, CELLS, CELLS, DATA), max_size=5),
     status=st.lists(st.tuples(CELLS | KINDS, *[CELLS] * 7), max_size=3),
     sums=st.lists(st.tuples(CELLS, CELLS, CELLS | st.just("execs"), CELLS, COUNTS), max_size=3),
@@ -337,7 +345,7 @@ def _loose(schema: str) -> str:
         max_size=2,
     ),
 )
-def test_fuzz_tampered_store(store_dir, strict, events, status, sums, filters):
+def test_fuzz_tampered_store(store_dir, strict, blobs_as_text, events, status, sums, filters):
     path = os.path.join(store_dir, "tampered.db")
     if strict:
         shutil.copy(os.path.join(store_dir, "good.db"), path)
@@ -366,6 +374,13 @@ def test_fuzz_tampered_store(store_dir, strict, events, status, sums, filters):
                     pass  # NOT NULL: the schema holds
                 except OverflowError:
                     pass  # sqlite3 cannot store it: neither can an attacker
+        if blobs_as_text:  # TEXT that is not UTF-8: SQLite does not check
+            for table, columns in _COLUMNS.items():
+                for column in columns:
+                    db.execute(
+                        f"UPDATE {table} SET {column} = CAST({column} AS TEXT)"
+                        f" WHERE typeof({column}) = 'blob'"
+                    )
         db.commit()
     finally:
         db.close()

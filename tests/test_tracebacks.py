@@ -337,3 +337,22 @@ def test_loading_commands_run_at_the_bounds_of_their_options(argv, tmp_path):
     assert res.returncode == 0, err
     assert "Traceback" not in err and "internal error" not in err
     assert time.monotonic() - t < 30
+
+
+def test_text_that_is_not_utf8_fails_one_row_not_the_query(db):
+    """SQLite keeps TEXT unchecked: such a row failed the whole query."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    con.execute(
+        "INSERT INTO events (ts_ns, kind, pid, ppid, uid, comm, data)"
+        " VALUES (9e18, 'exec', 1, 1, 0, 'x', CAST(x'7b22ff' AS TEXT))"
+    )
+    con.execute("INSERT INTO sensor_status VALUES (CAST(x'ff' AS TEXT), 1, 1, 1, 1, 1, 1, 1.0)")
+    con.commit()
+    con.close()
+    for argv in (["events", "--json"], ["status", "--json"]):
+        res = run([argv[0], "--db", db, *argv[1:]])
+        assert_user_facing(res)
+        assert res.rc == 0 and "1 malformed rows skipped" in res.err
+    assert len(run(["events", "--db", db, "--json"]).out.splitlines()) == 7

@@ -101,6 +101,16 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
     return sqlite3.connect(path, timeout=5.0, isolation_level=None)
 
 
+def _text_or_bytes(raw: bytes) -> str | bytes:
+    """A TEXT value as read: SQLite does not check that text is UTF-8, and
+    one such row must not fail a whole query.  Left as bytes, the row is
+    skipped by the checks in outputs/rows.py."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
 class Store:
     def __init__(self, path: str, *, readonly: bool = False, max_pending: int = 1_000_000):
         self.path = path
@@ -119,6 +129,7 @@ class Store:
                 self.db.executescript(_SCHEMA)
                 self._check_version()
             else:
+                self.db.text_factory = _text_or_bytes
                 self.db.execute("SELECT count(*) FROM meta").fetchone()
         except sqlite3.DatabaseError as err:
             raise StoreError(
