@@ -68,7 +68,10 @@ def as_text(arg: str) -> str:
     try:
         arg.encode()
     except UnicodeEncodeError:
-        return escape(arg.encode("utf-8", "surrogateescape"))
+        try:
+            return escape(arg.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:  # a surrogate no byte maps to: not from argv
+            return arg.encode("utf-8", "backslashreplace").decode()
     return arg
 
 

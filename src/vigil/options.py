@@ -17,20 +17,19 @@ Why each bound exists:
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from datetime import datetime
 
 import click
 
-from .encoding import display, unescape
+from .encoding import as_text, display, unescape
 
 INT64_MAX = (1 << 63) - 1
 # include/linux/threads.h: the largest pid_max a 64-bit kernel accepts;
 # every pid is below it.
 PID_MAX_LIMIT = 4 * 1024 * 1024
-# A run, a wait or a look back longer than this is a typo, not a plan.
+# A run or a wait longer than this is a typo, not a plan.
 MAX_DURATION = 10 * 366 * 86400.0
 MAX_INTERVAL = 7 * 86400.0
 
@@ -63,7 +62,7 @@ def _surrogate_free(value: str, param, ctx, what: str = "") -> str:
         value.encode()
     except UnicodeEncodeError:
         raise click.BadParameter(
-            f"'{display(os.fsencode(value))}' is not valid UTF-8{what}", ctx, param
+            f"'{display(as_text(value))}' is not valid UTF-8{what}", ctx, param
         ) from None
     return value
 
@@ -94,7 +93,7 @@ class KernelBytes(click.ParamType):
         try:
             return unescape(value)
         except UnicodeEncodeError:  # a surrogate no command line can hold
-            self.fail(f"'{display(value)}' is not text or bytes", param, ctx)
+            self.fail(f"'{display(as_text(value))}' is not text or bytes", param, ctx)
 
 
 COMM = KernelBytes()
@@ -136,7 +135,7 @@ class Since(click.ParamType):
         try:
             return parse_since(value)
         except ValueError as err:
-            self.fail(f"'{display(value)}': {err}", param, ctx)
+            self.fail(f"'{display(as_text(value))}': {err}", param, ctx)
 
 
 SINCE = Since()
