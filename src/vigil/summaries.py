@@ -38,19 +38,19 @@ def parse_option(values: tuple[str, ...], defaults: bool = True) -> dict[str, st
 
     Each SPEC given is parsed here, before anything is opened or loaded: a
     bad one is an error now, not a crash at the first flush."""
-    from .argdist import parse
-
     out = dict(DEFAULT_SUMMARIES) if defaults else {}
     for value in values:
         name, sep, spec = value.partition("=")
         name, spec = name.strip(), spec.strip()
         if not sep or not name:
-            raise ConfigError(f"--summary {as_text(value)!r}: use NAME=SPEC (an argdist -C spec)")
+            raise ConfigError(f"--summary '{as_text(value)}': use NAME=SPEC (an argdist -C spec)")
         if not _NAME.fullmatch(name):
             raise ConfigError(
-                f"--summary {as_text(name)!r}: a name is 1 to 64 letters, digits, '_', '.', '-'"
+                f"--summary '{as_text(name)}': a name is 1 to 64 letters, digits, '_', '.', '-'"
             )
         if spec:
+            from .argdist import parse
+
             try:
                 parse(spec)
             except ConfigError as err:
