@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import re
 import sys
 import time
 
@@ -14,8 +13,10 @@ import click
 import orjson
 
 from . import __version__, kernel, listeners, loader, recorder, sensors, summaries, tools
+from . import options as opt
 from .agent import Agent, Batch
-from .errors import ConfigError, VigilError
+from .encoding import as_text, display, escape
+from .errors import VigilError
 from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
 from .outputs.store import Store
 from .paths import DEFAULT_DB
@@ -74,17 +75,23 @@ def _describe(ev: dict) -> str:
 
 @cli.command()
 @_db_option
-@click.option("--sensor", "sensor_names", multiple=True, help="Only these sensors (repeatable).")
+@click.option(
+    "--sensor",
+    "sensor_names",
+    multiple=True,
+    type=opt.TEXT,
+    help="Only these sensors (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 @click.option("-q", "--quiet", is_flag=True, help="Print no events (status lines only).")
 @click.option(
     "--status-interval",
     default=10.0,
     show_default=True,
-    type=click.FloatRange(0.1),
+    type=opt.INTERVAL,
     help="Seconds between status lines on stderr.",
 )
-@click.option("--duration", type=float, help="Stop after this many seconds.")
+@click.option("--duration", type=opt.DURATION, help="Stop after this many seconds.")
 @click.option(
     "--summary",
     "summary_specs",
@@ -97,7 +104,7 @@ def _describe(ev: dict) -> str:
     "--summary-interval",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(0.1),
+    type=opt.INTERVAL,
     help="Seconds between counter flushes to the store.",
 )
 @live.ring_options
@@ -166,8 +173,14 @@ def _available_sensors() -> list[str]:
 # -- record / report ----------------------------------------------------------------
 @cli.command()
 @click.option("-o", "--output", "path", required=True, help="Recording file to write.")
-@click.option("--sensor", "sensor_names", multiple=True, help="Only these sensors (repeatable).")
-@click.option("--duration", type=float, help="Stop after this many seconds.")
+@click.option(
+    "--sensor",
+    "sensor_names",
+    multiple=True,
+    type=opt.TEXT,
+    help="Only these sensors (repeatable).",
+)
+@click.option("--duration", type=opt.DURATION, help="Stop after this many seconds.")
 @click.option(
     "--all-events",
     is_flag=True,
@@ -207,7 +220,7 @@ def record(path, sensor_names, duration, all_events, ring_mb, latency):
 
 @cli.command()
 @click.argument("path")
-@click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable).")
+@click.option("--kind", "kinds", multiple=True, type=opt.TEXT, help="Only this kind (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines (docs/events.md).")
 def report(path, kinds, as_json):
     """Decode a recording made by `vigil record`."""
@@ -225,68 +238,93 @@ def report(path, kinds, as_json):
 
 
 # -- events ----------------------------------------------------------------------------------
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_since(text: str) -> int:
-    """'10m', '2h', '90s', '1d' ago, or an ISO time -> Unix ns."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
-    if m:
-        return time.time_ns() - int(float(m.group(1)) * _UNITS[m.group(2)] * 1e9)
-    try:
-        from datetime import datetime
-
-        return int(datetime.fromisoformat(text).timestamp() * 1e9)
-    except ValueError:
-        raise ConfigError(f"--since {text!r}: use 30s, 10m, 2h, 1d or an ISO time") from None
-
-
 @cli.command()
 @_db_option
-@click.option("--since", help="Only events newer than this (10m, 2h, ISO time).")
-@click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable): exec, fork, ...")
-@click.option("--pid", type=int, help="Only this process id.")
-@click.option("--comm", help="Only this command name (exact).")
-@click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--since", type=opt.SINCE, help="Only events newer than this (10m, 2h, ISO time).")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=opt.TEXT,
+    help="Only this kind (repeatable): exec, fork, ...",
+)
+@click.option("--pid", type=opt.PID, help="Only this process id.")
+@click.option("--comm", type=opt.COMM, help="Only this command name (exact; \\xHH for a byte).")
+@click.option("-n", "--limit", default=100, show_default=True, type=opt.COUNT)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, the stored form.")
 def events(db_path, since, kinds, pid, comm, limit, as_json):
     """Query stored events, newest first."""
     store = Store(db_path, readonly=True)
     try:
         rows = store.query(
-            since_ns=parse_since(since) if since else None,
+            since_ns=since,
             kinds=kinds,
             pid=pid,
-            comm=comm,
+            comm=None if comm is None else escape(comm),  # stored escaped (docs/events.md)
             limit=limit,
         )
     finally:
         store.close()
+    _report_skipped(store)
     if as_json:
         out = sys.stdout
         for row in rows:
             out.write(row + "\n")
         return
-    printer = TablePrinter(EVENT_COLUMNS)
+    shown = [orjson.loads(r) for r in rows]
+    unshown = _StoredDetail()
+    printer = TablePrinter([*EVENT_COLUMNS[:-1], Column("DETAIL", 0, unshown.describe)])
     printer.header()
-    if rows:
-        printer.rows([orjson.loads(r) for r in rows])
+    if shown:
+        printer.rows(shown)
+    if unshown.count:
+        click.echo(f"vigil: {unshown.count} stored events have a malformed DETAIL", err=True)
+
+
+class _StoredDetail:
+    """DETAIL of a stored event: its header was checked on reading (outputs/
+    rows.py), its kind's own fields were not, and an altered store may hold
+    anything there.  Such a detail reads "?" and is counted."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def describe(self, ev: dict) -> str:
+        try:
+            return _describe(ev)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError):
+            self.count += 1
+            return "?"
+
+
+def _report_skipped(store: Store) -> None:
+    if store.skipped:
+        click.echo(
+            f"vigil: {as_text(store.path)}: {store.skipped} malformed rows skipped"
+            " (not as the agent writes them: was the store altered?)",
+            err=True,
+        )
 
 
 # -- summaries ----------------------------------------------------------------------
 @cli.command("summaries")
 @_db_option
-@click.option("--since", help="Only intervals newer than this (10m, 2h, 7d, ISO time).")
-@click.option("--name", "names", multiple=True, help="Only this summary (repeatable).")
-@click.option("-T", "--top", default=20, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--since", type=opt.SINCE, help="Only intervals newer than this (10m, 2h, 7d, ISO time)."
+)
+@click.option(
+    "--name", "names", multiple=True, type=opt.TEXT, help="Only this summary (repeatable)."
+)
+@click.option("-T", "--top", default=20, show_default=True, type=opt.COUNT)
 @click.option("--json", "as_json", is_flag=True, help="Every interval, as stored.")
 def summaries_cmd(db_path, since, names, top, as_json):
     """In-kernel counters kept by `vigil monitor`, summed over time."""
     store = Store(db_path, readonly=True)
     try:
-        rows = store.summaries(since_ns=parse_since(since) if since else None, names=names)
+        rows = store.summaries(since_ns=since, names=names)
     finally:
         store.close()
+    _report_skipped(store)
     if as_json:
         for ts, interval, name, spec, counts in rows:
             line = {
@@ -338,18 +376,19 @@ def status(db_path, as_json):
         stopped = store.get_meta("agent") == "stopped"
     finally:
         store.close()
+    _report_skipped(store)
     if as_json:
         click.echo(orjson.dumps({"events": total, "sensors": rows}).decode())
         return
     if not rows:
-        click.echo(f"no status in {db_path} yet ({total} events stored)")
+        click.echo(f"no status in {as_text(db_path)} yet ({total} events stored)")
         return
     age = (time.time_ns() - max(r["updated_ns"] for r in rows)) / 1e9
     if stopped:
         state = f"stopped {age:.0f}s ago"
     else:
         state = "running" if age < 15 else f"not running (last report {age:.0f}s ago)"
-    click.echo(f"agent: {state}; {total} events in {db_path}")
+    click.echo(f"agent: {state}; {total} events in {as_text(db_path)}")
     printer = TablePrinter(
         [
             Column("KIND", 12, lambda r: r["kind"]),
@@ -447,13 +486,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except click.UsageError as err:
         cmd = err.ctx.command_path if err.ctx else "vigil"
-        click.echo(f"{cmd}: error: {err.format_message()} (see {cmd} --help)", err=True)
+        _error_line(f"{cmd}: error: {err.format_message()} (see {cmd} --help)")
         return 2
     except click.ClickException as err:
-        click.echo(f"vigil: error: {err.format_message()}", err=True)
+        _error_line(f"vigil: error: {err.format_message()}")
         return err.exit_code
     except VigilError as err:
-        click.echo(f"vigil: error: {err}", err=True)
+        _error_line(f"vigil: error: {err}")
         return 1
     except KeyboardInterrupt:
         return 130
@@ -461,7 +500,24 @@ def main(argv: list[str] | None = None) -> int:
         # the reader went away (`vigil events | head`): not an error
         sys.stderr.close()
         return 0
+    except Exception as err:
+        # A bug: still one line for the user, the traceback only with -v.
+        # The fuzz tests (tests/test_fuzz_cli.py) fail on this line.
+        if log.isEnabledFor(logging.INFO):
+            log.exception("internal error")
+        what = " ".join(str(err).split())[:200]
+        _error_line(f"vigil: internal error: {type(err).__name__}: {what}; run with -v for details")
+        return INTERNAL_ERROR
     return 0
+
+
+def _error_line(text: str) -> None:
+    """An error as exactly one line: what the user typed may hold newlines,
+    control characters or bytes that are not UTF-8 (see encoding.display)."""
+    click.echo(display(as_text(text)), err=True)
+
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h): distinct from user errors (1, 2)
 
 
 if __name__ == "__main__":

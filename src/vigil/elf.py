@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from .errors import ConfigError
+
+# What pyelftools raises on a crafted file, besides its own ELFError: it
+# seeks and reads where the headers say (offsets past 2**63, counts that
+# index past a table, names that are not UTF-8).  Found by fuzzing
+# (tests/test_fuzz_cli.py); any file can be named in an argdist spec.
+MALFORMED = (
+    ELFError,
+    OSError,
+    struct.error,
+    ValueError,
+    OverflowError,
+    IndexError,
+    KeyError,
+    AssertionError,
+)
 
 
 def _symbols(path: str) -> dict[str, int]:
@@ -45,8 +61,8 @@ def _read_symbols(path: str, _inode: int, _mtime_ns: int) -> dict[str, int]:
             return out
     except FileNotFoundError as err:
         raise ConfigError(f"{path}: no such file") from err
-    except (ELFError, OSError) as err:
-        raise ConfigError(f"{path}: not a readable ELF file ({err})") from err
+    except MALFORMED as err:
+        raise ConfigError(f"{path}: not a readable ELF file ({err!r})") from None
 
 
 def symbol_offset(path: str, name: str) -> int:

@@ -48,9 +48,11 @@ def _unhex(m: re.Match) -> str:
 
 
 def unescape(s: str) -> bytes:
-    """Text from :func:`escape` -> the original bytes."""
+    """Text from :func:`escape` -> the original bytes (lone surrogates, as
+    Python gives non-UTF-8 arguments, become their bytes again)."""
     if "\\" not in s:
-        return s.encode()
+        # surrogateescape: raw bytes from the command line pass through too
+        return s.encode("utf-8", "surrogateescape")
     return _ESCAPE.sub(_unhex, s).encode("utf-8", "surrogateescape")
 
 
@@ -58,6 +60,19 @@ def unescape(s: str) -> bytes:
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 _CONTROL.update({c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x2028, 0x2029)})
 _CONTROL.update({0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"})
+
+
+def as_text(arg: str) -> str:
+    """A command-line string made safe to store and print as UTF-8: itself
+    when it is UTF-8, else escaped (a non-UTF-8 byte arrives as a surrogate)."""
+    try:
+        arg.encode()
+    except UnicodeEncodeError:
+        try:
+            return escape(arg.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:  # a surrogate no byte maps to: not from argv
+            return arg.encode("utf-8", "backslashreplace").decode()
+    return arg
 
 
 def display(value: bytes | str) -> str:

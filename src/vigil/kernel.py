@@ -226,11 +226,18 @@ def _load_cache() -> dict[str, Probe] | None:
     try:
         with open(_cache_path()) as f:
             data = json.load(f)
-        if data.get("key") != _cache_key():
+        if not isinstance(data, dict) or data.get("key") != _cache_key():
             return None
-        return {p["feature"]: Probe(**p) for p in data["probes"]}
+        probes = {p["feature"]: Probe(**p) for p in data["probes"]}
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    # a file that may have been edited: only the shape written here is used
+    if all(
+        isinstance(p.feature, str) and isinstance(p.ok, bool) and isinstance(p.detail, str)
+        for p in probes.values()
+    ):
+        return probes
+    return None
 
 
 def _save_cache(probes: dict[str, Probe]) -> None:

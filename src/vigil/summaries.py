@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 
+from .encoding import as_text
 from .errors import ConfigError, VigilError
 from .outputs.store import Store
 
@@ -27,17 +29,35 @@ DEFAULT_SUMMARIES: dict[str, str] = {
 }
 
 
+# A summary's name is a key in the store and a heading in `vigil summaries`.
+_NAME = re.compile(r"[\w.-]{1,64}")
+
+
 def parse_option(values: tuple[str, ...], defaults: bool = True) -> dict[str, str]:
-    """`--summary NAME=SPEC` values on top of the defaults (SPEC "" drops NAME)."""
+    """`--summary NAME=SPEC` values on top of the defaults (SPEC "" drops NAME).
+
+    Each SPEC given is parsed here, before anything is opened or loaded: a
+    bad one is an error now, not a crash at the first flush."""
     out = dict(DEFAULT_SUMMARIES) if defaults else {}
     for value in values:
         name, sep, spec = value.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"--summary {value!r}: use NAME=SPEC (an argdist -C spec)")
-        if spec.strip():
-            out[name.strip()] = spec.strip()
+        name, spec = name.strip(), spec.strip()
+        if not sep or not name:
+            raise ConfigError(f"--summary '{as_text(value)}': use NAME=SPEC (an argdist -C spec)")
+        if not _NAME.fullmatch(name):
+            raise ConfigError(
+                f"--summary '{as_text(name)}': a name is 1 to 64 letters, digits, '_', '.', '-'"
+            )
+        if spec:
+            from .argdist import parse
+
+            try:
+                parse(spec)
+            except ConfigError as err:
+                raise ConfigError(f"--summary {name}: {err}") from None
+            out[name] = spec
         else:
-            out.pop(name.strip(), None)
+            out.pop(name, None)
     return out
 
 
@@ -84,7 +104,8 @@ class SummarySink:
             except VigilError as err:
                 log.error("summary %s: %s", name, err)
                 continue
-            self.store.add_summary(now, now - self._last, name, self.specs[name], rows)
+            spec = as_text(self.specs[name])  # stored as UTF-8 text
+            self.store.add_summary(now, now - self._last, name, spec, rows)
         self._last = now
 
     def status(self, stats: dict) -> None:

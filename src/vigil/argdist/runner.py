@@ -94,8 +94,8 @@ class Aggregation:
         filters = []
         for f in spec.filters:
             cfg = {"expr": expr(f.expr), "op": ops[f.op]}
-            if isinstance(f.value, str):
-                cfg["str"] = f.value.encode()
+            if isinstance(f.value, bytes):
+                cfg["str"] = f.value
             else:
                 cfg["value"] = _s64(f.value)
             filters.append(cfg)

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, replace
 
 from .. import elf, kernel
+from ..encoding import as_text, unescape
 from ..errors import ConfigError
 from . import config, targets, tracefs
 
@@ -109,7 +110,7 @@ class Expr:
 class Filter:
     expr: Expr
     op: str  # "eq", "ne", "lt", "le", "gt", "ge"
-    value: int | str
+    value: int | bytes
     text: str
 
 
@@ -333,12 +334,14 @@ def _parse_filter(text: str, probe: _Probe, exprs: dict[str, Expr], str_len: int
             raise ConfigError(f"bad filter {text.strip()!r}: strings take == and != only")
         if len(rhs) >= 2 and rhs[0] == rhs[-1] and rhs[0] in "'\"":
             rhs = rhs[1:-1]
+        # the kernel's strings are bytes: raw, or \xHH as Vigil prints them
+        raw = unescape(rhs)
         # 2 bytes short of the kernel's buffer: a longer string, cut there, never matches
-        if len(rhs.encode()) > str_len - 2:
+        if len(raw) > str_len - 2:
             raise ConfigError(
                 f"bad filter {text.strip()!r}: string constants are {str_len - 2} bytes at most"
             )
-        return Filter(e, OPS[m["op"]], rhs, text.strip())
+        return Filter(e, OPS[m["op"]], raw, text.strip())
     try:
         value = int(rhs, 0)
     except ValueError:
@@ -366,7 +369,9 @@ def parse(text: str, histogram: bool = False, *, pid: int | None = None) -> Spec
     `pid` keeps one process's events only (in the kernel; uprobes and USDT
     are also attached to that process only).
     """
-    raw = text.strip()
+    # Non-UTF-8 bytes from the command line (surrogates in Python) become
+    # \xHH, as Vigil prints strings: string constants read them back as bytes.
+    raw = as_text(text.strip())
     body, label = raw, ""
     close = body.rfind(")")
     hash_at = body.find("#", close + 1)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import struct
 import subprocess
 
-from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from .. import paths
+from ..elf import MALFORMED as MALFORMED_ELF
 from ..errors import ConfigError, VigilError
 
 
@@ -75,7 +74,7 @@ def usdt_probes(path: str) -> tuple[tuple[str, str, int], ...]:
                     out.append((provider.decode(), name.decode(), nargs))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
-    except (ELFError, OSError, struct.error, ValueError) as err:
+    except MALFORMED_ELF as err:
         raise ConfigError(f"{path}: not a readable ELF file ({err})") from None
     return tuple(out)
 

@@ -23,6 +23,7 @@ import orjson
 
 from ..encoding import escape_cached
 from ..errors import StoreError
+from . import rows as checked
 
 log = logging.getLogger("vigil.store")
 
@@ -100,6 +101,16 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
     return sqlite3.connect(path, timeout=5.0, isolation_level=None)
 
 
+def _text_or_bytes(raw: bytes) -> str | bytes:
+    """A TEXT value as read: SQLite does not check that text is UTF-8, and
+    one such row must not fail a whole query.  Left as bytes, the row is
+    skipped by the checks in outputs/rows.py."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
 class Store:
     def __init__(self, path: str, *, readonly: bool = False, max_pending: int = 1_000_000):
         self.path = path
@@ -109,6 +120,7 @@ class Store:
         self.stored: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
         self._failing = False
+        self.skipped = 0  # rows read back in a shape the agent never writes
         try:
             self.db = _connect(path, readonly)
             if not readonly:
@@ -117,6 +129,7 @@ class Store:
                 self.db.executescript(_SCHEMA)
                 self._check_version()
             else:
+                self.db.text_factory = _text_or_bytes
                 self.db.execute("SELECT count(*) FROM meta").fetchone()
         except sqlite3.DatabaseError as err:
             raise StoreError(
@@ -144,7 +157,10 @@ class Store:
             log.debug("store %s: meta %s not written: %s", self.path, key, err)
 
     def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: cannot read meta ({err})") from err
         return row[0] if row else None
 
     # -- writing --------------------------------------------------------------------
@@ -239,14 +255,25 @@ class Store:
     def summaries(
         self, *, since_ns: int | None = None, names: Iterable[str] = ()
     ) -> list[tuple[int, int, str, str, list]]:
-        """(ts_ns, interval_ns, name, spec, [[key, count], ...]) rows, oldest first."""
+        """(ts_ns, interval_ns, name, spec, [[key, count], ...]) rows, oldest first
+        (malformed rows skipped and counted in `skipped`)."""
         where, args = _where(since_ns, name=list(names))
         sql = f"SELECT ts_ns, interval_ns, name, spec, counts FROM summaries{where}"
         sql += " ORDER BY ts_ns, id"
         try:
-            return [(t, i, n, s, orjson.loads(c)) for t, i, n, s, c in self.db.execute(sql, args)]
+            return self._checked(checked.summary(row) for row in self.db.execute(sql, args))
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: query failed ({err})") from err
+
+    def _checked(self, rows: Iterable) -> list:
+        """The rows a check (outputs/rows.py) passed; the others counted."""
+        out = []
+        for row in rows:
+            if row is None:
+                self.skipped += 1
+            else:
+                out.append(row)
+        return out
 
     # -- reading --------------------------------------------------------------------
     def query(
@@ -258,7 +285,8 @@ class Store:
         comm: str | None = None,
         limit: int = 100,
     ) -> list[str]:
-        """Events as their JSON text, newest first."""
+        """Events as their JSON text, newest first (malformed rows skipped and
+        counted in `skipped`)."""
         eq = {"pid": pid, "comm": comm}
         where, args = _where(
             since_ns, kind=list(kinds), **{k: v for k, v in eq.items() if v is not None}
@@ -267,7 +295,10 @@ class Store:
         sql += " ORDER BY ts_ns DESC, id DESC LIMIT ?"
         args.append(limit)
         try:
-            return [row[0] for row in self.db.execute(sql, args)]
+            return self._checked(
+                row[0] if checked.event(row[0]) is not None else None
+                for row in self.db.execute(sql, args)
+            )
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: query failed ({err})") from err
 
@@ -275,9 +306,12 @@ class Store:
         try:
             cur = self.db.execute("SELECT * FROM sensor_status ORDER BY kind")
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur]
+            return self._checked(checked.status(dict(zip(names, row))) for row in cur)
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: cannot read status ({err})") from err
 
     def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
+        try:
+            return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: cannot count events ({err})") from err

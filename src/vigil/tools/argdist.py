@@ -9,6 +9,7 @@ from contextlib import ExitStack
 
 import click
 
+from .. import options as opt
 from ..argdist import Aggregation, parse, printers
 from ..argdist.runner import DEFAULT_MAX_ENTRIES
 from .live import every, ready
@@ -43,18 +44,18 @@ Examples:
     "--interval",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(0.1),
+    type=opt.INTERVAL,
     help="Seconds between summaries.",
 )
-@click.option("-n", "--number", "number", type=click.IntRange(1), help="Stop after this many.")
-@click.option("-T", "--top", type=click.IntRange(0), help="Only the TOP largest counts.")
-@click.option("-p", "--pid", type=int, help="Only this process (filtered in the kernel).")
+@click.option("-n", "--number", "number", type=opt.COUNT, help="Stop after this many.")
+@click.option("-T", "--top", type=opt.COUNT0, help="Only the TOP largest counts.")
+@click.option("-p", "--pid", type=opt.PID, help="Only this process (filtered in the kernel).")
 @click.option("-c", "--cumulative", is_flag=True, help="Do not clear counts between summaries.")
 @click.option(
     "--max-entries",
     default=DEFAULT_MAX_ENTRIES,
     show_default=True,
-    type=click.IntRange(1),
+    type=click.IntRange(1, 2**32 - 1),  # a map's max_entries is a u32
     help="Distinct keys kept per spec (events past it are counted as lost).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per spec per interval.")

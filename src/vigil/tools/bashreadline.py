@@ -6,6 +6,7 @@ import time
 
 import click
 
+from .. import options as opt
 from ..sensors.bashreadline import BASH, require_readline
 from ..table import Column
 from .live import live_options, run_live, time_columns
@@ -21,9 +22,7 @@ def columns(clock: bool, timestamp: bool, start_ns: int) -> list[Column]:
 
 
 @click.command()
-@click.option(
-    "-p", "--pid", type=click.IntRange(1, 2**32 - 1), help="Only this bash process (in kernel)."
-)
+@click.option("-p", "--pid", type=opt.PID, help="Only this bash process (in kernel).")
 @click.option("-t", "--timestamp", is_flag=True, help="TIME(s), seconds since start, for TIME.")
 @click.option("-T", "--time", "clock", is_flag=True, help="TIME, wall clock (the default).")
 @live_options

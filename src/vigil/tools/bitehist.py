@@ -9,6 +9,7 @@ import time
 
 import click
 
+from .. import options as opt
 from ..argdist import Aggregation, parse, printers
 from .live import every, ready
 
@@ -36,10 +37,10 @@ def disk_name(dev: int) -> str:
 @click.option(
     "-i",
     "--interval",
-    type=click.FloatRange(0.1),
+    type=opt.INTERVAL,
     help="Print every INTERVAL seconds (default: once, at Ctrl-C, like bcc).",
 )
-@click.option("-n", "--number", type=click.IntRange(1), help="Stop after this many summaries.")
+@click.option("-n", "--number", type=opt.COUNT, help="Stop after this many summaries.")
 @click.option("-D", "--disks", is_flag=True, help="One histogram per disk.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per summary.")
 def bitehist(interval, number, disks, as_json):

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from .. import options as opt
 from ..table import Column
 from .live import live_options, run_live, time_columns
 
@@ -28,9 +29,7 @@ _AUDIT = {"yes": "1", "no": "0"}
     is_flag=True,
     help="Show a check once per process image, capability, verdict and namespace kind (in kernel).",
 )
-@click.option(
-    "-p", "--pid", type=click.IntRange(1, 2**32 - 1), help="Only this process (in kernel)."
-)
+@click.option("-p", "--pid", type=opt.PID, help="Only this process (in kernel).")
 @click.option("-t", "--timestamp", is_flag=True, help="TIME(s), seconds since start, for TIME.")
 @click.option("-T", "--time", "clock", is_flag=True, help="TIME, wall clock (the default).")
 @live_options

@@ -13,6 +13,7 @@ import time
 import click
 
 from .. import listeners
+from .. import options as opt
 from ..table import Column
 from .live import live_options, run_live, time_columns
 
@@ -43,9 +44,7 @@ def columns(clock: bool, timestamp: bool, start_ns: int) -> list[Column]:
 @click.command()
 @click.option("-t", "--timestamp", is_flag=True, help="TIME(s) column: seconds since start.")
 @click.option("-T", "--time", "clock", is_flag=True, help="TIME column, wall clock (default).")
-@click.option(
-    "-p", "--pid", type=click.IntRange(1, 2**32 - 1), help="Only this process (in kernel)."
-)
+@click.option("-p", "--pid", type=opt.PID, help="Only this process (in kernel).")
 @click.option("--no-snapshot", is_flag=True, help="Do not list sockets already bound or listening.")
 @live_options
 def listen(timestamp, clock, pid, no_snapshot, as_json, duration, ring_mb, latency):

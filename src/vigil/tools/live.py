@@ -11,6 +11,7 @@ from collections.abc import Callable
 import click
 
 from .. import loader
+from .. import options as opt
 from .. import sensors as sensor_table
 from ..agent import Agent
 from ..errors import ConfigError
@@ -28,7 +29,7 @@ def ring_options(f):
         "--latency",
         default=0.1,
         show_default=True,
-        type=click.FloatRange(0.001, 10),
+        type=opt.seconds(0.001, 10),
         help="Longest a quiet event waits before it is read, s.",
     )(f)
     return click.option(
@@ -43,7 +44,7 @@ def ring_options(f):
 def live_options(f):
     """--json, --duration, --ring-mb, --latency: on every live tool."""
     f = ring_options(f)
-    f = click.option("--duration", type=float, help="Stop after this many seconds.")(f)
+    f = click.option("--duration", type=opt.DURATION, help="Stop after this many seconds.")(f)
     return click.option(
         "--json", "as_json", is_flag=True, help="One JSON object per event, every field."
     )(f)

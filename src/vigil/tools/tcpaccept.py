@@ -6,6 +6,7 @@ import time
 
 import click
 
+from .. import options as opt
 from ..table import Column
 from .live import live_options, run_live, time_columns
 
@@ -13,9 +14,7 @@ from .live import live_options, run_live, time_columns
 @click.command()
 @click.option("-t", "--timestamp", is_flag=True, help="Add a TIME(s) column, seconds since start.")
 @click.option("-T", "--time", "clock", is_flag=True, help="Add a TIME column, wall clock.")
-@click.option(
-    "-p", "--pid", type=click.IntRange(1, 2**32 - 1), help="Only this process (in kernel)."
-)
+@click.option("-p", "--pid", type=opt.PID, help="Only this process (in kernel).")
 @live_options
 def tcpaccept(timestamp, clock, pid, as_json, duration, ring_mb, latency):
     """Trace accepted TCP connections (IPv4, IPv6), like bcc's tcpaccept."""

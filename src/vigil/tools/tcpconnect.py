@@ -6,6 +6,7 @@ import time
 
 import click
 
+from .. import options as opt
 from ..sensors.tcp import PORTS_MAX, connect_rodata, result_text
 from ..table import Column
 from .live import live_options, run_live, time_columns
@@ -19,7 +20,10 @@ def parse_ports(values: tuple[str, ...]) -> list[int]:
             part = part.strip()
             if not part:
                 continue
-            if not part.isdigit() or not 0 < int(part) < 65536:
+            # ASCII digits only ("²".isdigit() is true and int() refuses it),
+            # and few of them (int() refuses more than 4300)
+            digits = part.isascii() and part.isdigit() and len(part) <= 5
+            if not digits or not 0 < int(part) < 65536:
                 raise click.BadParameter(f"{part!r} is not a port (1-65535)", param_hint="-P")
             ports.append(int(part))
     ports = list(dict.fromkeys(ports))
@@ -31,9 +35,7 @@ def parse_ports(values: tuple[str, ...]) -> list[int]:
 @click.command()
 @click.option("-t", "--timestamp", is_flag=True, help="Add a TIME(s) column, seconds since start.")
 @click.option("-T", "--time", "clock", is_flag=True, help="Add a TIME column, wall clock.")
-@click.option(
-    "-p", "--pid", type=click.IntRange(1, 2**32 - 1), help="Only this process (in kernel)."
-)
+@click.option("-p", "--pid", type=opt.PID, help="Only this process (in kernel).")
 @click.option(
     "-P",
     "--port",

@@ -10,6 +10,7 @@ import click
 import orjson
 
 from .. import loader, records
+from .. import options as opt
 from ..counters import CounterMap
 from ..encoding import iso_time
 from ..errors import LayoutError
@@ -102,7 +103,7 @@ def count_flows(interval: float, as_json: bool, duration: float | None) -> None:
     "--interval",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(0.1),
+    type=opt.INTERVAL,
     help="With -c: seconds between summaries (a total is printed at exit too).",
 )
 @live_options
