@@ -9,7 +9,7 @@ import orjson
 
 from helpers import vigil
 from vigil.encoding import to_json
-from vigil.outputs.store import Store
+from vigil.outputs.store import ROW_OVERHEAD, Store
 
 
 def _event(i: int) -> dict:
@@ -71,15 +71,22 @@ def test_failed_write_is_kept_and_retried(tmp_path):
     assert store.flush() == 0 and store.pending == 10  # kept, not lost
     blocker.rollback()
     blocker.close()
-    assert store.flush() == 10 and store.pending == 0
+    assert store.flush(force=True) == 10 and store.pending == 0  # retried now, not in 0.5 s
     assert store.count() == 10
     store.close()
 
 
 def test_overflow_is_counted_as_dropped(tmp_path):
-    store = Store(str(tmp_path / "o.db"), max_pending=5)
     events = [_event(i) for i in range(8)]
-    store.add(events, [to_json(e) for e in events])
-    assert store.pending == 5
+    lines = [to_json(e) for e in events]
+    row = len(lines[0]) + ROW_OVERHEAD
+    store = Store(str(tmp_path / "o.db"), max_pending_bytes=5 * row + row // 2)
+    store.add(events, lines)
+    assert store.pending == 5  # the newest five
     assert sum(store.dropped.values()) == 3
+    assert store.dropped == {"exec": 1, "fork": 1, "exit": 1}  # events 0, 1, 2
+    assert store.accepted == {"exec": 3, "fork": 3, "exit": 2}
+    for kind, n in store.accepted.items():
+        assert store.stored[kind] + store.dropped[kind] + store.waiting[kind] == n
     store.close()
+    assert sum(store.stored.values()) == 5
