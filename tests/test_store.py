@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
+import stat
+import subprocess
+import sys
 import time
 
 import orjson
+import pytest
 
-from helpers import vigil
+from helpers import VIGIL, vigil
 from vigil.encoding import to_json
+from vigil.errors import ConfigError, StoreError
+from vigil.files import open_output
 from vigil.outputs.store import ROW_OVERHEAD, Store
 
 
@@ -90,3 +98,236 @@ def test_overflow_is_counted_as_dropped(tmp_path):
         assert store.stored[kind] + store.dropped[kind] + store.waiting[kind] == n
     store.close()
     assert sum(store.stored.values()) == 5
+
+
+# -- a store that cannot be written --------------------------------------------------
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 2 MiB tmpfs, so that "disk full" is the kernel's ENOSPC."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "vigil-test", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(directory, name="fill") -> str:
+    """Take every free byte of the file system; returns the file's path."""
+    path = os.path.join(directory, name)
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+    return path
+
+
+def _accounts_hold(store: Store) -> None:
+    for kind, n in store.accepted.items():
+        assert store.stored[kind] + store.dropped[kind] + store.waiting[kind] == n, kind
+
+
+def test_full_disk_retries_in_chunks_as_space_frees(small_tmpfs):
+    db = str(small_tmpfs / "v.db")
+    store = Store(db, max_pending_bytes=64 << 20, retry_interval=0)
+    filler = fill(small_tmpfs)
+    events = [_event(i) for i in range(3000)]
+    store.add(events, [to_json(e) for e in events])
+    assert store.flush() < 3000
+    assert store.error is not None and "disk full" in store.error
+    stuck = sum(store.stored.values())
+    _accounts_hold(store)
+    # free a little: a backlog retried in one transaction would never fit,
+    # chunks that grow from one row use what there is
+    size = os.path.getsize(filler)
+    os.truncate(filler, size - (256 << 10))
+    store.flush()
+    partly = sum(store.stored.values())
+    assert stuck < partly < 3000
+    _accounts_hold(store)
+    os.unlink(filler)
+    for _ in range(20):
+        store.flush()
+        if not store.pending:
+            break
+    assert store.pending == 0 and store.error is None
+    assert sum(store.stored.values()) == 3000 and not store.dropped
+    assert store.count() == 3000  # what it says it stored is there
+    store.close()
+
+
+def test_backlog_is_bounded_in_bytes_per_kind(small_tmpfs):
+    store = Store(str(small_tmpfs / "v.db"), max_pending_bytes=256 << 10)
+    fill(small_tmpfs)
+    for start in range(0, 6000, 500):
+        events = [_event(i) for i in range(start, start + 500)]
+        store.add(events, [to_json(e) for e in events])
+        store.flush(force=True)
+        assert store.pending_bytes <= 256 << 10
+    assert set(store.dropped) == {"exec", "fork", "exit"}
+    assert sum(store.dropped.values()) > 3000
+    _accounts_hold(store)
+    store.close()  # still full: what waits is counted, not lost silently
+    assert sum(store.waiting.values()) == store.pending > 0
+    _accounts_hold(store)
+
+
+# -- files only root can read, never written through a planted name -------------------
+def _mode(path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_store_files_are_private(tmp_path):
+    from vigil.outputs.sinks import StoreSink
+
+    os.umask(0o022)  # as a careless caller would have it: the store must not care
+    db = tmp_path / "new" / "dir" / "v.db"
+    store = Store(str(db))
+    sink = StoreSink(store)
+    events = [_event(i) for i in range(10)]
+    store.add(events, [to_json(e) for e in events])
+    store.flush()
+    assert _mode(db.parent) == 0o700
+    for name in ("v.db", "v.db-wal", "v.db-shm", "v.db-agent"):
+        assert _mode(db.parent / name) == 0o600, name
+    sink.close()
+
+
+def test_existing_loose_store_is_tightened_with_a_warning(tmp_path, caplog):
+    db = tmp_path / "v.db"
+    Store(str(db)).close()
+    os.chmod(db, 0o644)
+    store = Store(str(db))
+    assert _mode(db) == 0o600
+    assert "was mode 0644" in caplog.text
+    store.close()
+
+
+def _as_nobody(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", VIGIL, *args],
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def test_non_root_reader_is_told_the_store_is_roots(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    for db in (tmp_path / "private" / "v.db", tmp_path / "v.db"):
+        Store(str(db)).close()
+        for command in ("events", "status", "summaries"):
+            res = _as_nobody(command, "--db", str(db))
+            err = res.stderr.decode().strip()
+            assert res.returncode == 1, err
+            assert len(err.splitlines()) == 1, err
+            assert "permission denied: the store is root's" in err, err
+        # and not readable by other means either
+        res = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(db)],
+            capture_output=True,
+        )
+        assert res.returncode != 0 and res.stdout == b""
+
+
+def test_special_files_and_symlinks_are_refused_as_stores(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's file")
+    link = tmp_path / "link.db"
+    link.symlink_to(victim)
+    hard = tmp_path / "hard.db"
+    os.link(victim, hard)
+    for db, why in (
+        ("/dev/null", "not a regular file"),
+        (str(link), "symbolic link"),
+        (str(hard), "hard links"),
+    ):
+        with pytest.raises(StoreError, match=why):
+            Store(db)
+    assert victim.read_bytes() == b"root's file"
+    assert not os.path.exists("/dev/null-journal") and not os.path.exists("/dev/null-wal")
+    # a planted -wal symlink is refused too
+    db = tmp_path / "v.db"
+    (tmp_path / "v.db-wal").symlink_to(victim)
+    with pytest.raises(StoreError, match="symbolic link"):
+        Store(str(db))
+    assert victim.read_bytes() == b"root's file"
+
+
+def test_open_output_refuses_planted_names(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "link").symlink_to(victim)
+    os.mkfifo(tmp_path / "fifo")
+    for name, why in (("link", "symbolic link"), ("fifo", "not a regular file")):
+        with pytest.raises(ConfigError, match=why):
+            open_output(str(tmp_path / name))
+    with pytest.raises(ConfigError, match="not a regular file"):
+        open_output("/dev/null")
+    assert victim.read_bytes() == b"keep"
+    with open_output(str(tmp_path / "new")) as f:
+        f.write(b"x")
+    assert _mode(tmp_path / "new") == 0o600
+
+
+# -- paths and versions --------------------------------------------------------------
+def _store_with_pid(path: str, pid: int) -> None:
+    store = Store(path)
+    ev = dict(_event(0), pid=pid)
+    store.add([ev], [to_json(ev)])
+    store.close()
+
+
+@pytest.mark.parametrize("name, decoy", [("h#x.db", "h"), ("q?x.db", "q"), ("p%41.db", "pA.db")])
+def test_uri_characters_in_db_paths_are_just_characters(tmp_path, name, decoy):
+    _store_with_pid(str(tmp_path / decoy), 666)  # what a raw URI would open instead
+    _store_with_pid(str(tmp_path / name), 4242)
+    res = vigil("events", "--db", str(tmp_path / name), "--json", check=True)
+    assert [orjson.loads(line)["pid"] for line in res.stdout.splitlines()] == [4242]
+    res = vigil("status", "--db", str(tmp_path / name), "--json", check=True)
+    assert orjson.loads(res.stdout)["events"] == 1
+
+
+def test_newer_schema_is_refused(tmp_path):
+    db = str(tmp_path / "v.db")
+    _store_with_pid(db, 1)
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    raw.close()
+    for args in (["events"], ["status"], ["summaries"]):
+        res = vigil(*args, "--db", db)
+        err = res.stderr.decode().strip()
+        assert res.returncode == 1 and len(err.splitlines()) == 1, err
+        assert "written by a newer Vigil (schema version 2" in err, err
+    with pytest.raises(StoreError, match="newer Vigil"):
+        Store(db)
+
+
+def test_read_only_media_is_read_and_explained(small_tmpfs):
+    db = str(small_tmpfs / "v.db")
+    _store_with_pid(db, 4242)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    res = vigil("events", "--db", db, "--json", check=True)  # cleanly closed: readable
+    assert [orjson.loads(line)["pid"] for line in res.stdout.splitlines()] == [4242]
+    with pytest.raises(StoreError, match="read-only file system") as err:
+        Store(db)
+    assert "move" not in str(err.value)
+    # a WAL left by a run that did not end cleanly cannot be read in place: say why
+    subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
+    code = (
+        f"import os, sqlite3; db = sqlite3.connect({db!r}, isolation_level=None);"
+        'db.execute(\'INSERT INTO meta VALUES ("x", "y")\'); os._exit(0)'
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert os.path.getsize(db + "-wal") > 0
+    os.unlink(db + "-shm")  # copied without its index, say
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    res = vigil("events", "--db", db, "--json")
+    err = res.stderr.decode().strip()
+    assert res.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "read-only storage with an unfinished write-ahead log" in err, err

@@ -500,6 +500,7 @@ class Store:
             "pending": len(self._pending),
             "pending_bytes": self._pending_bytes,
             "max_pending_bytes": self.max_pending_bytes,
+            "stored": {k: n for k, n in self.stored.items() if n},
             "waiting": {k: n for k, n in self.waiting.items() if n},
             "dropped": {k: n for k, n in self.dropped.items() if n},
         }
