@@ -222,6 +222,12 @@ def _prepare_writable(path: str) -> None:
         raise StoreError(f"cannot write to {parent}: read-only file system")
     if not os.access(parent, os.W_OK):
         raise StoreError(f"cannot write to {parent}: permission denied")
+    if os.stat(parent).st_mode & 0o022:
+        log.warning(
+            "%s: other users can create files in this directory (the store's -wal and -shm "
+            "among them); keep the store in a directory only root can write",
+            parent,
+        )
     try:
         os.close(files.open_private(path, tighten_existing=False))
         for suffix in SIDECARS:
