@@ -331,3 +331,26 @@ def test_read_only_media_is_read_and_explained(small_tmpfs):
     err = res.stderr.decode().strip()
     assert res.returncode == 1 and len(err.splitlines()) == 1, err
     assert "read-only storage with an unfinished write-ahead log" in err, err
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        '{"state": "running", "pid": "1", "updated_ns": [], "store": {"error": 5}}',
+        '{"state": "running", "pid": 99999999999999999999, "status": "\\u001b[2Jx"}',
+        '{"state": {"x": 1}, "unwritten": {"exec": "many"}}',
+        "[1, 2]",
+        "not json",
+    ],
+)
+def test_tampered_agent_record_is_not_trusted(tmp_path, record):
+    db = str(tmp_path / "v.db")
+    _store_with_pid(db, 1)
+    with sqlite3.connect(db) as raw:
+        raw.execute("INSERT OR REPLACE INTO meta VALUES ('agent', ?)", (record,))
+    raw.close()
+    os.mkfifo(db + "-agent")  # would block a reader that opened it blindly
+    for args in (["--json"], []):
+        res = vigil("status", "--db", db, *args, timeout=20)
+        assert res.returncode == 0, res.stderr
+        assert b"Traceback" not in res.stderr and b"\x1b" not in res.stdout

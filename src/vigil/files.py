@@ -67,7 +67,7 @@ def open_private(
             except FileExistsError:
                 pass
             except OSError as err:
-                raise ConfigError(f"cannot create {path}: {err.strerror}") from err
+                raise ConfigError(f"cannot write {path}: {err.strerror}") from err
             else:
                 os.set_blocking(fd, True)
                 return fd

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 
 import orjson
@@ -74,26 +75,85 @@ def state_path(db_path: str) -> str:
     return db_path + STATE_SUFFIX
 
 
+# The record's fields and their types: anything else in a stored record
+# (tampered, or from another version) is ignored rather than trusted.
+_FIELDS = {
+    "state": str,
+    "pid": int,
+    "start_time": int,
+    "boot_id": str,
+    "started_ns": int,
+    "updated_ns": int,
+    "status": str,
+    "store": dict,
+    "unwritten": dict,
+}
+_STORE_FIELDS = {
+    "error": str,
+    "failing_since_ns": int,
+    "pending": int,
+    "pending_bytes": int,
+    "max_pending_bytes": int,
+    "stored": dict,
+    "waiting": dict,
+    "dropped": dict,
+}
+
+
+def _typed(obj: dict, fields: dict) -> dict:
+    out = {}
+    for key, kind in fields.items():
+        value = obj.get(key)
+        if isinstance(value, kind) and not isinstance(value, bool):
+            if kind is dict:  # per-kind counts
+                value = {str(k): n for k, n in value.items() if type(n) is int and 0 <= n < 1 << 63}
+            elif kind is int and not 0 <= value < 1 << 63:
+                continue
+            out[key] = value
+    return out
+
+
 def _parse(raw: bytes | str | None) -> dict | None:
     if not raw:
         return None
     try:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        # schema-1 stores before this record: the bare word running/stopped
+        # stores written before this record: the bare word running/stopped
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         return {"state": text.strip()} if text.strip() in ("running", "stopped") else None
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    record = _typed(record, _FIELDS)
+    if "store" in record:
+        record["store"] = _typed(record["store"], _STORE_FIELDS)
+    return record
+
+
+def _read_side_file(path: str) -> bytes | None:
+    """The side file's text; never through a symlink, never blocking on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.pread(fd, STATE_SIZE, 0).strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def printable(text: str) -> str:
+    """A stored string shown on a terminal: control characters escaped."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def read_record(store: Store) -> dict | None:
     """The newest of the store's and the side file's copy of the record."""
-    candidates = [_parse(store.get_meta("agent"))]
-    try:
-        with open(state_path(store.path), "rb") as f:
-            candidates.append(_parse(f.read(STATE_SIZE).strip()))
-    except OSError:
-        pass
+    candidates = [_parse(store.get_meta("agent")), _parse(_read_side_file(state_path(store.path)))]
     found = [c for c in candidates if c]
     return max(found, key=lambda r: r.get("updated_ns") or 0) if found else None
 
@@ -110,10 +170,11 @@ def describe(record: dict | None, now_ns: int | None = None) -> tuple[str, str]:
         line = f"stopped {age:.0f}s ago"
         unwritten = sum((record.get("unwritten") or {}).values())
         if unwritten:
-            line += f"; {unwritten} events were never written ({store.get('error')})"
+            why = printable(store.get("error") or "the store fell behind")
+            line += f"; {unwritten} events were never written ({why})"
         return "stopped", line
     if record.get("state") != "running":
-        return "unknown", f"state {record.get('state')!r}"
+        return "unknown", f"state {printable(repr(record.get('state')))}"
     if pid is None:  # a record without identity: only its age can tell
         return (
             ("running", "running")
@@ -126,13 +187,13 @@ def describe(record: dict | None, now_ns: int | None = None) -> tuple[str, str]:
     if not alive(record):
         return "died", (
             f"died (pid {pid} is gone, last report {age:.0f}s ago): the run ended uncleanly; "
-            f"its last status: {record.get('status') or 'none'}"
+            f"its last status: {printable(record.get('status') or 'none')}"
         )
     line = f"running (pid {pid})"
     if store.get("error"):
         since = (now_ns - store.get("failing_since_ns", now_ns)) / 1e9
         line += (
-            f"; store FAILING for {since:.0f}s: {store['error']}; "
+            f"; store FAILING for {since:.0f}s: {printable(store['error'])}; "
             f"{store.get('pending', 0)} events waiting in memory, "
             f"{sum((store.get('dropped') or {}).values())} dropped"
         )
@@ -161,7 +222,7 @@ class AgentRecord:
                 "last moments may be missing; its last status, at %s: %s",
                 previous.get("pid"),
                 at,
-                previous.get("status") or "none recorded",
+                printable(previous.get("status") or "none recorded"),
             )
         self.previous = previous
         self.record = {"state": "running", **identity(), "started_ns": time.time_ns()}
