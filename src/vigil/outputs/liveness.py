@@ -85,7 +85,7 @@ _FIELDS = {
     "started_ns": int,
     "updated_ns": int,
     "status": str,
-    "store": dict,
+    "store": "record",  # _STORE_FIELDS
     "unwritten": dict,
 }
 _STORE_FIELDS = {
@@ -104,6 +104,10 @@ def _typed(obj: dict, fields: dict) -> dict:
     out = {}
     for key, kind in fields.items():
         value = obj.get(key)
+        if kind == "record":
+            if isinstance(value, dict):
+                out[key] = _typed(value, _STORE_FIELDS)
+            continue
         if isinstance(value, kind) and not isinstance(value, bool):
             if kind is dict:  # per-kind counts
                 value = {str(k): n for k, n in value.items() if type(n) is int and 0 <= n < 1 << 63}
@@ -124,10 +128,7 @@ def _parse(raw: bytes | str | None) -> dict | None:
         return {"state": text.strip()} if text.strip() in ("running", "stopped") else None
     if not isinstance(record, dict):
         return None
-    record = _typed(record, _FIELDS)
-    if "store" in record:
-        record["store"] = _typed(record["store"], _STORE_FIELDS)
-    return record
+    return _typed(record, _FIELDS)
 
 
 def _read_side_file(path: str) -> bytes | None:

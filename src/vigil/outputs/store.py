@@ -288,6 +288,8 @@ class Store:
         self.last_error: str | None = None  # why they last failed
         self.failing_since_ns = 0
         self.db = None
+        self._dir = os.path.dirname(os.path.abspath(path))
+        self._wal_path = os.path.abspath(path) + "-wal"
         try:
             self.db = _connect(path, readonly)
             if not readonly:
@@ -440,11 +442,26 @@ class Store:
             self.waiting.subtract(kinds)
             written += len(rows)
             self._chunk = min(self.chunk_rows, self._chunk * 2)
+            if self._space_low():
+                self._checkpoint()
             if self.error is not None:
                 self._recovered()
             if deadline is not None and time.monotonic() >= deadline:
                 break
         return written
+
+    def _space_low(self) -> bool:
+        """Is the WAL big next to the free space?  A checkpoint copies WAL
+        pages into the database, which must grow to take them: once the WAL
+        has taken the room that growth needs, neither can move (a 2 MiB
+        disk ends as a 2 MiB WAL and an empty database, for good).  So
+        checkpoint early while there is room, not at SQLite's 1000 pages."""
+        try:
+            wal = os.stat(self._wal_path).st_size
+            vfs = os.statvfs(self._dir)
+        except OSError:
+            return False
+        return wal * 4 > vfs.f_bavail * vfs.f_frsize
 
     def _checkpoint(self) -> None:
         """Copy what the WAL holds into the database, without waiting for
