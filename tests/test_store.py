@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -304,8 +305,22 @@ def test_newer_schema_is_refused(tmp_path):
         err = res.stderr.decode().strip()
         assert res.returncode == 1 and len(err.splitlines()) == 1, err
         assert "written by a newer Vigil (schema version 2" in err, err
+    before = Path(db).read_bytes()
     with pytest.raises(StoreError, match="newer Vigil"):
         Store(db)
+    assert Path(db).read_bytes() == before  # not a byte changed
+
+
+def test_someone_elses_database_is_not_written(tmp_path):
+    db = str(tmp_path / "app.db")
+    with sqlite3.connect(db) as raw:
+        raw.execute("CREATE TABLE accounts (id INTEGER)")
+    raw.close()
+    with pytest.raises(StoreError, match="not a Vigil database"):
+        Store(db)
+    with sqlite3.connect(db) as raw:
+        assert [r[0] for r in raw.execute("SELECT name FROM sqlite_master")] == ["accounts"]
+    raw.close()
 
 
 def test_read_only_media_is_read_and_explained(small_tmpfs):

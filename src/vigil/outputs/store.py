@@ -293,6 +293,7 @@ class Store:
         try:
             self.db = _connect(path, readonly)
             if not readonly:
+                self._check_before_writing()
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute(f"PRAGMA journal_size_limit={16 << 20}")
@@ -324,6 +325,17 @@ class Store:
         ):
             return StoreError(f"{self.path}: cannot write: read-only ({err})")
         return StoreError(f"{self.path}: cannot open the store: {_reason(err)}")
+
+    def _check_before_writing(self) -> None:
+        """Touch nothing in a database that is not ours or not of our schema."""
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+        if not tables:
+            return  # new
+        if "meta" not in tables:
+            raise StoreError(
+                f"{self.path}: not a Vigil database (it has other tables); refusing to write to it"
+            )
+        self._check_version()
 
     def _check_version(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -617,4 +629,7 @@ class Store:
             raise StoreError(f"{self.path}: cannot read status ({err})") from err
 
     def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
+        try:
+            return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: cannot count events ({err})") from err
