@@ -369,3 +369,29 @@ def test_tampered_agent_record_is_not_trusted(tmp_path, record):
         res = vigil("status", "--db", db, *args, timeout=20)
         assert res.returncode == 0, res.stderr
         assert b"Traceback" not in res.stderr and b"\x1b" not in res.stdout
+
+
+def test_vigils_own_directory_is_tightened_a_shared_one_is_not(tmp_path, monkeypatch, caplog):
+    own = tmp_path / "var-lib-vigil"
+    own.mkdir(mode=0o755)
+    os.chmod(own, 0o755)
+    monkeypatch.setattr("vigil.outputs.store.DEFAULT_DB", str(own / "events.db"))
+    Store(str(own / "events.db")).close()
+    assert _mode(own) == 0o700 and "was mode 0755" in caplog.text
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    Store(str(shared / "v.db")).close()
+    assert _mode(shared) == 0o1777  # never chmod a directory others use
+    assert "other users can create files" in caplog.text
+    assert _mode(shared / "v.db") == 0o600
+
+
+def test_existing_output_is_truncated_and_tightened(tmp_path, caplog):
+    out = tmp_path / "rec"
+    out.write_bytes(b"old contents")
+    os.chmod(out, 0o644)
+    with open_output(str(out)) as f:
+        f.write(b"new")
+    assert out.read_bytes() == b"new" and _mode(out) == 0o600
+    assert "was mode 0644" in caplog.text
