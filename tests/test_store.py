@@ -234,6 +234,17 @@ def test_non_root_reader_is_told_the_store_is_roots(tmp_path):
             capture_output=True,
         )
         assert res.returncode != 0 and res.stdout == b""
+    # a store from before files were private, not yet tightened by a new run:
+    # the reader is told whose it is, not to move the database aside
+    legacy = tmp_path / "legacy"
+    legacy.mkdir(mode=0o755)
+    os.chmod(legacy, 0o755)
+    Store(str(legacy / "v.db")).close()
+    os.chmod(legacy / "v.db", 0o644)
+    res = _as_nobody("events", "--db", str(legacy / "v.db"))
+    err = res.stderr.decode().strip()
+    assert res.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "permission denied: the store is root's" in err and "move" not in err, err
 
 
 def test_special_files_and_symlinks_are_refused_as_stores(tmp_path):

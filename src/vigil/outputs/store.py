@@ -191,21 +191,28 @@ def _connect_readonly(path: str) -> sqlite3.Connection:
         db.close()
         if not (err.sqlite_errorname or "").startswith("SQLITE_CANTOPEN"):
             raise
-        # A WAL database needs its -shm index, which a reader cannot create
-        # on read-only media.  With no unfinished WAL the file is complete
-        # and cannot change there: read it as immutable.
+        # A WAL database needs its -shm index, which a reader may be unable
+        # to create.  On read-only media a store with no unfinished WAL is
+        # complete and cannot change: read it as immutable.
         parent = os.path.dirname(os.path.abspath(path))
-        if not _on_readonly_fs(parent) and os.access(parent, os.W_OK):
-            raise
-        wal = path + "-wal"
-        if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        if _on_readonly_fs(parent):
+            wal = path + "-wal"
+            if os.path.exists(wal) and os.path.getsize(wal) > 0:
+                raise StoreError(
+                    f"{path}: cannot be read in place: it is on read-only storage with an "
+                    f"unfinished write-ahead log ({wal}); copy both files to writable storage"
+                ) from err
+            return sqlite3.connect(
+                _uri(path, mode="ro", immutable="1"), uri=True, timeout=5.0, isolation_level=None
+            )
+        if not os.access(parent, os.W_OK):
+            if os.stat(path).st_uid != os.geteuid():  # a store from before it was private
+                raise _denied(path) from err
             raise StoreError(
-                f"{path}: cannot be read in place: it is on read-only storage with an "
-                f"unfinished write-ahead log ({wal}); copy both files to writable storage"
+                f"{path}: cannot be read: SQLite must create {path}-shm beside it and "
+                f"{parent} is not writable"
             ) from err
-        return sqlite3.connect(
-            _uri(path, mode="ro", immutable="1"), uri=True, timeout=5.0, isolation_level=None
-        )
+        raise
 
 
 def _prepare_writable(path: str) -> None:
