@@ -406,3 +406,14 @@ def test_existing_output_is_truncated_and_tightened(tmp_path, caplog):
         f.write(b"new")
     assert out.read_bytes() == b"new" and _mode(out) == 0o600
     assert "was mode 0644" in caplog.text
+
+
+def test_reopening_in_the_same_process_is_not_another_agent(tmp_path, caplog):
+    from vigil.outputs.sinks import StoreSink
+
+    db = str(tmp_path / "v.db")
+    first = StoreSink(Store(db))  # left "running", as a reload would find it
+    second = StoreSink(Store(db))
+    assert "ended uncleanly" not in caplog.text
+    second.close()
+    first.store.db.close()

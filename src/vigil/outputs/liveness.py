@@ -210,7 +210,11 @@ class AgentRecord:
     def __init__(self, store: Store):
         self.store = store
         previous = read_record(store)
-        if previous and previous.get("state") == "running" and previous.get("pid") is not None:
+        me = identity()
+        ours = previous is not None and all(previous.get(k) == v for k, v in me.items())
+        if ours:  # this process opened the store again (a reload): no other run to report
+            pass
+        elif previous and previous.get("state") == "running" and previous.get("pid") is not None:
             if alive(previous):
                 raise StoreError(
                     f"{store.path}: another vigil monitor (pid {previous['pid']}) is writing "
@@ -226,7 +230,7 @@ class AgentRecord:
                 printable(previous.get("status") or "none recorded"),
             )
         self.previous = previous
-        self.record = {"state": "running", **identity(), "started_ns": time.time_ns()}
+        self.record = {"state": "running", **me, "started_ns": time.time_ns()}
         self._file: int | None = None
         try:
             self._file = files.open_private(state_path(store.path))
