@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
+import stat
 import subprocess
 import time
 
@@ -217,3 +220,163 @@ def test_unwritable_db_directory(tmp_path):
         assert len(err.splitlines()) == 1 and "cannot write" in err, err
     finally:
         subprocess.run(["umount", str(ro)], check=True)
+
+
+# -- the store on a bad day (issue 8: items 4, 5, 9, 10) -------------------------------
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 2 MiB tmpfs: "disk full" is the kernel's ENOSPC."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "vigil-test", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.fixture(scope="module")
+def exec_storm(tmp_path_factory):
+    """bench/exec_storm.c: N vfork+exec as fast as one process can."""
+    out = tmp_path_factory.mktemp("storm") / "exec_storm"
+    src = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench", "exec_storm.c")
+    subprocess.run(["cc", "-O2", "-o", str(out), src], check=True)
+    return str(out)
+
+
+def _fill(directory) -> str:
+    path = os.path.join(directory, "fill")
+    with open(path, "wb", buffering=0) as f:
+        for size in (65536, 512):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
+    return path
+
+
+def _agent(db) -> dict:
+    return orjson.loads(vigil("status", "--db", str(db), "--json", check=True).stdout)["agent"]
+
+
+def _wait_for(what, timeout=20.0, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout}s")
+
+
+ACCOUNT = re.compile(rb"(\w+) (\d+) received = (\d+) stored \+ (\d+) dropped \+ (\d+) unwritten")
+
+
+def _accounts(err: bytes) -> dict[str, tuple[int, int, int, int]]:
+    (line,) = [x for x in err.splitlines() if x.startswith(b"vigil: store: ")]
+    return {m[1].decode(): tuple(map(int, m.groups()[1:])) for m in ACCOUNT.finditer(line)}
+
+
+MONITOR_STORE = ["-q", "--status-interval", "0.3", "--no-summaries"]
+MONITOR_STORE += ["--sensor", "exec", "--sensor", "fork", "--sensor", "exit"]
+
+
+@pytest.mark.kernel
+def test_full_store_says_so_resumes_when_freed_and_counts_exactly(small_tmpfs, exec_storm):
+    db = small_tmpfs / "v.db"
+    proc = start_vigil("monitor", "--db", str(db), *MONITOR_STORE, "--store-backlog-mb", "1")
+    try:
+        filler = _fill(small_tmpfs)
+        subprocess.run([exec_storm, "3000"], check=True, capture_output=True)
+        failing = _wait_for(lambda: (_agent(db).get("store") or {}).get("error"))
+        assert "disk full" in failing
+        agent = _agent(db)
+        assert agent["state"] == "running" and "store FAILING" in agent["detail"]
+        stored_full = agent["store"]["stored"].get("exec", 0)
+        os.unlink(filler)
+        # space came back: the backlog goes in, in chunks, and the failure clears
+        _wait_for(lambda: _agent(db)["store"]["stored"].get("exec", 0) > stored_full)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err  # events were lost: the command failed
+    assert b"store FAILING for" in err and b"disk full" in err  # the status line said so
+    assert b"writing again" in err
+    assert b"events were not stored" in err.splitlines()[-1]
+    accounts = _accounts(err)
+    for kind, (received, stored, dropped, unwritten) in accounts.items():
+        assert stored + dropped + unwritten == received, kind
+    received, stored, dropped, unwritten = accounts["exec"]
+    assert received >= 3000 - 100 and dropped > 0  # a 1 MiB backlog cannot hold the storm
+    rows = vigil("events", "--db", str(db), "--kind", "exec", "-n", "10000000", "--json").stdout
+    assert len(rows.splitlines()) == stored  # what it says it stored is there
+
+
+@pytest.mark.kernel
+def test_stop_while_store_full_reports_unwritten_events(small_tmpfs, exec_storm):
+    db = small_tmpfs / "v.db"
+    proc = start_vigil("monitor", "--db", str(db), *MONITOR_STORE)
+    try:
+        _fill(small_tmpfs)
+        subprocess.run([exec_storm, "500"], check=True, capture_output=True)
+        _wait_for(lambda: (_agent(db).get("store") or {}).get("error"))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("vigil: error: ") and "not stored" in last and "disk full" in last
+    received, stored, dropped, unwritten = _accounts(err)["exec"]
+    assert unwritten > 0 and stored + dropped + unwritten == received
+    agent = _agent(db)  # the side file said it last, though the database was full
+    assert agent["state"] == "stopped" and agent["unwritten"]["exec"] == unwritten
+    assert "never written" in agent["detail"]
+
+
+@pytest.mark.kernel
+def test_kill_9_is_seen_at_once_and_reported_by_the_next_run(tmp_path):
+    db = tmp_path / "v.db"
+    proc = start_vigil("monitor", "--db", str(db), *MONITOR_STORE)
+    _wait_for(lambda: "exec" in (_agent(db).get("status") or ""))
+    assert _agent(db)["state"] == "running"
+    # a second agent on the same store is refused while the first lives
+    res = vigil("monitor", "--db", str(db), "--duration", "1", *MONITOR_STORE)
+    assert res.returncode == 1 and f"pid {proc.pid}".encode() in res.stderr
+    proc.kill()
+    proc.wait()
+    agent = _agent(db)  # at once: no 15 s of "running"
+    assert agent["state"] == "died" and agent["recorded_state"] == "running"
+    assert agent["pid"] == proc.pid and "ended uncleanly" in agent["detail"]
+    assert "ended uncleanly" in vigil("status", "--db", str(db), check=True).stdout.decode()
+    proc.stderr.close()
+    proc.stdout.close()
+    again = start_vigil("monitor", "--db", str(db), *MONITOR_STORE)
+    said = again.seen.decode()
+    assert f"previous run (pid {proc.pid}) ended uncleanly" in said
+    assert "its last status" in said and "exec" in said.split("its last status")[1]
+    assert _agent(db)["state"] == "running"
+    stop_vigil(again)
+    assert _agent(db)["state"] == "stopped"
+
+
+@pytest.mark.kernel
+def test_record_refuses_planted_symlink_and_special_file(tmp_path):
+    victim = tmp_path / "root-owned"
+    victim.write_bytes(b"precious")
+    link = tmp_path / "out.rec"
+    link.symlink_to(victim)
+    for path, why in ((str(link), "symbolic link"), ("/dev/null", "not a regular file")):
+        res = vigil("record", "-o", path, "--sensor", "exec", "--duration", "0.2")
+        err = res.stderr.decode().strip()
+        assert res.returncode == 1 and why in err.splitlines()[-1], err
+        assert "Traceback" not in err
+    assert victim.read_bytes() == b"precious"
+    res = vigil("record", "-o", str(tmp_path / "new.rec"), "--sensor", "exec", "--duration", "0.2")
+    assert res.returncode == 0, res.stderr
+    assert stat.S_IMODE(os.stat(tmp_path / "new.rec").st_mode) == 0o600
+
+
+def test_monitor_refuses_dev_null_and_leaves_no_journal():
+    res = vigil("monitor", "--db", "/dev/null", "--duration", "1")
+    err = res.stderr.decode().strip()
+    assert res.returncode == 1 and "not a regular file" in err.splitlines()[-1], err
+    assert not os.path.exists("/dev/null-journal") and not os.path.exists("/dev/null-wal")

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
+import stat
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import orjson
+import pytest
 
-from helpers import vigil
+from helpers import VIGIL, vigil
 from vigil.encoding import to_json
-from vigil.outputs.store import Store
+from vigil.errors import ConfigError, StoreError
+from vigil.files import open_output
+from vigil.outputs.store import ROW_OVERHEAD, Store
 
 
 def _event(i: int) -> dict:
@@ -71,15 +80,340 @@ def test_failed_write_is_kept_and_retried(tmp_path):
     assert store.flush() == 0 and store.pending == 10  # kept, not lost
     blocker.rollback()
     blocker.close()
-    assert store.flush() == 10 and store.pending == 0
+    assert store.flush(force=True) == 10 and store.pending == 0  # retried now, not in 0.5 s
     assert store.count() == 10
     store.close()
 
 
 def test_overflow_is_counted_as_dropped(tmp_path):
-    store = Store(str(tmp_path / "o.db"), max_pending=5)
     events = [_event(i) for i in range(8)]
-    store.add(events, [to_json(e) for e in events])
-    assert store.pending == 5
+    lines = [to_json(e) for e in events]
+    row = len(lines[0]) + ROW_OVERHEAD
+    store = Store(str(tmp_path / "o.db"), max_pending_bytes=5 * row + row // 2)
+    store.add(events, lines)
+    assert store.pending == 5  # the newest five
     assert sum(store.dropped.values()) == 3
+    assert store.dropped == {"exec": 1, "fork": 1, "exit": 1}  # events 0, 1, 2
+    assert store.accepted == {"exec": 3, "fork": 3, "exit": 2}
+    for kind, n in store.accepted.items():
+        assert store.stored[kind] + store.dropped[kind] + store.waiting[kind] == n
     store.close()
+    assert sum(store.stored.values()) == 5
+
+
+# -- a store that cannot be written --------------------------------------------------
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 2 MiB tmpfs, so that "disk full" is the kernel's ENOSPC."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "vigil-test", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(directory, name="fill") -> str:
+    """Take every free byte of the file system; returns the file's path."""
+    path = os.path.join(directory, name)
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+    return path
+
+
+def _accounts_hold(store: Store) -> None:
+    for kind, n in store.accepted.items():
+        assert store.stored[kind] + store.dropped[kind] + store.waiting[kind] == n, kind
+
+
+def test_full_disk_retries_in_chunks_as_space_frees(small_tmpfs):
+    db = str(small_tmpfs / "v.db")
+    store = Store(db, max_pending_bytes=64 << 20, retry_interval=0)
+    filler = fill(small_tmpfs)
+    events = [_event(i) for i in range(3000)]
+    store.add(events, [to_json(e) for e in events])
+    assert store.flush() < 3000
+    assert store.error is not None and "disk full" in store.error
+    stuck = sum(store.stored.values())
+    _accounts_hold(store)
+    # free a little: a backlog retried in one transaction would never fit,
+    # chunks that grow from one row use what there is
+    size = os.path.getsize(filler)
+    os.truncate(filler, size - (256 << 10))
+    store.flush()
+    partly = sum(store.stored.values())
+    assert stuck < partly < 3000
+    _accounts_hold(store)
+    os.unlink(filler)
+    for _ in range(20):
+        store.flush()
+        if not store.pending:
+            break
+    assert store.pending == 0 and store.error is None
+    assert sum(store.stored.values()) == 3000 and not store.dropped
+    assert store.count() == 3000  # what it says it stored is there
+    store.close()
+
+
+def test_backlog_is_bounded_in_bytes_per_kind(small_tmpfs):
+    store = Store(str(small_tmpfs / "v.db"), max_pending_bytes=256 << 10)
+    fill(small_tmpfs)
+    for start in range(0, 6000, 500):
+        events = [_event(i) for i in range(start, start + 500)]
+        store.add(events, [to_json(e) for e in events])
+        store.flush(force=True)
+        assert store.pending_bytes <= 256 << 10
+    assert set(store.dropped) == {"exec", "fork", "exit"}
+    assert sum(store.dropped.values()) > 3000
+    _accounts_hold(store)
+    store.close()  # still full: what waits is counted, not lost silently
+    assert sum(store.waiting.values()) == store.pending > 0
+    _accounts_hold(store)
+
+
+# -- files only root can read, never written through a planted name -------------------
+def _mode(path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_store_files_are_private(tmp_path):
+    from vigil.outputs.sinks import StoreSink
+
+    os.umask(0o022)  # as a careless caller would have it: the store must not care
+    db = tmp_path / "new" / "dir" / "v.db"
+    store = Store(str(db))
+    sink = StoreSink(store)
+    events = [_event(i) for i in range(10)]
+    store.add(events, [to_json(e) for e in events])
+    store.flush()
+    assert _mode(db.parent) == 0o700
+    for name in ("v.db", "v.db-wal", "v.db-shm", "v.db-agent"):
+        assert _mode(db.parent / name) == 0o600, name
+    sink.close()
+
+
+def test_existing_loose_store_is_tightened_with_a_warning(tmp_path, caplog):
+    db = tmp_path / "v.db"
+    Store(str(db)).close()
+    os.chmod(db, 0o644)
+    store = Store(str(db))
+    assert _mode(db) == 0o600
+    assert "was mode 0644" in caplog.text
+    store.close()
+
+
+def _as_nobody(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", VIGIL, *args],
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def test_non_root_reader_is_told_the_store_is_roots(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    for db in (tmp_path / "private" / "v.db", tmp_path / "v.db"):
+        Store(str(db)).close()
+        for command in ("events", "status", "summaries"):
+            res = _as_nobody(command, "--db", str(db))
+            err = res.stderr.decode().strip()
+            assert res.returncode == 1, err
+            assert len(err.splitlines()) == 1, err
+            assert "permission denied: the store is root's" in err, err
+        # and not readable by other means either
+        res = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(db)],
+            capture_output=True,
+        )
+        assert res.returncode != 0 and res.stdout == b""
+    # a store from before files were private, not yet tightened by a new run:
+    # the reader is told whose it is, not to move the database aside
+    legacy = tmp_path / "legacy"
+    legacy.mkdir(mode=0o755)
+    os.chmod(legacy, 0o755)
+    Store(str(legacy / "v.db")).close()
+    os.chmod(legacy / "v.db", 0o644)
+    res = _as_nobody("events", "--db", str(legacy / "v.db"))
+    err = res.stderr.decode().strip()
+    assert res.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "permission denied: the store is root's" in err and "move" not in err, err
+
+
+def test_special_files_and_symlinks_are_refused_as_stores(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's file")
+    link = tmp_path / "link.db"
+    link.symlink_to(victim)
+    hard = tmp_path / "hard.db"
+    os.link(victim, hard)
+    for db, why in (
+        ("/dev/null", "not a regular file"),
+        (str(link), "symbolic link"),
+        (str(hard), "hard links"),
+    ):
+        with pytest.raises(StoreError, match=why):
+            Store(db)
+    assert victim.read_bytes() == b"root's file"
+    assert not os.path.exists("/dev/null-journal") and not os.path.exists("/dev/null-wal")
+    # a planted -wal symlink is refused too
+    db = tmp_path / "v.db"
+    (tmp_path / "v.db-wal").symlink_to(victim)
+    with pytest.raises(StoreError, match="symbolic link"):
+        Store(str(db))
+    assert victim.read_bytes() == b"root's file"
+
+
+def test_open_output_refuses_planted_names(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "link").symlink_to(victim)
+    os.mkfifo(tmp_path / "fifo")
+    for name, why in (("link", "symbolic link"), ("fifo", "not a regular file")):
+        with pytest.raises(ConfigError, match=why):
+            open_output(str(tmp_path / name))
+    with pytest.raises(ConfigError, match="not a regular file"):
+        open_output("/dev/null")
+    assert victim.read_bytes() == b"keep"
+    with open_output(str(tmp_path / "new")) as f:
+        f.write(b"x")
+    assert _mode(tmp_path / "new") == 0o600
+
+
+# -- paths and versions --------------------------------------------------------------
+def _store_with_pid(path: str, pid: int) -> None:
+    store = Store(path)
+    ev = dict(_event(0), pid=pid)
+    store.add([ev], [to_json(ev)])
+    store.close()
+
+
+@pytest.mark.parametrize("name, decoy", [("h#x.db", "h"), ("q?x.db", "q"), ("p%41.db", "pA.db")])
+def test_uri_characters_in_db_paths_are_just_characters(tmp_path, name, decoy):
+    _store_with_pid(str(tmp_path / decoy), 666)  # what a raw URI would open instead
+    _store_with_pid(str(tmp_path / name), 4242)
+    res = vigil("events", "--db", str(tmp_path / name), "--json", check=True)
+    assert [orjson.loads(line)["pid"] for line in res.stdout.splitlines()] == [4242]
+    res = vigil("status", "--db", str(tmp_path / name), "--json", check=True)
+    assert orjson.loads(res.stdout)["events"] == 1
+
+
+def test_newer_schema_is_refused(tmp_path):
+    db = str(tmp_path / "v.db")
+    _store_with_pid(db, 1)
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    raw.close()
+    for args in (["events"], ["status"], ["summaries"]):
+        res = vigil(*args, "--db", db)
+        err = res.stderr.decode().strip()
+        assert res.returncode == 1 and len(err.splitlines()) == 1, err
+        assert "written by a newer Vigil (schema version 2" in err, err
+    before = Path(db).read_bytes()
+    with pytest.raises(StoreError, match="newer Vigil"):
+        Store(db)
+    assert Path(db).read_bytes() == before  # not a byte changed
+
+
+def test_someone_elses_database_is_not_written(tmp_path):
+    db = str(tmp_path / "app.db")
+    with sqlite3.connect(db) as raw:
+        raw.execute("CREATE TABLE accounts (id INTEGER)")
+    raw.close()
+    with pytest.raises(StoreError, match="not a Vigil database"):
+        Store(db)
+    with sqlite3.connect(db) as raw:
+        assert [r[0] for r in raw.execute("SELECT name FROM sqlite_master")] == ["accounts"]
+    raw.close()
+
+
+def test_read_only_media_is_read_and_explained(small_tmpfs):
+    db = str(small_tmpfs / "v.db")
+    _store_with_pid(db, 4242)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    res = vigil("events", "--db", db, "--json", check=True)  # cleanly closed: readable
+    assert [orjson.loads(line)["pid"] for line in res.stdout.splitlines()] == [4242]
+    with pytest.raises(StoreError, match="read-only file system") as err:
+        Store(db)
+    assert "move" not in str(err.value)
+    # a WAL left by a run that did not end cleanly cannot be read in place: say why
+    subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
+    code = (
+        f"import os, sqlite3; db = sqlite3.connect({db!r}, isolation_level=None);"
+        'db.execute(\'INSERT INTO meta VALUES ("x", "y")\'); os._exit(0)'
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert os.path.getsize(db + "-wal") > 0
+    os.unlink(db + "-shm")  # copied without its index, say
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    res = vigil("events", "--db", db, "--json")
+    err = res.stderr.decode().strip()
+    assert res.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "read-only storage with an unfinished write-ahead log" in err, err
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        '{"state": "running", "pid": "1", "updated_ns": [], "store": {"error": 5}}',
+        '{"state": "running", "pid": 99999999999999999999, "status": "\\u001b[2Jx"}',
+        '{"state": {"x": 1}, "unwritten": {"exec": "many"}}',
+        "[1, 2]",
+        "not json",
+    ],
+)
+def test_tampered_agent_record_is_not_trusted(tmp_path, record):
+    db = str(tmp_path / "v.db")
+    _store_with_pid(db, 1)
+    with sqlite3.connect(db) as raw:
+        raw.execute("INSERT OR REPLACE INTO meta VALUES ('agent', ?)", (record,))
+    raw.close()
+    os.mkfifo(db + "-agent")  # would block a reader that opened it blindly
+    for args in (["--json"], []):
+        res = vigil("status", "--db", db, *args, timeout=20)
+        assert res.returncode == 0, res.stderr
+        assert b"Traceback" not in res.stderr and b"\x1b" not in res.stdout
+
+
+def test_vigils_own_directory_is_tightened_a_shared_one_is_not(tmp_path, monkeypatch, caplog):
+    own = tmp_path / "var-lib-vigil"
+    own.mkdir(mode=0o755)
+    os.chmod(own, 0o755)
+    monkeypatch.setattr("vigil.outputs.store.DEFAULT_DB", str(own / "events.db"))
+    Store(str(own / "events.db")).close()
+    assert _mode(own) == 0o700 and "was mode 0755" in caplog.text
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    Store(str(shared / "v.db")).close()
+    assert _mode(shared) == 0o1777  # never chmod a directory others use
+    assert "other users can create files" in caplog.text
+    assert _mode(shared / "v.db") == 0o600
+
+
+def test_existing_output_is_truncated_and_tightened(tmp_path, caplog):
+    out = tmp_path / "rec"
+    out.write_bytes(b"old contents")
+    os.chmod(out, 0o644)
+    with open_output(str(out)) as f:
+        f.write(b"new")
+    assert out.read_bytes() == b"new" and _mode(out) == 0o600
+    assert "was mode 0644" in caplog.text
+
+
+def test_reopening_in_the_same_process_is_not_another_agent(tmp_path, caplog):
+    from vigil.outputs.sinks import StoreSink
+
+    db = str(tmp_path / "v.db")
+    first = StoreSink(Store(db))  # left "running", as a reload would find it
+    second = StoreSink(Store(db))
+    assert "ended uncleanly" not in caplog.text
+    second.close()
+    first.store.db.close()

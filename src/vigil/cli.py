@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import os
 import sys
 import time
 
@@ -16,7 +17,8 @@ from . import __version__, kernel, listeners, loader, recorder, sensors, summari
 from . import options as opt
 from .agent import Agent, Batch
 from .encoding import as_text, display, escape
-from .errors import VigilError
+from .errors import StoreError, VigilError
+from .outputs import liveness
 from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
 from .outputs.store import Store
 from .paths import DEFAULT_DB
@@ -41,6 +43,8 @@ def _setup_logging(verbose: int) -> None:
 @click.version_option(__version__, prog_name="vigil")
 def cli(verbose: int) -> None:
     """Vigil: host security monitoring with CO-RE eBPF."""
+    # what Vigil writes (store, recordings) holds secrets: nobody else reads it
+    os.umask(0o077)
     _setup_logging(verbose)
 
 
@@ -101,6 +105,14 @@ def _describe(ev: dict) -> str:
 )
 @click.option("--no-summaries", is_flag=True, help="Keep no in-kernel counters.")
 @click.option(
+    "--store-backlog-mb",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 1 << 16),
+    help="Memory for events waiting while the store cannot be written; past it the oldest "
+    "are dropped (counted).",
+)
+@click.option(
     "--summary-interval",
     default=60.0,
     show_default=True,
@@ -118,13 +130,14 @@ def monitor(
     summary_specs,
     no_summaries,
     summary_interval,
+    store_backlog_mb,
     ring_mb,
     latency,
 ):
     """Run every sensor this kernel supports; store events and show them live."""
     names = list(sensor_names) or _available_sensors()
     specs = {} if no_summaries else summaries.parse_option(summary_specs)
-    store = Store(db_path)
+    store = Store(db_path, max_pending_bytes=store_backlog_mb << 20)
     sinks = []
     try:
         # counters flush into the store: close them before it (sinks close in order)
@@ -135,13 +148,13 @@ def monitor(
     except BaseException:
         for sink in sinks:
             sink.close()
-        if not sinks:
+        if not any(isinstance(sink, StoreSink) for sink in sinks):
             store.close()
         raise
     with session:
         if not quiet:
             sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
-        sinks.append(StatusLine(status_interval))
+        sinks.append(StatusLine(status_interval, store=store))
         table = ProcessTable()
         table.seed()
         agent = Agent(session, sinks, processes=table, poll_interval=latency)
@@ -155,6 +168,24 @@ def monitor(
     stored = sum(store.stored.values())
     click.echo(f"vigil: {stored} events stored in {db_path}", err=True)
     live.finish(stats)
+    _store_accounts(store, db_path)
+
+
+def _store_accounts(store: Store, db_path: str) -> None:
+    """Every event the store was handed is stored, dropped or unwritten: if
+    any was not stored, say which kinds and why, and fail the command."""
+    lost = sum(store.dropped.values()) + sum(store.waiting.values())
+    if not lost:
+        return
+    accounts = "; ".join(
+        f"{k} {n} received = {store.stored[k]} stored + {store.dropped[k]} dropped"
+        f" + {store.waiting[k]} unwritten"
+        for k, n in sorted(store.accepted.items())
+        if store.dropped[k] or store.waiting[k]
+    )
+    click.echo(f"vigil: store: {accounts}", err=True)
+    why = store.error or store.last_error or "the store fell behind"
+    raise StoreError(f"{lost} events were not stored in {db_path} ({why})")
 
 
 def _available_sensors() -> list[str]:
@@ -373,22 +404,24 @@ def status(db_path, as_json):
     try:
         rows = store.status()
         total = store.count()
-        stopped = store.get_meta("agent") == "stopped"
+        record = liveness.read_record(store)
     finally:
         store.close()
     _report_skipped(store)
+    state, line = liveness.describe(record)
     if as_json:
-        click.echo(orjson.dumps({"events": total, "sensors": rows}).decode())
+        # state: running, died, stopped or unknown (recorded_state: as written)
+        recorded = (record or {}).get("state")
+        agent = {**(record or {}), "recorded_state": recorded, "state": state, "detail": line}
+        click.echo(orjson.dumps({"events": total, "sensors": rows, "agent": agent}).decode())
         return
+    click.echo(f"agent: {line}; {total} events in {as_text(db_path)}")
+    # not yet written (or, once stopped, never written), per kind
+    store_state = (record or {}).get("store") or {}
+    waiting = (record or {}).get("unwritten") or store_state.get("waiting") or {}
     if not rows:
-        click.echo(f"no status in {as_text(db_path)} yet ({total} events stored)")
+        click.echo(f"no status in {as_text(db_path)} yet")
         return
-    age = (time.time_ns() - max(r["updated_ns"] for r in rows)) / 1e9
-    if stopped:
-        state = f"stopped {age:.0f}s ago"
-    else:
-        state = "running" if age < 15 else f"not running (last report {age:.0f}s ago)"
-    click.echo(f"agent: {state}; {total} events in {as_text(db_path)}")
     printer = TablePrinter(
         [
             Column("KIND", 12, lambda r: r["kind"]),
@@ -397,6 +430,7 @@ def status(db_path, as_json):
             Column("STORED", 10, lambda r: r["stored"], right=True),
             Column("LOST", 8, lambda r: r["lost"], right=True),
             Column("DROPPED", 8, lambda r: r["dropped"], right=True),
+            Column("WAITING", 8, lambda r: waiting.get(r["kind"], 0), right=True),
             Column("PARTIAL", 8, lambda r: r["partial"], right=True),
         ]
     )

@@ -33,6 +33,7 @@ from . import _libbpf as bpf
 from . import paths, records, sensors
 from .encoding import escape, unescape
 from .errors import ConfigError
+from .files import open_output
 from .loader import Session
 from .process import Proc, ProcessTable
 
@@ -60,7 +61,7 @@ def record(session: Session, path: str, should_stop, latency: float) -> int:
     }
     written = 0
     try:
-        out = open(path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed below
+        out = open_output(path, buffering=1 << 20)  # no symlinks, 0600; closed below
     except OSError as err:
         raise ConfigError(f"cannot write {path}: {err.strerror}") from err
     with out:

@@ -9,36 +9,56 @@ from typing import BinaryIO, TextIO
 
 from ..agent import Batch
 from ..table import TablePrinter
+from .liveness import AgentRecord
 from .store import Store
 
 
 class StoreSink:
-    """Appends every event to the store; commits at most every `flush_interval` s."""
+    """Appends every event to the store; commits at most every `flush_interval` s,
+    spending at most `flush_budget` s per turn on a backlog (the ring must be
+    read meanwhile).  Keeps the agent's record (liveness.py) in the store."""
 
-    def __init__(self, store: Store, flush_interval: float = 0.5, flush_rows: int = 20_000):
+    def __init__(
+        self,
+        store: Store,
+        flush_interval: float = 0.5,
+        flush_rows: int = 20_000,
+        flush_budget: float = 0.25,
+    ):
         self.store = store
-        store.set_meta("agent", "running")  # `vigil status` tells a stopped agent apart
+        self.agent = AgentRecord(store)  # says if the previous run ended uncleanly
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
+        self.flush_budget = flush_budget
         self._next_flush = time.monotonic() + flush_interval
+        self._stats: dict[str, dict] = {}
 
     def write(self, batch: Batch) -> None:
         self.store.add(batch.events, batch.lines)
         now = time.monotonic()
         if now >= self._next_flush or self.store.pending >= self.flush_rows:
-            self.store.flush()
+            self.store.flush(self.flush_budget)
             self._next_flush = now + self.flush_interval
 
-    def status(self, stats: dict[str, dict]) -> None:
-        self.store.flush()
+    def _count(self, stats: dict[str, dict]) -> None:
         for kind, row in stats.items():
             row["stored"] = self.store.stored.get(kind, 0)
             row["dropped"] = self.store.dropped.get(kind, 0)
-        self.store.record_status(stats)
+            row["waiting"] = self.store.waiting.get(kind, 0)
+
+    def status(self, stats: dict[str, dict]) -> None:
+        # the status first: on a disk nearly full, the few pages it needs
+        # must not go to a backlog that takes whatever room there is
+        self._count(stats)
+        self._stats = stats
+        self.agent.update(stats, format_status(stats, self.store))
+        self.store.flush(self.flush_budget)
+        self._count(stats)
 
     def close(self) -> None:
-        self.store.flush()
-        self.store.set_meta("agent", "stopped")
+        self.store.flush(force=True)
+        self._count(self._stats)
+        self.agent.stopped(self._stats, format_status(self._stats, self.store))
         self.store.close()
 
 
@@ -91,9 +111,12 @@ class TableSink:
 class StatusLine:
     """Every `interval` s, one line on stderr: rate, stored, lost per kind."""
 
-    def __init__(self, interval: float = 10.0, out: TextIO | None = None):
+    def __init__(
+        self, interval: float = 10.0, out: TextIO | None = None, store: Store | None = None
+    ):
         self.interval = interval
         self.out = out or sys.stderr
+        self.store = store
         self._next = time.monotonic() + interval
 
     def write(self, batch: Batch) -> None:
@@ -104,14 +127,14 @@ class StatusLine:
         if now < self._next:
             return
         self._next = now + self.interval
-        self.out.write(format_status(stats) + "\n")
+        self.out.write(format_status(stats, self.store) + "\n")
         self.out.flush()
 
     def close(self) -> None:
         pass
 
 
-def format_status(stats: dict[str, dict]) -> str:
+def format_status(stats: dict[str, dict], store: Store | None = None) -> str:
     parts = []
     for kind, s in sorted(stats.items()):
         part = f"{kind} {s.get('rate', 0):.0f}/s"
@@ -120,13 +143,24 @@ def format_status(stats: dict[str, dict]) -> str:
         part += f" lost {s.get('lost', 0)}"
         if s.get("dropped"):
             part += f" dropped {s['dropped']}"
+        if s.get("waiting"):
+            part += f" waiting {s['waiting']}"
         parts.append(part)
+    if store is not None and store.error is not None:
+        since = (time.time_ns() - store.failing_since_ns) / 1e9
+        parts.append(
+            f"store FAILING for {since:.0f}s: {store.error}; {store.pending} events waiting "
+            f"({store.pending_bytes >> 20} of {store.max_pending_bytes >> 20} MiB), "
+            f"{sum(store.dropped.values())} dropped"
+        )
     return "vigil: " + " | ".join(parts)
 
 
 def lost_summary(stats: dict[str, dict]) -> str | None:
     """The exit line about lost events, or None when nothing was lost."""
-    lost = {k: s.get("lost", 0) + s.get("dropped", 0) for k, s in stats.items()}
+    lost = {
+        k: s.get("lost", 0) + s.get("dropped", 0) + s.get("waiting", 0) for k, s in stats.items()
+    }
     partial = {k: s.get("partial", 0) for k, s in stats.items()}
     total = sum(lost.values())
     if not total and not sum(partial.values()):

@@ -5,9 +5,23 @@ runs (time, kind, pid, comm) and the event itself as the same JSON that
 `--json` prints (docs/events.md), so the store, live tools and queries share
 one schema.  Rows are inserted in batched transactions.
 
-If a write fails (disk full, database locked by someone else), the batch is
-kept and retried at the next flush; only past `max_pending` rows are the
-oldest dropped, and those are counted and reported, never silent.
+If a write fails (disk full, read-only, locked by someone else), the rows
+wait in memory and are retried in transactions of a few rows at first, then
+more as they succeed, so that whatever space frees up is used at once (a
+backlog retried in one transaction needs room for all of it, and a WAL that
+grew into a failed transaction keeps that room for the next, smaller one).
+The waiting rows are bounded in bytes; past the bound the oldest are
+dropped.  Every event handed to the store ends up counted per kind as
+stored, dropped or still pending (unwritten at exit): never silent.
+
+After a failure the WAL file keeps the size it grew to (SQLite reuses it)
+and checkpoints fail until the main file can grow; `journal_size_limit`
+trims it back once a checkpoint succeeds.
+
+Files are created 0600 in a 0700 directory and never through a symlink or
+onto a special file (files.py); readers open the database read-only through
+a URI whose path is percent-quoted, so `#`, `?` and `%41` in a name are just
+characters.
 """
 
 from __future__ import annotations
@@ -15,19 +29,25 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 import time
-from collections import deque
+import urllib.parse
+from collections import Counter, deque
 from collections.abc import Iterable
+from itertools import islice
+from operator import itemgetter
 
 import orjson
 
+from .. import files
 from ..encoding import escape_cached
-from ..errors import StoreError
+from ..errors import StoreError, VigilError
+from ..paths import DEFAULT_DB
 from . import rows as checked
 
 log = logging.getLogger("vigil.store")
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "1"  # a database of a newer schema is refused, not misread
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -85,20 +105,167 @@ def _where(since_ns: int | None, **columns) -> tuple[str, list]:
     return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
-def _connect(path: str, readonly: bool) -> sqlite3.Connection:
-    if readonly:
-        if not os.path.exists(path):
-            raise StoreError(f"{path}: no such database (has `vigil monitor` run?)")
-        uri = f"file:{path}?mode=ro"
-        return sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
-    parent = os.path.dirname(os.path.abspath(path))
+# What a waiting row costs in memory beyond its JSON text: the tuple, its
+# ints and the str header (measured with tracemalloc: ~155 bytes).
+ROW_OVERHEAD = 160
+# Files SQLite keeps beside the database.
+SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def _reason(err: sqlite3.Error) -> str:
+    """Why SQLite failed, in the words an operator acts on."""
+    name = getattr(err, "sqlite_errorname", None) or ""
+    for prefix, why in (
+        ("SQLITE_FULL", "disk full"),
+        ("SQLITE_READONLY", "read-only"),
+        ("SQLITE_IOERR", "I/O error"),
+        ("SQLITE_BUSY", "locked by another process"),
+        ("SQLITE_LOCKED", "locked by another process"),
+        ("SQLITE_CORRUPT", "corrupt"),
+        ("SQLITE_NOTADB", "not a database"),
+        ("SQLITE_CANTOPEN", "cannot open"),
+        ("SQLITE_PERM", "permission denied"),
+    ):
+        if name.startswith(prefix):
+            return f"{why} ({err})"
+    return str(err)
+
+
+def _out_of_space(err: sqlite3.Error) -> bool:
+    name = getattr(err, "sqlite_errorname", None) or ""
+    return name.startswith(("SQLITE_FULL", "SQLITE_IOERR"))
+
+
+def _denied(path: str) -> StoreError:
     try:
-        os.makedirs(parent, exist_ok=True)
+        owner = os.stat(path).st_uid
+    except OSError:
+        owner = 0
+    whose = "root's" if owner == 0 else f"uid {owner}'s"
+    return StoreError(
+        f"{path}: permission denied: the store is {whose} (it holds commands and arguments "
+        "that may be secret); run this as root"
+    )
+
+
+def _check_readable(path: str) -> None:
+    """One clear line for a store a reader cannot open at all."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such database (has `vigil monitor` run?)") from None
+    except PermissionError:  # a 0700 directory hides the file itself
+        raise _denied(path) from None
     except OSError as err:
-        raise StoreError(f"cannot create {parent}: {err.strerror}") from err
+        raise StoreError(f"{path}: {err.strerror}") from err
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{path}: not a regular file, so not a Vigil database")
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except PermissionError:
+        raise _denied(path) from None
+    except OSError as err:
+        raise StoreError(f"{path}: {err.strerror}") from err
+
+
+def _uri(path: str, **params: str) -> str:
+    """A SQLite URI for `path`: the path percent-quoted, so that `?`, `#`
+    and `%xx` in a file name are not read as URI syntax."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{urllib.parse.quote(os.path.abspath(path), safe='/')}?{query}"
+
+
+def _on_readonly_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _connect_readonly(path: str) -> sqlite3.Connection:
+    _check_readable(path)
+    db = sqlite3.connect(_uri(path, mode="ro"), uri=True, timeout=5.0, isolation_level=None)
+    try:
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return db
+    except sqlite3.Error as err:
+        db.close()
+        if not (err.sqlite_errorname or "").startswith("SQLITE_CANTOPEN"):
+            raise
+        # A WAL database needs its -shm index, which a reader may be unable
+        # to create.  On read-only media a store with no unfinished WAL is
+        # complete and cannot change: read it as immutable.
+        parent = os.path.dirname(os.path.abspath(path))
+        if _on_readonly_fs(parent):
+            wal = path + "-wal"
+            if os.path.exists(wal) and os.path.getsize(wal) > 0:
+                raise StoreError(
+                    f"{path}: cannot be read in place: it is on read-only storage with an "
+                    f"unfinished write-ahead log ({wal}); copy both files to writable storage"
+                ) from err
+            return sqlite3.connect(
+                _uri(path, mode="ro", immutable="1"), uri=True, timeout=5.0, isolation_level=None
+            )
+        if not os.access(parent, os.W_OK):
+            if os.stat(path).st_uid != os.geteuid():  # a store from before it was private
+                raise _denied(path) from err
+            raise StoreError(
+                f"{path}: cannot be read: SQLite must create {path}-shm beside it and "
+                f"{parent} is not writable"
+            ) from err
+        raise
+
+
+def _prepare_writable(path: str) -> None:
+    """The directory 0700 (Vigil's own is tightened), the database and its
+    sidecars plain files of ours, 0600, none reached through a symlink."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    ours = path == DEFAULT_DB or not os.path.exists(parent)
+    try:
+        files.private_dir(parent, tighten_existing=ours)
+    except VigilError as err:
+        raise StoreError(str(err)) from err
+    if _on_readonly_fs(parent):
+        raise StoreError(f"cannot write to {parent}: read-only file system")
     if not os.access(parent, os.W_OK):
         raise StoreError(f"cannot write to {parent}: permission denied")
-    return sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    if os.stat(parent).st_mode & 0o022:
+        log.warning(
+            "%s: other users can create files in this directory (the store's -wal and -shm "
+            "among them); keep the store in a directory only root can write",
+            parent,
+        )
+    try:
+        os.close(files.open_private(path, tighten_existing=False))
+        for suffix in SIDECARS:
+            side = path + suffix
+            try:
+                files.check_existing(side, os.lstat(side))
+            except FileNotFoundError:
+                continue  # SQLite creates it with the database's mode
+    except VigilError as err:
+        raise StoreError(str(err)) from err
+
+
+def _tighten(path: str) -> None:
+    """A store older than this rule may be readable by all: no longer (a
+    file that turns out not to be a store is left as it was)."""
+    for name in (path, *(path + suffix for suffix in SIDECARS)):
+        try:
+            files.tighten(name, os.lstat(name))
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            log.warning("%s: cannot make it private: %s", name, err.strerror)
+
+
+def _connect(path: str, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        return _connect_readonly(path)
+    _prepare_writable(path)
+    # a plain (absolute) file name, not a URI: SQLite takes it as it is
+    return sqlite3.connect(os.path.abspath(path), timeout=5.0, isolation_level=None)
 
 
 def _text_or_bytes(raw: bytes) -> str | bytes:
@@ -112,49 +279,119 @@ def _text_or_bytes(raw: bytes) -> str | bytes:
 
 
 class Store:
-    def __init__(self, path: str, *, readonly: bool = False, max_pending: int = 1_000_000):
+    def __init__(
+        self,
+        path: str,
+        *,
+        readonly: bool = False,
+        max_pending_bytes: int = 64 << 20,
+        chunk_rows: int = 4096,
+        retry_interval: float = 0.5,
+    ):
         self.path = path
         self.readonly = readonly
         self._pending: deque[tuple] = deque()
-        self.max_pending = max_pending
-        self.stored: dict[str, int] = {}
-        self.dropped: dict[str, int] = {}
-        self._failing = False
         self.skipped = 0  # rows read back in a shape the agent never writes
+        self._pending_bytes = 0
+        self.max_pending_bytes = max_pending_bytes
+        self.chunk_rows = chunk_rows
+        self._chunk = chunk_rows  # rows per transaction now: smaller after a failure
+        self.retry_interval = retry_interval
+        self._retry_at = 0.0
+        # per kind: handed to the store = stored + dropped + waiting
+        self.accepted: Counter[str] = Counter()
+        self.stored: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.waiting: Counter[str] = Counter()
+        self.error: str | None = None  # why writes fail now, None when they work
+        self.last_error: str | None = None  # why they last failed
+        self.failing_since_ns = 0
+        self.db = None
+        self._dir = os.path.dirname(os.path.abspath(path))
+        self._wal_path = os.path.abspath(path) + "-wal"
         try:
             self.db = _connect(path, readonly)
-            if not readonly:
+            if readonly:
+                self.db.text_factory = _text_or_bytes
+            else:
+                self._check_before_writing()
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute(f"PRAGMA journal_size_limit={16 << 20}")
                 self.db.executescript(_SCHEMA)
-                self._check_version()
-            else:
-                self.db.text_factory = _text_or_bytes
-                self.db.execute("SELECT count(*) FROM meta").fetchone()
-        except sqlite3.DatabaseError as err:
+            self._check_version()
+            if not readonly:
+                _tighten(os.path.abspath(path))
+        except sqlite3.Error as err:
+            if self.db is not None:
+                self.db.close()
+            raise self._open_error(err) from err
+        except BaseException:
+            if self.db is not None:
+                self.db.close()
+            raise
+
+    def _open_error(self, err: sqlite3.Error) -> StoreError:
+        name = getattr(err, "sqlite_errorname", None) or ""
+        if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+            return StoreError(
+                f"{self.path}: not a usable Vigil database ({err}); move it aside to start afresh"
+            )
+        if name.startswith("SQLITE_ERROR") and "no such table" in str(err):
+            return StoreError(f"{self.path}: not a usable Vigil database (no Vigil tables)")
+        if name.startswith("SQLITE_FULL"):
+            return StoreError(f"{self.path}: cannot set up the store: disk full")
+        if name.startswith("SQLITE_READONLY") or _on_readonly_fs(
+            os.path.dirname(os.path.abspath(self.path))
+        ):
+            return StoreError(f"{self.path}: cannot write: read-only ({err})")
+        return StoreError(f"{self.path}: cannot open the store: {_reason(err)}")
+
+    def _check_before_writing(self) -> None:
+        """Touch nothing in a database that is not ours or not of our schema."""
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+        if not tables:
+            return  # new
+        if "meta" not in tables:
             raise StoreError(
-                f"{path}: not a usable Vigil database ({err}); move it aside to start afresh"
-            ) from err
+                f"{self.path}: not a Vigil database (it has other tables); refusing to write to it"
+            )
+        self._check_version()
 
     def _check_version(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
+            if self.readonly:
+                raise StoreError(f"{self.path}: not a usable Vigil database (no schema version)")
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-        elif row[0] != SCHEMA_VERSION:
+            return
+        if row[0] == SCHEMA_VERSION:
+            return
+        try:
+            newer = int(row[0]) > int(SCHEMA_VERSION)
+        except (TypeError, ValueError):
             raise StoreError(
-                f"{self.path}: schema version {row[0]}, this Vigil reads {SCHEMA_VERSION}"
+                f"{self.path}: not a usable Vigil database (schema version {row[0]!r})"
+            ) from None
+        if newer:
+            raise StoreError(
+                f"{self.path}: written by a newer Vigil (schema version {row[0]}; this Vigil "
+                f"reads {SCHEMA_VERSION}): upgrade Vigil to read it"
             )
+        raise StoreError(f"{self.path}: schema version {row[0]}, this Vigil reads {SCHEMA_VERSION}")
 
     def close(self) -> None:
         if not self.readonly:
-            self.flush()
+            self.flush(force=True)
         self.db.close()
 
-    def set_meta(self, key: str, value: str) -> None:
+    def set_meta(self, key: str, value: str) -> bool:
         try:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            return True
         except sqlite3.Error as err:
             log.debug("store %s: meta %s not written: %s", self.path, key, err)
+            return False
 
     def get_meta(self, key: str) -> str | None:
         try:
@@ -165,8 +402,9 @@ class Store:
 
     # -- writing --------------------------------------------------------------------
     def add(self, events: list[dict], lines: list[bytes]) -> None:
-        """Queue events (with their JSON lines) for the next flush."""
-        self._pending.extend(
+        """Queue events (with their JSON lines) for the next flush; past
+        `max_pending_bytes` waiting, the oldest are dropped and counted."""
+        rows = [
             (
                 ev["ts_ns"],
                 ev["kind"],
@@ -177,46 +415,155 @@ class Store:
                 line.decode(),
             )
             for ev, line in zip(events, lines)
-        )
-        over = len(self._pending) - self.max_pending
-        for _ in range(max(0, over)):
-            row = self._pending.popleft()
-            self.dropped[row[1]] = self.dropped.get(row[1], 0) + 1
+        ]
+        self._pending.extend(rows)
+        self._pending_bytes += sum(map(len, lines)) + ROW_OVERHEAD * len(rows)
+        kinds = Counter(map(itemgetter(1), rows))
+        self.accepted.update(kinds)
+        self.waiting.update(kinds)
+        if self._pending_bytes > self.max_pending_bytes:
+            self._drop_oldest()
 
-    def flush(self) -> int:
-        """Write every queued row in one transaction; returns rows written."""
+    def _drop_oldest(self) -> None:
+        pending = self._pending
+        while self._pending_bytes > self.max_pending_bytes and pending:
+            row = pending.popleft()
+            self._pending_bytes -= len(row[6]) + ROW_OVERHEAD
+            self.dropped[row[1]] += 1
+            self.waiting[row[1]] -= 1
+
+    def flush(self, budget: float | None = None, force: bool = False) -> int:
+        """Write waiting rows in transactions of at most `chunk_rows`, until
+        none wait, a write fails, or `budget` seconds are spent; returns rows
+        written.  While failing, tries again only every `retry_interval` s
+        (unless `force`d)."""
         if not self._pending:
             return 0
-        rows = list(self._pending)
+        now = time.monotonic()
+        if self.error is not None and not force and now < self._retry_at:
+            return 0
+        deadline = None if budget is None else now + budget
+        written = 0
+        checkpointed = self.error is not None
+        if checkpointed:
+            self._checkpoint()
+        while self._pending:
+            rows = list(islice(self._pending, min(self._chunk, len(self._pending))))
+            try:
+                self.db.execute("BEGIN")
+                self.db.executemany(_INSERT, rows)
+                self.db.execute("COMMIT")
+            except sqlite3.Error as err:
+                self._rollback()
+                if _out_of_space(err) and not checkpointed:
+                    # the WAL may hold all the room there is: move it into
+                    # the main file so that its space can be used again
+                    self._checkpoint()
+                    checkpointed = True
+                    continue
+                if len(rows) > 1:
+                    self._chunk = max(1, len(rows) // 4)
+                    if _out_of_space(err):  # a smaller transaction may fit: try now
+                        continue
+                self._failed(err)
+                return written
+            for _ in range(len(rows)):
+                self._pending.popleft()
+            self._pending_bytes -= sum(len(r[6]) for r in rows) + ROW_OVERHEAD * len(rows)
+            kinds = Counter(map(itemgetter(1), rows))
+            self.stored.update(kinds)
+            self.waiting.subtract(kinds)
+            written += len(rows)
+            self._chunk = min(self.chunk_rows, self._chunk * 2)
+            if self._space_low():
+                self._checkpoint()
+            if self.error is not None:
+                self._recovered()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return written
+
+    def _space_low(self) -> bool:
+        """Is the WAL big next to the free space?  A checkpoint copies WAL
+        pages into the database, which must grow to take them: once the WAL
+        has taken the room that growth needs, neither can move (a 2 MiB
+        disk ends as a 2 MiB WAL and an empty database, for good).  So
+        checkpoint early while there is room, not at SQLite's 1000 pages."""
         try:
-            self.db.execute("BEGIN")
-            self.db.executemany(_INSERT, rows)
-            self.db.execute("COMMIT")
+            wal = os.stat(self._wal_path).st_size
+            vfs = os.statvfs(self._dir)
+        except OSError:
+            return False
+        return wal * 4 > vfs.f_bavail * vfs.f_frsize
+
+    def _checkpoint(self) -> None:
+        """Copy what the WAL holds into the database, without waiting for
+        readers (PASSIVE), so that the next writer starts the WAL over and
+        reuses its space.  Needs room for the database to grow: on a full
+        disk it fails until space frees, and the WAL keeps its size."""
+        try:
+            busy, frames, done = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as err:
+            log.debug("store %s: checkpoint: %s", self.path, err)
+            return
+        if frames > done:
+            log.debug("store %s: checkpoint copied %d of %d frames", self.path, done, frames)
+
+    def _rollback(self) -> None:
+        try:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-            if not self._failing:
-                log.error(
-                    "store %s: write failed, keeping %d events to retry: %s",
-                    self.path,
-                    len(rows),
-                    err,
-                )
-            self._failing = True
-            return 0
-        if self._failing:
-            log.warning("store %s: writing again", self.path)
-            self._failing = False
-        self._pending.clear()
-        for row in rows:
-            self.stored[row[1]] = self.stored.get(row[1], 0) + 1
-        return len(rows)
+        except sqlite3.Error as err:
+            log.debug("store %s: rollback: %s", self.path, err)
+
+    def _failed(self, err: sqlite3.Error) -> None:
+        self._retry_at = time.monotonic() + self.retry_interval
+        if self.error is None:
+            self.failing_since_ns = time.time_ns()
+            log.error(
+                "store %s: writes failing: %s; %d events wait in memory (up to %d MiB, "
+                "then the oldest are dropped and counted)",
+                self.path,
+                _reason(err),
+                len(self._pending),
+                self.max_pending_bytes >> 20,
+            )
+        self.error = self.last_error = _reason(err)
+
+    def _recovered(self) -> None:
+        log.warning(
+            "store %s: writing again after %.0fs; %d events still wait",
+            self.path,
+            (time.time_ns() - self.failing_since_ns) / 1e9,
+            len(self._pending),
+        )
+        self.error = None
+        self.failing_since_ns = 0
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    def record_status(self, stats: dict[str, dict[str, float]]) -> None:
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def health(self) -> dict:
+        """The store's state for status lines and `vigil status`."""
+        return {
+            "error": self.error,
+            "failing_since_ns": self.failing_since_ns,
+            "pending": len(self._pending),
+            "pending_bytes": self._pending_bytes,
+            "max_pending_bytes": self.max_pending_bytes,
+            "stored": {k: n for k, n in self.stored.items() if n},
+            "waiting": {k: n for k, n in self.waiting.items() if n},
+            "dropped": {k: n for k, n in self.dropped.items() if n},
+        }
+
+    def record_status(self, stats: dict[str, dict[str, float]], meta: dict | None = None) -> bool:
+        """Per-kind counters (and meta rows) in one transaction; False if
+        the store could not take them."""
         now = time.time_ns()
         rows = [
             (
@@ -232,11 +579,18 @@ class Store:
             for kind, s in stats.items()
         ]
         try:
+            self.db.execute("BEGIN")
             self.db.executemany(
                 "INSERT OR REPLACE INTO sensor_status VALUES (?,?,?,?,?,?,?,?)", rows
             )
+            if meta:
+                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+            self.db.execute("COMMIT")
+            return True
         except sqlite3.Error as err:
+            self._rollback()
             log.debug("store %s: status not written: %s", self.path, err)
+            return False
 
     def add_summary(
         self, ts_ns: int, interval_ns: int, name: str, spec: str, rows: list[tuple[dict, int]]
