@@ -43,7 +43,7 @@ static __always_inline int accept_exit(long ret)
 	if ((family != VIGIL_AF_INET && family != VIGIL_AF_INET6) ||
 	    sock_protocol(sk) != IPPROTO_TCP)
 		return 0;	/* unix, MPTCP, ... */
-	e = reserve_event(VIGIL_EV_ACCEPT, sizeof(*e));
+	e = reserve_event_class(VIGIL_EV_ACCEPT, sizeof(*e), VIGIL_RING_BULK);
 	if (!e)
 		return 0;
 	fill_header(&e->hdr, VIGIL_EV_ACCEPT);

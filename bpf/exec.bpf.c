@@ -226,13 +226,19 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 		ev->hdr.flags |= VIGIL_F_PARTIAL;
 		stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);
 	}
-	output_event(&ev->hdr, event_size(ev));
+	/* the new image is the process table's: it may use the whole ring */
+	output_event_class(&ev->hdr, event_size(ev), VIGIL_RING_LIFECYCLE);
 	if (!partial)
 		bpf_map_delete_elem(&inflight, &old_tid);
 	return 0;
 }
 
-/* A slot left at exit belongs to a failed exec. */
+/*
+ * A slot left at exit belongs to a failed exec.  It changes no process, and
+ * any user can fail execs by the hundred thousand per second: it is sent in
+ * the default share (output_event), so such a storm cannot crowd out the
+ * successful execs, forks and exits the process table is built from.
+ */
 static __always_inline int exec_exit(long ret, enum exec_syscall nr)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
