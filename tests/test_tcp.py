@@ -373,7 +373,6 @@ def test_accept_pid_filter_and_non_tcp_ignored(tmp_path):
     assert [e["pid"] for e in events if e["kind"] == "accept"] == [child.pid]
 
 
-
 @pytest.mark.parametrize("ip", [4, 6])
 def test_accept_of_a_connection_the_client_reset_names_the_server_port(ip):
     """A client connects, then resets (SO_LINGER 0 + close) before the server
