@@ -94,7 +94,7 @@ static __always_inline void fill_header(struct vigil_header *hdr, __u32 kind)
  * The default (reserve_event, output_event) is VIGIL_RING_SECURITY: a new
  * sensor is protected without knowing about this; high-volume sensors opt
  * into VIGIL_RING_BULK at their call sites, process lifecycle into
- * VIGIL_RING_LIFECYCLE.  The numbers are fixed: docs/events.md names them.
+ * VIGIL_RING_LIFECYCLE.  docs/events.md lists the kinds of each class.
  */
 enum vigil_ring_class {
 	VIGIL_RING_SECURITY = 0,	/* up to 3/4 of the ring (the default) */
