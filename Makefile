@@ -12,7 +12,7 @@ HELPER_CFLAGS := -O2 -g -Wall -Wextra
 ARGS        ?=
 PYTEST_ARGS ?=
 
-HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target
+HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target $(BIN)/accept-storm $(BIN)/failexec-storm
 
 .DELETE_ON_ERROR:
 .PHONY: setup monitor test bench lint format helpers clean distclean
@@ -58,6 +58,13 @@ $(BIN)/usdt-probe: tests/progs/usdt_probe.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
 
 $(BIN)/uprobe-target: tests/progs/uprobe_target.c | $(BIN)
+	$(CC) $(HELPER_CFLAGS) -o $@ $<
+
+# The anchor benchmark's loopback connect/accept load, reused by the flood tests.
+$(BIN)/accept-storm: bench/accept_overhead.c | $(BIN)
+	$(CC) $(HELPER_CFLAGS) -o $@ $<
+
+$(BIN)/failexec-storm: tests/progs/failexec_storm.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
 
 clean:

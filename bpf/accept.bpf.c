@@ -24,6 +24,25 @@ VIGIL_RECORD(accept_event);
 /* Filter set by user space before load; 0 = every process. */
 const volatile __u32 targ_pid = 0;
 
+/*
+ * The local port of a connection the client reset before accept()
+ * returned.  The reset (tcp_done -> inet_put_port) unhashes the new sock
+ * and zeroes its skc_num, but the sock keeps its own copy of the port in
+ * inet_sport (set from the listener's port when the sock was cloned, and
+ * not cleared on unhash): the port the client connected to.  Only read on
+ * this rare path; if even that is 0 the record says so (PARTIAL).
+ */
+static __always_inline __u16 reset_local_port(struct sock *sk, struct vigil_header *hdr)
+{
+	__u16 port = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+
+	if (!port) {
+		hdr->flags |= VIGIL_F_PARTIAL;
+		stat_inc(VIGIL_EV_ACCEPT, VIGIL_STAT_PARTIAL);
+	}
+	return port;
+}
+
 static __always_inline int accept_exit(long ret)
 {
 	struct task_struct *task;
@@ -43,11 +62,13 @@ static __always_inline int accept_exit(long ret)
 	if ((family != VIGIL_AF_INET && family != VIGIL_AF_INET6) ||
 	    sock_protocol(sk) != IPPROTO_TCP)
 		return 0;	/* unix, MPTCP, ... */
-	e = reserve_event(VIGIL_EV_ACCEPT, sizeof(*e));
+	e = reserve_event_class(VIGIL_EV_ACCEPT, sizeof(*e), VIGIL_RING_BULK);
 	if (!e)
 		return 0;
 	fill_header(&e->hdr, VIGIL_EV_ACCEPT);
 	read_sockaddrs(sk, &e->addrs);
+	if (!e->addrs.lport)
+		e->addrs.lport = reset_local_port(sk, &e->hdr);
 	e->fd = ret;
 	e->__pad = 0;
 	submit_event(&e->hdr, sizeof(*e));

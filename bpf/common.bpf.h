@@ -78,14 +78,65 @@ static __always_inline void fill_header(struct vigil_header *hdr, __u32 kind)
 	bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
 }
 
-/* Reserve a fixed-size record; a full ring is counted, never silent. */
-static __always_inline void *reserve_event(__u32 kind, __u64 size)
-{
-	void *e = bpf_ringbuf_reserve(&events, size, 0);
+/*
+ * Who may fill the one ring how far.  One ring keeps one global order (the
+ * process table needs fork before exec before exit), so a flood of one
+ * kind is kept from blinding the others by a reservation watermark per
+ * class instead of a ring per class: a record of a class is not written
+ * once the ring holds more than the class's share, and is counted LOST for
+ * its kind.  Whatever any user can produce by the hundred thousand per
+ * second (loopback connect/accept, bind, retransmits) stops at half the
+ * ring; every other kind at three quarters; the records the process table
+ * is built from may use the whole ring.  So under a storm of bulk kinds
+ * the reader still has half the ring of room for lifecycle records and a
+ * quarter for the other security kinds between two drains.
+ *
+ * The default (reserve_event, output_event) is VIGIL_RING_SECURITY: a new
+ * sensor is protected without knowing about this; high-volume sensors opt
+ * into VIGIL_RING_BULK at their call sites, process lifecycle into
+ * VIGIL_RING_LIFECYCLE.  docs/events.md lists the kinds of each class.
+ */
+enum vigil_ring_class {
+	VIGIL_RING_SECURITY = 0,	/* up to 3/4 of the ring (the default) */
+	VIGIL_RING_BULK = 1,		/* up to 1/2: floodable kinds, shed first */
+	VIGIL_RING_LIFECYCLE = 2,	/* the whole ring: exec, fork, exit */
+};
 
+/*
+ * May a record of `size` bytes of class `cls` be written now?  Checked
+ * before the reservation, so a shed record takes no ring space; two CPUs
+ * may both pass at the edge, overshooting the share by one record each,
+ * which the next class's margin absorbs.
+ */
+static __always_inline bool ring_admits(enum vigil_ring_class cls, __u64 size)
+{
+	__u64 used, ring;
+
+	if (cls == VIGIL_RING_LIFECYCLE)
+		return true;	/* the ring's own limit applies */
+	used = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	ring = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	if (cls == VIGIL_RING_BULK)
+		return used + size <= ring / 2;
+	return used + size <= ring - ring / 4;
+}
+
+/* Reserve a fixed-size record; a full ring (or share) is counted, never silent. */
+static __always_inline void *reserve_event_class(__u32 kind, __u64 size,
+						 enum vigil_ring_class cls)
+{
+	void *e = NULL;
+
+	if (ring_admits(cls, size))
+		e = bpf_ringbuf_reserve(&events, size, 0);
 	if (!e)
 		stat_inc(kind, VIGIL_STAT_LOST);
 	return e;
+}
+
+static __always_inline void *reserve_event(__u32 kind, __u64 size)
+{
+	return reserve_event_class(kind, size, VIGIL_RING_SECURITY);
 }
 
 static __always_inline void submit_event(struct vigil_header *hdr, __u64 size)
@@ -99,14 +150,21 @@ static __always_inline void submit_event(struct vigil_header *hdr, __u64 size)
 }
 
 /* Copy out a record built elsewhere (variable length: size <= its struct). */
-static __always_inline void output_event(struct vigil_header *hdr, __u64 size)
+static __always_inline void output_event_class(struct vigil_header *hdr, __u64 size,
+					       enum vigil_ring_class cls)
 {
 	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size;
 
-	if (bpf_ringbuf_output(&events, hdr, size, submit_flags(pending, size)))
+	if (!ring_admits(cls, size) ||
+	    bpf_ringbuf_output(&events, hdr, size, submit_flags(pending, size)))
 		stat_inc(hdr->kind, VIGIL_STAT_LOST);
 	else
 		stat_inc(hdr->kind, VIGIL_STAT_EMITTED);
+}
+
+static __always_inline void output_event(struct vigil_header *hdr, __u64 size)
+{
+	output_event_class(hdr, size, VIGIL_RING_SECURITY);
 }
 
 /*

@@ -86,7 +86,7 @@ static __always_inline void emit(struct trace_event_raw_inet_sock_set_state *ctx
 				 const struct vigil_header *hdr, enum connect_result result,
 				 __s32 error, __u64 latency_ns)
 {
-	struct connect_event *e = reserve_event(VIGIL_EV_CONNECT, sizeof(*e));
+	struct connect_event *e = reserve_event_class(VIGIL_EV_CONNECT, sizeof(*e), VIGIL_RING_BULK);
 
 	if (!e)
 		return;
@@ -177,7 +177,7 @@ static __always_inline struct connect_event *cgroup_start(struct bpf_sock_addr *
 		return NULL;
 	if (pid_filtered() || !port_wanted(rport))
 		return NULL;
-	e = reserve_event(VIGIL_EV_CONNECT, sizeof(*e));
+	e = reserve_event_class(VIGIL_EV_CONNECT, sizeof(*e), VIGIL_RING_BULK);
 	if (!e)
 		return NULL;
 	fill_header(&e->hdr, VIGIL_EV_CONNECT);

@@ -226,13 +226,20 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 		ev->hdr.flags |= VIGIL_F_PARTIAL;
 		stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);
 	}
-	output_event(&ev->hdr, event_size(ev));
+	/* the new image is the process table's: it may use the whole ring */
+	output_event_class(&ev->hdr, event_size(ev), VIGIL_RING_LIFECYCLE);
 	if (!partial)
 		bpf_map_delete_elem(&inflight, &old_tid);
 	return 0;
 }
 
-/* A slot left at exit belongs to a failed exec. */
+/*
+ * A slot left at exit belongs to a failed exec.  It changes no process, and
+ * any user can fail execs by the hundred thousand per second (execve of a
+ * missing file, ~1 KiB of record each): it is sent in the bulk share, so
+ * such a storm can crowd out neither the successful execs, forks and exits
+ * the process table is built from nor the other security kinds.
+ */
 static __always_inline int exec_exit(long ret, enum exec_syscall nr)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -242,7 +249,7 @@ static __always_inline int exec_exit(long ret, enum exec_syscall nr)
 	ev = bpf_map_lookup_elem(&inflight, &tid);
 	if (ev) {
 		ev->ret = ret;
-		output_event(&ev->hdr, event_size(ev));
+		output_event_class(&ev->hdr, event_size(ev), VIGIL_RING_BULK);
 		bpf_map_delete_elem(&inflight, &tid);
 		return 0;
 	}
@@ -258,7 +265,7 @@ static __always_inline int exec_exit(long ret, enum exec_syscall nr)
 	ev->hdr.flags |= VIGIL_F_PARTIAL;
 	ev->ret = ret;
 	stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);
-	output_event(&ev->hdr, event_size(ev));
+	output_event_class(&ev->hdr, event_size(ev), VIGIL_RING_BULK);
 	return 0;
 }
 

@@ -23,7 +23,7 @@ static __always_inline int emit_fork(struct task_struct *child)
 
 	if (pid != BPF_CORE_READ(child, pid))
 		return 0;	/* a thread */
-	e = reserve_event(VIGIL_EV_FORK, sizeof(*e));
+	e = reserve_event_class(VIGIL_EV_FORK, sizeof(*e), VIGIL_RING_LIFECYCLE);
 	if (!e)
 		return 0;
 	fill_header(&e->hdr, VIGIL_EV_FORK);
@@ -54,7 +54,7 @@ int handle_exit(void *ctx)
 
 	if (!exit_is_group_dead(ctx, task))
 		return 0;	/* a thread, not the process */
-	e = reserve_event(VIGIL_EV_EXIT, sizeof(*e));
+	e = reserve_event_class(VIGIL_EV_EXIT, sizeof(*e), VIGIL_RING_LIFECYCLE);
 	if (!e)
 		return 0;
 	fill_header(&e->hdr, VIGIL_EV_EXIT);

@@ -130,7 +130,8 @@ static __always_inline void send_bind(struct bind_event *e)
 {
 	__u32 n = fill_exe(e->exe, &e->hdr);
 
-	output_event(&e->hdr, offsetof(struct bind_event, exe) + n);
+	/* any user can bind in a loop: shed first, like connect/accept */
+	output_event_class(&e->hdr, offsetof(struct bind_event, exe) + n, VIGIL_RING_BULK);
 }
 
 /* The IPv4/IPv6 sock behind the call's fd (args[0]), unless filtered out. */

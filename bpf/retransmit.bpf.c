@@ -123,7 +123,7 @@ int handle_retransmit(void *ctx)
 		count_flow(&flow);
 		return 0;
 	}
-	e = reserve_event(VIGIL_EV_RETRANSMIT, sizeof(*e));
+	e = reserve_event_class(VIGIL_EV_RETRANSMIT, sizeof(*e), VIGIL_RING_BULK);
 	if (!e)
 		return 0;
 	/* the task on this CPU, usually not the socket's owner (timers, softirq) */

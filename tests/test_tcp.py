@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import socket
 import struct
@@ -370,6 +371,40 @@ def test_accept_pid_filter_and_non_tcp_ignored(tmp_path):
         finally:
             agent.session.close()
     assert [e["pid"] for e in events if e["kind"] == "accept"] == [child.pid]
+
+
+@pytest.mark.parametrize("ip", [4, 6])
+def test_accept_of_a_connection_the_client_reset_names_the_server_port(ip):
+    """A client connects, then resets (SO_LINGER 0 + close) before the server
+    calls accept(): the kernel still hands the dead connection out, and its
+    record must name the port the client connected to, not 0."""
+    agent, sink = start_agent(["accept"], enrich=False, rodata={"targ_pid": os.getpid()})
+    try:
+        srv, port = listener(ip)
+        with srv:
+            clients = []
+            for _ in range(10):
+                c = socket.create_connection((LOOPBACK[ip], port))
+                clients.append(c.getsockname()[1])
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()  # RST: the queued connection is closed under the listener
+            time.sleep(0.05)  # the RSTs are processed before the accepts
+            for _ in clients:
+                conn, _ = srv.accept()
+                with conn:  # it was dead before accept() returned it
+                    assert conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
+            events = pump_until(
+                agent,
+                sink,
+                lambda evs: len([e for e in evs if e["kind"] == "accept"]) >= len(clients),
+            )
+    finally:
+        agent.session.close()
+    got = [e for e in events if e["kind"] == "accept"]
+    assert sorted(e["rport"] for e in got) == sorted(clients)
+    for ev in got:
+        assert (ev["laddr"], ev["lport"]) == (LOOPBACK[ip], port)
+        assert ev["raddr"] == LOOPBACK[ip] and ev["flags"] == []
 
 
 # -- retransmit ---------------------------------------------------------------------
