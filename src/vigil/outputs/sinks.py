@@ -126,13 +126,19 @@ def format_status(stats: dict[str, dict]) -> str:
 
 def lost_summary(stats: dict[str, dict]) -> str | None:
     """The exit line about lost events, or None when nothing was lost."""
-    lost = {k: s.get("lost", 0) + s.get("dropped", 0) for k, s in stats.items()}
+    # "unread": in the ring at a stop, beyond the stop's grace period
+    lost = {
+        k: s.get("lost", 0) + s.get("dropped", 0) + s.get("unread", 0) for k, s in stats.items()
+    }
     partial = {k: s.get("partial", 0) for k, s in stats.items()}
     total = sum(lost.values())
     if not total and not sum(partial.values()):
         return None
     detail = ", ".join(f"{k} {n}" for k, n in sorted(lost.items()) if n)
     msg = f"{total} events lost" + (f" ({detail})" if detail else "")
+    unread = sum(s.get("unread", 0) for s in stats.values())
+    if unread:
+        msg += f"; {unread} of them left unread in the ring when the stop's grace period ended"
     if sum(partial.values()):
         msg += f"; {sum(partial.values())} sent without some fields"
     return msg
