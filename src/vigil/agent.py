@@ -18,7 +18,7 @@ from typing import Protocol
 from .encoding import iso_time, to_json
 from .loader import Session
 from .process import ProcessTable
-from .signals import STOP_GRACE_S, ServiceSignals, StopDrain
+from .signals import STOP_GRACE_S, ServiceSignals, StopDrain, add_unread
 
 
 class Batch:
@@ -199,8 +199,7 @@ class Agent:
 
     def _report_status(self) -> dict[str, dict]:
         stats = self.stats()
-        for kind, n in self.unread.items():
-            stats.setdefault(kind, {"emitted": 0, "lost": 0, "partial": 0})["unread"] = n
+        add_unread(stats, self.unread)
         for sink in self.sinks:
             sink.status(stats)
         return stats

@@ -20,6 +20,7 @@ from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
 from .outputs.store import Store
 from .paths import DEFAULT_DB
 from .process import ProcessTable
+from .signals import STOP_GRACE_S, add_unread
 from .table import Column, TablePrinter, clock_time
 from .tools import live
 
@@ -94,6 +95,14 @@ def _describe(ev: dict) -> str:
 )
 @click.option("--no-summaries", is_flag=True, help="Keep no in-kernel counters.")
 @click.option(
+    "--stop-grace",
+    default=STOP_GRACE_S,
+    show_default=True,
+    type=click.FloatRange(0, 3600),
+    help="Longest a stop spends storing what was in the ring when it came, s "
+    "(what is left is counted as lost).",
+)
+@click.option(
     "--summary-interval",
     default=60.0,
     show_default=True,
@@ -110,6 +119,7 @@ def monitor(
     duration,
     summary_specs,
     no_summaries,
+    stop_grace,
     summary_interval,
     ring_mb,
     latency,
@@ -143,7 +153,9 @@ def monitor(
         if snapshot_kinds:
             agent.inject(listeners.snapshot_events(snapshot_kinds, processes=table))
         stats = agent.run(
-            duration, on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}")
+            duration,
+            on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}"),
+            stop_grace=stop_grace,
         )
     stored = sum(store.stored.values())
     click.echo(f"vigil: {stored} events stored in {db_path}", err=True)
@@ -187,8 +199,7 @@ def record(path, sensor_names, duration, all_events, ring_mb, latency):
             on_ready=lambda: live.ready(f"recording {', '.join(names)} into {path}"),
         )
         stats = session.kernel_stats()
-    for kind, n in done.unread.items():
-        stats.setdefault(kind, {"emitted": 0, "lost": 0, "partial": 0})["unread"] = n
+    add_unread(stats, done.unread)
     total = sum(s["emitted"] for s in stats.values())
     click.echo(f"vigil: {total} events ({done.written} bytes) recorded in {path}", err=True)
     live.finish(stats)

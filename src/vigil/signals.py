@@ -232,7 +232,17 @@ class StopDrain:
         return out
 
 
+def add_unread(stats: dict[str, dict], unread: dict[str, int]) -> None:
+    """Fold what a stop left in the ring into per-kind stats: as "unread",
+    and in "lost" too (the store's and status's count of what never arrived)."""
+    for kind, n in unread.items():
+        row = stats.setdefault(kind, {"emitted": 0, "lost": 0, "partial": 0})
+        row["unread"] = n
+        row["lost"] = row.get("lost", 0) + n
+
+
 __all__ = [
+    "add_unread",
     "RELOAD_SIGNALS",
     "STOP_GRACE_S",
     "STOP_SIGNALS",

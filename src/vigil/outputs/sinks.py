@@ -126,10 +126,7 @@ def format_status(stats: dict[str, dict]) -> str:
 
 def lost_summary(stats: dict[str, dict]) -> str | None:
     """The exit line about lost events, or None when nothing was lost."""
-    # "unread": in the ring at a stop, beyond the stop's grace period
-    lost = {
-        k: s.get("lost", 0) + s.get("dropped", 0) + s.get("unread", 0) for k, s in stats.items()
-    }
+    lost = {k: s.get("lost", 0) + s.get("dropped", 0) for k, s in stats.items()}
     partial = {k: s.get("partial", 0) for k, s in stats.items()}
     total = sum(lost.values())
     if not total and not sum(partial.values()):
@@ -138,6 +135,7 @@ def lost_summary(stats: dict[str, dict]) -> str | None:
     msg = f"{total} events lost" + (f" ({detail})" if detail else "")
     unread = sum(s.get("unread", 0) for s in stats.values())
     if unread:
+        # counted in "lost" too: in the ring at a stop, past its grace period
         msg += f"; {unread} of them left unread in the ring when the stop's grace period ended"
     if sum(partial.values()):
         msg += f"; {sum(partial.values())} sent without some fields"
