@@ -122,7 +122,8 @@ def test_record_stops_cleanly_on_signal(tmp_path, name):
     _, err = _signalled(proc, getattr(signal, name))
     assert proc.returncode == 0, err
     res = vigil("report", str(path), "--json")
-    assert res.returncode == 0 and res.stderr == b"", res.stderr
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == b"" or b"events were lost while recording" in res.stderr
     args = [e["args"] for e in map(orjson.loads, res.stdout.splitlines()) if e["kind"] == "exec"]
     assert len([a for a in args if marker.decode() in a]) == 2 * N
 

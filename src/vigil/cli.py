@@ -229,9 +229,9 @@ def report(path, kinds, as_json):
             events = [ev for ev in events if ev["kind"] in wanted]
         if events:
             sink.write(Batch(events))
-    said = replay.damage.summary(replay.version)
+    said = replay.damage.summary()
     if said:
-        level = "warning" if replay.damage.damaged or replay.damage.end is None else "note"
+        level = "warning" if replay.damage.damaged else "note"
         click.echo(f"vigil: {level}: {path}: {said}", err=True)
     if replay.damage.damaged:
         return 1

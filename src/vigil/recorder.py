@@ -209,16 +209,22 @@ class Damage:
     bad_bytes: int = 0
     bad_records: int = 0  # in good chunks, records no layout decodes
     end: dict | None = None  # the end mark of a clean stop
+    version: int = VERSION  # version 1 had no end mark
+
+    @property
+    def unfinished(self) -> bool:
+        return self.version >= 2 and self.end is None
 
     @property
     def damaged(self) -> bool:
-        return bool(self.cut or self.bad_chunks or self.bad_records)
+        """Some of the recording could not be read (`vigil report` exits 1)."""
+        return bool(self.cut or self.bad_chunks or self.bad_records or self.unfinished)
 
-    def summary(self, version: int) -> str | None:
+    def summary(self) -> str | None:
         parts = []
         if self.cut:
             parts.append(self.cut)
-        elif self.end is None and version >= 2:
+        elif self.unfinished:
             parts.append(
                 "no end mark: the recorder did not stop cleanly (killed?); "
                 "every complete chunk was read"
@@ -407,7 +413,7 @@ class Replay:
                     f"this Vigil reads versions 1 and {VERSION}"
                 )
             raise ConfigError(f"{path}: not a Vigil recording")
-        self.version = 1 if magic == MAGIC_V1 else 2
+        self.version = self.damage.version = 1 if magic == MAGIC_V1 else 2
         end_meta = mm.find(b"\n", first, first + MAX_META)
         if end_meta < 0:
             raise ConfigError(f"{path}: recording cut short inside its metadata")
