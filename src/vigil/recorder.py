@@ -386,21 +386,24 @@ class Replay:
     def __iter__(self) -> Iterator[list[dict]]:
         path = self.path
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below
+            # O_NONBLOCK: a FIFO planted under the name must not hang the open
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as err:
             raise ConfigError(f"cannot read {path}: {err.strerror}") from err
-        with f:
-            st = os.fstat(f.fileno())
+        try:
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise ConfigError(f"{path}: not a regular file")
             if st.st_size == 0:
                 raise ConfigError(f"{path}: not a Vigil recording (empty file)")
             try:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError) as err:
                 raise ConfigError(f"cannot read {path}: {err}") from None
-            with mm:
-                yield from self._read(mm)
+        finally:
+            os.close(fd)  # the mapping stays valid without it
+        with mm:
+            yield from self._read(mm)
 
     def _read(self, mm) -> Iterator[list[dict]]:
         path = self.path
