@@ -151,9 +151,9 @@ class Agent:
         printed earlier would invite a Ctrl-C that kills us uncleanly.
         """
         reader = self.session.reader
-        stop_at: list[int] = []  # the ring's producer position at the stop
+        stop_at: list[tuple[int, float]] = []  # the ring's producer position and time at the stop
         signals = ServiceSignals(
-            on_stop=lambda _sig: stop_at.append(reader.producer_position()),
+            on_stop=lambda _sig: stop_at.append((reader.producer_position(), time.monotonic())),
             reload_hooks=self.reload_hooks,
         )
         try:
@@ -176,18 +176,18 @@ class Agent:
                     if deadline is not None and now >= deadline:
                         signals.request_stop()
                 signals.stop_notice()
-                self._drain_to(stop_at[0] if stop_at else reader.producer_position(), stop_grace)
+                self._drain_to(*stop_at[0], stop_grace)
                 return self._report_status()
         finally:
             self.signals = None
             for sink in self.sinks:
                 sink.close()
 
-    def _drain_to(self, target: int, grace: float) -> None:
+    def _drain_to(self, target: int, since: float, grace: float) -> None:
         """What was in the ring at the stop still counts: read up to `target`
         (a drain whose events the filter hid must not end this early)."""
         reader = self.session.reader
-        drain = StopDrain(reader, target, grace)
+        drain = StopDrain(reader, target, grace, since)
         while drain.more(self.signals):
             before = reader.consumer_position()
             self.step(timeout=0, until=target)

@@ -162,8 +162,9 @@ def record(
         writer = _ChunkWriter(out.fileno(), path, chunk_seed)
         writer.raw(MAGIC + json.dumps(meta).encode() + b"\n")
         reader = session.reader
-        stop_at: list[int] = []
-        with ServiceSignals(on_stop=lambda _s: stop_at.append(reader.producer_position())) as sig:
+        stop_at: list[tuple[int, float]] = []  # producer position and time at the stop
+        mark = lambda _s: stop_at.append((reader.producer_position(), time.monotonic()))  # noqa: E731
+        with ServiceSignals(on_stop=mark) as sig:
             session.wake_on(sig.fileno())
             if on_ready is not None:
                 on_ready()
@@ -175,7 +176,8 @@ def record(
                 if deadline is not None and time.monotonic() >= deadline:
                     sig.request_stop()
             sig.stop_notice()
-            drain = StopDrain(reader, stop_at[0] if stop_at else reader.producer_position(), grace)
+            target, since = stop_at[0]
+            drain = StopDrain(reader, target, grace, since)
             while drain.more(sig):
                 raw = reader.drain_raw(until=drain.target)
                 if raw:

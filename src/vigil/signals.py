@@ -210,10 +210,14 @@ class StopDrain:
     `unread()` (a header walk, no decoding).
     """
 
-    def __init__(self, reader, target: int, grace: float = STOP_GRACE_S):
+    def __init__(
+        self, reader, target: int, grace: float = STOP_GRACE_S, since: float | None = None
+    ):
+        """`since`: when the stop came (time.monotonic()); the grace period
+        runs from there, so the turn under way at the signal counts in it."""
         self.reader = reader
         self.target = target
-        self.deadline = time.monotonic() + grace
+        self.deadline = (time.monotonic() if since is None else since) + grace
 
     def more(self, signals: ServiceSignals | None = None) -> bool:
         """True while some of the ring before the stop is still to read."""
