@@ -226,9 +226,22 @@ def test_stop_with_no_grace_counts_what_it_left_unread(tmp_path):
     assert stored + row["lost"] >= n  # every marker stored or counted, none silent
 
 
-def test_sigterm_under_a_storm_ends_within_the_grace_period(tmp_path):
-    """Exec storms from 2 shells while the agent runs; SIGTERM must end it
-    within the grace period plus the close, not chase the producer."""
+@pytest.fixture(scope="module")
+def accept_storm(tmp_path_factory):
+    """bench/accept_overhead's workload (a loopback accept storm, ~90k/s
+    here: faster than the agent can store), built for the test."""
+    from helpers import ROOT
+
+    exe = tmp_path_factory.mktemp("storm") / "accept_storm"
+    src = os.path.join(ROOT, "bench", "accept_overhead.c")
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(exe), src], check=True)
+    return str(exe)
+
+
+def test_sigterm_under_a_storm_ends_within_the_grace_period(tmp_path, accept_storm):
+    """An accept storm the agent cannot keep up with; SIGTERM must end it
+    within the grace period (plus one turn and the close), not chase the
+    producer, and count what it left in the ring."""
     db = tmp_path / "events.db"
     grace = 2.0
     proc = start_vigil(
@@ -236,35 +249,35 @@ def test_sigterm_under_a_storm_ends_within_the_grace_period(tmp_path):
         "--db",
         str(db),
         "--sensor",
-        "exec",
-        "--sensor",
-        "fork",
-        "--sensor",
-        "exit",
+        "accept",
         "-q",
         "--no-summaries",
-        "--ring-mb",
-        "64",
         "--stop-grace",
         str(grace),
     )
-    storm = [subprocess.Popen(["sh", "-c", f"while :; do {TRUE}; done"]) for _ in range(2)]
+    load = subprocess.Popen(
+        [accept_storm, "--seconds", "40", "--clients", "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        time.sleep(2)
-        proc.send_signal(signal.SIGSTOP)  # let a backlog build up in the ring
-        time.sleep(1)
+        assert load.stdout.readline().startswith(b"ready")
+        load.stdin.write(b"go\n")
+        load.stdin.flush()
+        time.sleep(3)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate(timeout=60)
         took = time.monotonic() - t0
     finally:
-        for p in storm:
-            p.kill()
-            p.wait()
+        load.kill()
+        load.wait()
     assert proc.returncode == 0, err
-    print(f"stop under storm took {took:.2f}s; {err.decode().strip().splitlines()[-1]}")
-    assert took < grace + 3.0, err
-    # either everything before the stop was stored, or the rest is counted
-    last = err.decode().strip().splitlines()[-1]
-    assert "events stored" in last or "lost" in last
+    lines = err.decode().strip().splitlines()
+    print(f"stop under an accept storm took {took:.2f}s; {lines[-1]}")
+    # the storm runs 40 s: chasing it (as before) would take that long;
+    # the margin is for one turn, the close and a machine shared with others
+    assert took < grace + 5.0, err
+    # all stored, or what the grace period left is counted, never silent
+    assert "events stored" in lines[-1] or "events lost" in lines[-1]

@@ -78,10 +78,12 @@ class Agent:
         """Call `hook` on SIGHUP, between two drains (never in a handler)."""
         self.reload_hooks.append(hook)
 
-    def step(self, timeout: float | None = None, until: int | None = None) -> int:
+    def step(
+        self, timeout: float | None = None, until: int | None = None, limit: int = 1 << 20
+    ) -> int:
         """Wait for events once and handle them; returns how many were read."""
         self.session.wait(self.poll_interval if timeout is None else timeout)
-        events = self.session.read(until)
+        events = self.session.read(until, limit)
         if not events:
             return 0
         received = self.received
@@ -190,7 +192,8 @@ class Agent:
         drain = StopDrain(reader, target, grace, since)
         while drain.more(self.signals):
             before = reader.consumer_position()
-            self.step(timeout=0, until=target)
+            # small turns: the grace period is checked between them
+            self.step(timeout=0, until=target, limit=128 << 10)
             if self.signals is not None:
                 self.signals.service()
             if reader.consumer_position() == before:

@@ -223,11 +223,11 @@ class Session:
             except InterruptedError:
                 pass
 
-    def read(self, until: int | None = None) -> list[dict]:
-        """Drain the ring: every pending record (before the producer position
-        `until`, if given), decoded, oldest first."""
+    def read(self, until: int | None = None, limit: int = 1 << 20) -> list[dict]:
+        """Drain the ring: pending records (up to about `limit` bytes, before
+        the producer position `until` if given), decoded, oldest first."""
         # bounded: a backlog waits in the kernel's ring, not in our memory
-        recs = self.reader.drain(1 << 20, until)
+        recs = self.reader.drain(limit, until)
         if not recs:
             return []
         events = self.decoder.decode_batch(recs)
