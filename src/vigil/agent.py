@@ -161,7 +161,8 @@ class Agent:
         try:
             with signals:
                 self.signals = signals
-                self.session.wake_on(signals.fileno())
+                if signals.fileno() >= 0:
+                    self.session.wake_on(signals.fileno())
                 if on_ready is not None:
                     on_ready()
                 deadline = None if duration is None else time.monotonic() + duration

@@ -165,7 +165,8 @@ def record(
         stop_at: list[tuple[int, float]] = []  # producer position and time at the stop
         mark = lambda _s: stop_at.append((reader.producer_position(), time.monotonic()))  # noqa: E731
         with ServiceSignals(on_stop=mark) as sig:
-            session.wake_on(sig.fileno())
+            if sig.fileno() >= 0:
+                session.wake_on(sig.fileno())
             if on_ready is not None:
                 on_ready()
             deadline = None if duration is None else time.monotonic() + duration

@@ -33,6 +33,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -179,6 +180,8 @@ class ServiceSignals:
 
     # -- install / restore --------------------------------------------------------------
     def __enter__(self) -> ServiceSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread gets signals: stop by request_stop()
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             self._old_wakeup = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
