@@ -44,6 +44,7 @@ ring bytes, no checksum) is still read.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import mmap
@@ -161,32 +162,7 @@ def record(
         # every write goes to the fd: nothing waits in the file object's buffer
         writer = _ChunkWriter(out.fileno(), path, chunk_seed)
         writer.raw(MAGIC + json.dumps(meta).encode() + b"\n")
-        reader = session.reader
-        stop_at: list[tuple[int, float]] = []  # producer position and time at the stop
-        mark = lambda _s: stop_at.append((reader.producer_position(), time.monotonic()))  # noqa: E731
-        with ServiceSignals(on_stop=mark) as sig:
-            if sig.fileno() >= 0:
-                session.wake_on(sig.fileno())
-            if on_ready is not None:
-                on_ready()
-            deadline = None if duration is None else time.monotonic() + duration
-            while not sig.service():
-                session.wait(latency)
-                while raw := reader.drain_raw():
-                    writer.chunk(raw)
-                if deadline is not None and time.monotonic() >= deadline:
-                    sig.request_stop()
-            sig.stop_notice()
-            target, since = stop_at[0]
-            drain = StopDrain(reader, target, grace, since)
-            while drain.more(sig):
-                raw = reader.drain_raw(until=drain.target)
-                if raw:
-                    writer.chunk(raw)
-                else:
-                    time.sleep(0.001)  # reserved before the stop, not yet committed
-                sig.service()
-            writer.result.unread = drain.unread(session.decoder.kind_of)
+        _copy_ring(session, writer, latency, duration, on_ready, grace)
         end = {
             "chunks": writer.result.chunks,
             "bytes": writer.result.written,
@@ -198,8 +174,48 @@ def record(
         try:
             os.fdatasync(writer.fd)
         except OSError as err:
-            raise VigilError(f"cannot write {path}: {err.strerror} (at fdatasync)") from None
+            if err.errno not in (errno.EINVAL, errno.EROFS):  # a file that cannot sync
+                raise VigilError(f"cannot write {path}: {err.strerror} (at fdatasync)") from None
     return writer.result
+
+
+def _copy_ring(
+    session: Session,
+    writer: _ChunkWriter,
+    latency: float,
+    duration: float | None,
+    on_ready: Callable[[], None] | None,
+    grace: float,
+) -> None:
+    """The recording loop: drain every `latency` s until a stop, then up to
+    the producer position at the stop (vigil.signals)."""
+    reader = session.reader
+    stop_at: list[tuple[int, float]] = []  # producer position and time at the stop
+    mark = lambda _s: stop_at.append((reader.producer_position(), time.monotonic()))  # noqa: E731
+    with ServiceSignals(on_stop=mark) as sig:
+        if sig.fileno() >= 0:
+            session.wake_on(sig.fileno())
+        if on_ready is not None:
+            on_ready()
+        deadline = None if duration is None else time.monotonic() + duration
+        while not sig.service():
+            session.wait(latency)
+            # a storm faster than the disk must not keep us from a stop
+            while not sig.stopping and (raw := reader.drain_raw()):
+                writer.chunk(raw)
+            if deadline is not None and time.monotonic() >= deadline:
+                sig.request_stop()
+        sig.stop_notice()
+        target, since = stop_at[0]
+        drain = StopDrain(reader, target, grace, since)
+        while drain.more(sig):
+            raw = reader.drain_raw(until=drain.target)
+            if raw:
+                writer.chunk(raw)
+            else:
+                time.sleep(0.001)  # reserved before the stop, not yet committed
+            sig.service()
+        writer.result.unread = drain.unread(session.decoder.kind_of)
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ class ServiceSignals:
         if timeout <= 0:
             return
         if self._rfd < 0:
-            time.sleep(timeout)
+            time.sleep(min(timeout, 0.2))  # no wake-up pipe: poll request_stop()
             return
         select.select([self._rfd], [], [], timeout)
 
