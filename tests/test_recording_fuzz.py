@@ -204,15 +204,18 @@ def test_huge_chunk_lengths(small, length, which):
 @pytest.mark.kernel
 @FUZZ
 @given(
-    payload=st.binary(max_size=600), flags=st.sampled_from([0, 1 << 31, 1 << 30]), raw=st.booleans()
+    payload=st.binary(max_size=600),
+    flags=st.sampled_from([0, 1 << 31, 1 << 30]),
+    raw=st.booleans(),
+    as_json=st.booleans(),
 )
-def test_forged_records_with_valid_checksums(small, payload, flags, raw):
+def test_forged_records_with_valid_checksums(small, payload, flags, raw, as_json):
     """Ring bytes the checksum cannot catch (a forger who knows the seed):
     short records, unknown kinds, garbage fields, lengths past the chunk."""
     seed = small["meta"]["chunk_seed"]
     ring = payload if raw else ring_record(payload, flags)
     data = small["head"] + chunk(b"VGRc", ring, seed) + small["end"]
-    check(_write(small, "forged.vgl", data))
+    check(_write(small, "forged.vgl", data), *(["--json"] if as_json else []))
 
 
 @pytest.mark.kernel
@@ -221,8 +224,9 @@ def test_forged_records_with_valid_checksums(small, payload, flags, raw):
     rec=st.integers(0, 2),
     pos=st.integers(0, 1 << 16),
     value=st.binary(min_size=1, max_size=8),
+    as_json=st.booleans(),
 )
-def test_real_records_with_fields_overwritten(small, rec, pos, value):
+def test_real_records_with_fields_overwritten(small, rec, pos, value, as_json):
     """A real exec record with any field overwritten (kind, lengths, times,
     string sizes), re-checksummed."""
     seed = small["meta"]["chunk_seed"]
@@ -230,7 +234,7 @@ def test_real_records_with_fields_overwritten(small, rec, pos, value):
     at = pos % len(r)
     r[at : at + len(value)] = value
     data = small["head"] + chunk(b"VGRc", ring_record(bytes(r)), seed) + small["end"]
-    check(_write(small, "field.vgl", data))
+    check(_write(small, "field.vgl", data), *(["--json"] if as_json else []))
 
 
 _json = st.recursive(
