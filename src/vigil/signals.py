@@ -113,15 +113,17 @@ class ServiceSignals:
             self.stop_signal = signum
             if self.on_stop is not None:
                 self.on_stop(signum)
-        else:
-            self.hurry = True
 
     # -- the handler (runs in the main thread, between two bytecodes) -------------
     def _handle(self, signum: int, _frame) -> None:
         if signum in RELOAD_SIGNALS:
             self._reload_pending = True
-        else:
+        elif not self.stopping:
             self.request_stop(signum)
+        elif signum != signal.SIGPIPE:
+            # an operator's second signal; a closed output raises SIGPIPE at
+            # every write and must not cut short the drain into the store
+            self.hurry = True
 
     # -- the loop's side ------------------------------------------------------------
     def service(self) -> bool:
