@@ -286,3 +286,34 @@ def test_sigterm_under_a_storm_ends_within_the_grace_period(tmp_path, accept_sto
     assert took < grace + 5.0, err
     # all stored, or what the grace period left is counted, never silent
     assert "events stored" in lines[-1] or "events lost" in lines[-1]
+
+
+def _deliver(sig: int) -> None:
+    """Send `sig` to ourselves and let its Python handler run."""
+    os.kill(os.getpid(), sig)
+    time.sleep(0.01)
+
+
+def test_service_signals_semantics():
+    """Real signals to this process, through the module the loops share."""
+    from vigil.signals import ServiceSignals
+
+    reloaded, stops = [], []
+    out = __import__("io").StringIO()
+    with ServiceSignals(
+        on_stop=stops.append, reload_hooks=[lambda: reloaded.append(1)], out=out
+    ) as s:
+        _deliver(signal.SIGHUP)
+        assert not s.service() and reloaded == [1]
+        assert "SIGHUP: configuration reloaded (1 component(s))" in out.getvalue()
+        _deliver(signal.SIGPIPE)
+        _deliver(signal.SIGPIPE)  # a closed output: every write raises it again
+        assert s.service() and stops == [signal.SIGPIPE] and not s.hurry
+        _deliver(signal.SIGUSR1)  # an operator's second signal: end the drain now
+        assert s.hurry and stops == [signal.SIGPIPE]
+        t0 = time.monotonic()
+        s.sleep(5)  # the wake-up pipe is readable: no wait
+        assert time.monotonic() - t0 < 1
+    # the handlers are restored afterwards
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGPIPE) is signal.SIG_IGN
