@@ -17,6 +17,7 @@ import mmap
 import os
 import struct
 from collections import deque
+from collections.abc import Iterator
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -564,6 +565,13 @@ class RingReader:
     def pending_bytes(self) -> int:
         return self._prod_pos[0] - self._cons[0]
 
+    def producer_position(self) -> int:
+        """Where the kernel will reserve next (a stop drains up to here)."""
+        return self._prod_pos[0]
+
+    def consumer_position(self) -> int:
+        return self._cons[0]
+
     def _committed_end(self, cons: int, end: int) -> int:
         """Position of the first record at or after `cons` not yet committed."""
         data, mask, unpack = self._data, self._mask, _LEN_HDR.unpack_from
@@ -574,14 +582,15 @@ class RingReader:
             cons += ((length & ~(_BUSY | _DISCARD)) + _HDR + 7) & ~7
         return cons
 
-    def drain_raw(self, limit: int = 4 << 20) -> bytes:
+    def drain_raw(self, limit: int = 4 << 20, until: int | None = None) -> bytes:
         """The committed part of the ring as it lies there (record headers,
         padding and discarded records included), up to about `limit` bytes,
-        in one copy.  split_records() turns it into records.
+        in one copy.  split_records() turns it into records.  With `until`
+        (a producer position), nothing from there on is read.
         """
         cons = self._cons[0]
-        prod = self._prod_pos[0]
-        if cons == prod:
+        prod = self._prod_pos[0] if until is None else min(until, self._prod_pos[0])
+        if cons >= prod:
             return b""
         stop = self._committed_end(cons, min(prod, cons + limit))
         off = cons & self._mask
@@ -590,9 +599,25 @@ class RingReader:
         self._cons[0] = stop
         return raw
 
-    def drain(self, limit: int = 4 << 20) -> list[bytes]:
+    def drain(self, limit: int = 4 << 20, until: int | None = None) -> list[bytes]:
         """Committed records, oldest first, up to about `limit` bytes of them."""
-        return split_records(self.drain_raw(limit))
+        return split_records(self.drain_raw(limit, until))
+
+    def peek_records(self, until: int) -> Iterator[bytes | None]:
+        """The records between the consumer and `until`, without consuming
+        them (None for one still being written): to count what a stop left."""
+        data, mask, unpack = self._data, self._mask, _LEN_HDR.unpack_from
+        pos = self._cons[0]
+        end = min(until, self._prod_pos[0])
+        while pos < end:
+            (length,) = unpack(data, pos & mask)
+            rec_len = length & ~(_BUSY | _DISCARD)
+            if length & _BUSY:
+                yield None
+            elif not length & _DISCARD:
+                off = (pos & mask) + _HDR
+                yield bytes(data[off : off + rec_len])
+            pos += (rec_len + _HDR + 7) & ~7
 
     def close(self) -> None:
         for view in ("_cons", "_prod_pos", "_data", "_prod"):
@@ -605,10 +630,11 @@ _LEN_HDR = struct.Struct("<I")
 
 
 def split_records(raw: bytes) -> list[bytes]:
-    """Records of a ring segment from RingReader.drain_raw (or a recording)."""
+    """Records of a ring segment from RingReader.drain_raw (or a recording:
+    bounds-checked, a cut or garbled tail yields no record)."""
     out = []
     pos, n, unpack = 0, len(raw), _LEN_HDR.unpack_from
-    while pos < n:
+    while pos + _HDR <= n:
         (length,) = unpack(raw, pos)
         rec_len = length & ~(_BUSY | _DISCARD)
         if not length & _DISCARD:

@@ -8,6 +8,7 @@ one enrichment pass, one JSON pass, one database transaction.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -17,6 +18,7 @@ from typing import Protocol
 from .encoding import iso_time, to_json
 from .loader import Session
 from .process import ProcessTable
+from .signals import STOP_GRACE_S, ServiceSignals, StopDrain, add_unread
 
 
 class Batch:
@@ -63,14 +65,25 @@ class Agent:
         self._rate_base: dict[str, int] = dict(self.received)
         self._rate_time = time.monotonic()
         self._stop = False
+        # SIGHUP calls each of these (a component re-reading its config)
+        self.reload_hooks: list[Callable[[], None]] = []
+        self.signals: ServiceSignals | None = None  # while run() runs
+        # per kind: records in the ring at a stop that the grace period left unread
+        self.unread: dict[str, int] = {}
 
     def stop(self, *_args) -> None:
         self._stop = True
 
-    def step(self, timeout: float | None = None) -> int:
+    def on_reload(self, hook: Callable[[], None]) -> None:
+        """Call `hook` on SIGHUP, between two drains (never in a handler)."""
+        self.reload_hooks.append(hook)
+
+    def step(
+        self, timeout: float | None = None, until: int | None = None, limit: int = 1 << 20
+    ) -> int:
         """Wait for events once and handle them; returns how many were read."""
         self.session.wait(self.poll_interval if timeout is None else timeout)
-        events = self.session.read()
+        events = self.session.read(until, limit)
         if not events:
             return 0
         received = self.received
@@ -87,9 +100,25 @@ class Agent:
             events = [ev for ev in events if self.keep(ev)]
         if events:
             batch = Batch(events)
-            for sink in self.sinks:
-                sink.write(batch)
+            for sink in list(self.sinks):
+                try:
+                    sink.write(batch)
+                except BrokenPipeError:
+                    self._output_closed(sink)
         return len(events)
+
+    def _output_closed(self, sink: Sink) -> None:
+        """The console's reader went away (`| head`): stop as on SIGPIPE, and
+        still drain what came before into the other sinks (the store)."""
+        self.sinks.remove(sink)
+        # console sinks write to stdout: point it at /dev/null so neither
+        # they nor Python's exit-time flush raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        if self.signals is not None:
+            self.signals.request_stop(signal.SIGPIPE)
+        self._stop = True
 
     def stats(self) -> dict[str, dict]:
         """Per kind: kernel counters, events received, and the recent rate."""
@@ -109,39 +138,72 @@ class Agent:
         return out
 
     def run(
-        self, duration: float | None = None, on_ready: Callable[[], None] | None = None
+        self,
+        duration: float | None = None,
+        on_ready: Callable[[], None] | None = None,
+        stop_grace: float = STOP_GRACE_S,
     ) -> dict[str, dict]:
-        """Run until stopped (SIGINT/SIGTERM) or `duration` seconds; final stats.
+        """Run until a stop signal or `duration` seconds; final stats.
 
-        `on_ready` is called once the stop signals are handled: a "ready"
-        line printed earlier would invite a Ctrl-C that kills us uncleanly.
+        Signals as vigil.signals describes: SIGHUP runs `reload_hooks` and
+        goes on; any other service signal stops.  A stop reads what was in
+        the ring when it came and no more, for at most `stop_grace` s; what
+        is left is counted per kind as "unread" in the final stats.
+        `on_ready` is called once the signals are handled: a "ready" line
+        printed earlier would invite a Ctrl-C that kills us uncleanly.
         """
-        old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        if on_ready is not None:
-            on_ready()
-        deadline = None if duration is None else time.monotonic() + duration
-        next_status = time.monotonic() + self.status_interval
+        reader = self.session.reader
+        stop_at: list[tuple[int, float]] = []  # the ring's producer position and time at the stop
+        signals = ServiceSignals(
+            on_stop=lambda _sig: stop_at.append((reader.producer_position(), time.monotonic())),
+            reload_hooks=self.reload_hooks,
+        )
         try:
-            while not self._stop:
-                self.step()
-                now = time.monotonic()
-                if now >= next_status:
-                    stats = self.stats()
-                    for sink in self.sinks:
-                        sink.status(stats)
-                    next_status = now + self.status_interval
-                if deadline is not None and now >= deadline:
-                    break
-            # what arrived before the stop still counts: empty the ring (a
-            # drain whose events the filter hid must not end this early)
-            while self.session.reader.pending_bytes():
-                self.step(timeout=0)
-            stats = self.stats()
-            for sink in self.sinks:
-                sink.status(stats)
-            return stats
+            with signals:
+                self.signals = signals
+                if signals.fileno() >= 0:
+                    self.session.wake_on(signals.fileno())
+                if on_ready is not None:
+                    on_ready()
+                deadline = None if duration is None else time.monotonic() + duration
+                next_status = time.monotonic() + self.status_interval
+                while not signals.service():
+                    if self._stop:
+                        signals.request_stop()
+                        break
+                    self.step()
+                    now = time.monotonic()
+                    if now >= next_status:
+                        self._report_status()
+                        next_status = now + self.status_interval
+                    if deadline is not None and now >= deadline:
+                        signals.request_stop()
+                signals.stop_notice()
+                self._drain_to(*stop_at[0], stop_grace)
+                return self._report_status()
         finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
+            self.signals = None
             for sink in self.sinks:
                 sink.close()
+
+    def _drain_to(self, target: int, since: float, grace: float) -> None:
+        """What was in the ring at the stop still counts: read up to `target`
+        (a drain whose events the filter hid must not end this early)."""
+        reader = self.session.reader
+        drain = StopDrain(reader, target, grace, since)
+        while drain.more(self.signals):
+            before = reader.consumer_position()
+            # small turns: the grace period is checked between them
+            self.step(timeout=0, until=target, limit=128 << 10)
+            if self.signals is not None:
+                self.signals.service()
+            if reader.consumer_position() == before:
+                time.sleep(0.001)  # a record reserved before the stop, not yet committed
+        self.unread = drain.unread(self.session.decoder.kind_of)
+
+    def _report_status(self) -> dict[str, dict]:
+        stats = self.stats()
+        add_unread(stats, self.unread)
+        for sink in self.sinks:
+            sink.status(stats)
+        return stats

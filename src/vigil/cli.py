@@ -23,6 +23,7 @@ from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
 from .outputs.store import Store
 from .paths import DEFAULT_DB
 from .process import ProcessTable
+from .signals import STOP_GRACE_S, add_unread
 from .table import Column, TablePrinter, clock_time
 from .tools import live
 
@@ -113,6 +114,14 @@ def _describe(ev: dict) -> str:
     "are dropped (counted).",
 )
 @click.option(
+    "--stop-grace",
+    default=STOP_GRACE_S,
+    show_default=True,
+    type=opt.seconds(0.0, 3600.0),
+    help="Longest a stop spends storing what was in the ring when it came, s "
+    "(what is left is counted as lost).",
+)
+@click.option(
     "--summary-interval",
     default=60.0,
     show_default=True,
@@ -129,6 +138,7 @@ def monitor(
     duration,
     summary_specs,
     no_summaries,
+    stop_grace,
     summary_interval,
     store_backlog_mb,
     ring_mb,
@@ -163,7 +173,9 @@ def monitor(
         if snapshot_kinds:
             agent.inject(listeners.snapshot_events(snapshot_kinds, processes=table))
         stats = agent.run(
-            duration, on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}")
+            duration,
+            on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}"),
+            stop_grace=stop_grace,
         )
     stored = sum(store.stored.values())
     click.echo(f"vigil: {stored} events stored in {db_path}", err=True)
@@ -220,32 +232,20 @@ def _available_sensors() -> list[str]:
 @live.ring_options
 def record(path, sensor_names, duration, all_events, ring_mb, latency):
     """Record raw events to a file at the lowest cost; decode with `vigil report`."""
-    import signal
-
     names = list(sensor_names) or _available_sensors()
-    stop = {"now": False}
-    deadline = None if duration is None else time.monotonic() + duration
-
-    def should_stop() -> bool:
-        if deadline is not None and time.monotonic() >= deadline:
-            stop["now"] = True
-        return stop["now"]
-
-    def on_signal(*_):
-        stop["now"] = True
-
     session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=not all_events)
     with session:
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            live.ready(f"recording {', '.join(names)} into {path}")
-            written = recorder.record(session, path, should_stop, latency)
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
+        done = recorder.record(
+            session,
+            path,
+            latency,
+            duration=duration,
+            on_ready=lambda: live.ready(f"recording {', '.join(names)} into {path}"),
+        )
         stats = session.kernel_stats()
+    add_unread(stats, done.unread)
     total = sum(s["emitted"] for s in stats.values())
-    click.echo(f"vigil: {total} events ({written} bytes) recorded in {path}", err=True)
+    click.echo(f"vigil: {total} events ({done.written} bytes) recorded in {path}", err=True)
     live.finish(stats)
 
 
@@ -254,10 +254,17 @@ def record(path, sensor_names, duration, all_events, ring_mb, latency):
 @click.option("--kind", "kinds", multiple=True, type=opt.TEXT, help="Only this kind (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines (docs/events.md).")
 def report(path, kinds, as_json):
-    """Decode a recording made by `vigil record`."""
+    """Decode a recording made by `vigil record`.
+
+    Exit status: 0 when the whole recording was read; 1 on an error (one
+    line, nothing decoded) or when the recording is damaged: every complete,
+    intact chunk is still printed, and one warning line says what was cut
+    or skipped.
+    """
     table = recorder.report_table()
     wanted = set(kinds)
-    batches = recorder.replay(path, table)
+    replay = recorder.replay(path, table)
+    batches = iter(replay)
     first = next(batches, [])  # a bad file fails here, before any output
     sink = JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS))
     for events in itertools.chain([first], batches):
@@ -266,6 +273,13 @@ def report(path, kinds, as_json):
             events = [ev for ev in events if ev["kind"] in wanted]
         if events:
             sink.write(Batch(events))
+    said = replay.damage.summary()
+    if said:
+        level = "warning" if replay.damage.damaged else "note"
+        click.echo(f"vigil: {level}: {path}: {said}", err=True)
+    if replay.damage.damaged:
+        return 1
+    return None
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -515,7 +529,8 @@ for _command in tools.commands():
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="vigil", standalone_mode=False)
+        # a command may return its exit status (`report`: 1 for a damaged recording)
+        rc = cli.main(args=argv, prog_name="vigil", standalone_mode=False)
     except click.exceptions.Abort:
         return 130
     except click.UsageError as err:
@@ -542,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         what = " ".join(str(err).split())[:200]
         _error_line(f"vigil: internal error: {type(err).__name__}: {what}; run with -v for details")
         return INTERNAL_ERROR
-    return 0
+    return rc if type(rc) is int else 0
 
 
 def _error_line(text: str) -> None:

@@ -211,18 +211,23 @@ class Session:
         """Follow wall-clock steps (NTP, settimeofday) in event timestamps."""
         self.decoder.set_boot_offset(_boot_offset_ns())
 
+    def wake_on(self, fd: int) -> None:
+        """Make wait() also return when `fd` is readable (a signal's wake-up pipe)."""
+        self._epoll.register(fd, select.EPOLLIN)
+
     def wait(self, timeout: float) -> None:
-        """Block until the kernel wakes us or `timeout` seconds pass."""
+        """Block until the kernel wakes us (or a wake_on fd) or `timeout` s pass."""
         if self.reader.pending_bytes() == 0:
             try:
                 self._epoll.poll(timeout)
             except InterruptedError:
                 pass
 
-    def read(self) -> list[dict]:
-        """Drain the ring: every pending record, decoded, oldest first."""
+    def read(self, until: int | None = None, limit: int = 1 << 20) -> list[dict]:
+        """Drain the ring: pending records (up to about `limit` bytes, before
+        the producer position `until` if given), decoded, oldest first."""
         # bounded: a backlog waits in the kernel's ring, not in our memory
-        recs = self.reader.drain(1 << 20)
+        recs = self.reader.drain(limit, until)
         if not recs:
             return []
         events = self.decoder.decode_batch(recs)

@@ -382,6 +382,13 @@ class Decoder:
     def kinds(self) -> list[str]:
         return [layout.kind for layout in self.layouts.values()]
 
+    def kind_of(self, rec: bytes) -> str | None:
+        """The kind name of a raw record, without decoding it (None: unknown)."""
+        if self._kind_off is None or len(rec) < self._kind_off + 4:
+            return None
+        layout = self.layouts.get(self._kind_struct.unpack_from(rec, self._kind_off)[0])
+        return layout.kind if layout is not None else None
+
     def decode(self, rec: bytes) -> Decoded | None:
         (kind_id,) = self._kind_struct.unpack_from(rec, self._kind_off)
         fn = self._decoders.get(kind_id)

@@ -167,6 +167,10 @@ def lost_summary(stats: dict[str, dict]) -> str | None:
         return None
     detail = ", ".join(f"{k} {n}" for k, n in sorted(lost.items()) if n)
     msg = f"{total} events lost" + (f" ({detail})" if detail else "")
+    unread = sum(s.get("unread", 0) for s in stats.values())
+    if unread:
+        # counted in "lost" too: in the ring at a stop, past its grace period
+        msg += f"; {unread} of them left unread in the ring when the stop's grace period ended"
     if sum(partial.values()):
         msg += f"; {sum(partial.values())} sent without some fields"
     return msg

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import time
 from collections.abc import Callable
 
@@ -17,6 +16,7 @@ from ..agent import Agent
 from ..errors import ConfigError
 from ..outputs.sinks import JsonSink, TableSink, lost_summary
 from ..process import ProcessTable
+from ..signals import ServiceSignals
 from ..table import Column, TablePrinter, clock_time, relative_time
 
 # What keeps the process table current (see process.ProcessTable).
@@ -138,29 +138,24 @@ def every(
     tick: Callable[[], None],
     on_ready: Callable[[], None] | None = None,
 ) -> bool:
-    """Call `tick` every `interval` seconds, `count` times or until Ctrl-C
-    or SIGTERM; with no interval, wait for the signal only.  `on_ready`
-    runs once the signals are caught (a "ready" line must not come before).
+    """Call `tick` every `interval` seconds, `count` times or until a stop
+    signal (Ctrl-C, SIGTERM and the others of vigil.signals; SIGHUP only
+    reloads); with no interval, wait for the signal only.  `on_ready` runs
+    once the signals are caught (a "ready" line must not come before).
     True when a signal ended it (bcc's tools print a last summary then).
     """
-    stop: list[int] = []
-    handlers = {
-        s: signal.signal(s, lambda *_: stop.append(1)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
+    with ServiceSignals() as signals:
         if on_ready is not None:
             on_ready()
         done = 0
         due = time.monotonic() + (interval or 0)
-        while not stop and (count is None or done < count):
-            wait = 0.2 if interval is None else due - time.monotonic()
+        while not signals.service() and (count is None or done < count):
+            wait = 3600.0 if interval is None else due - time.monotonic()
             if wait > 0:
-                time.sleep(min(wait, 0.2))
+                signals.sleep(wait)  # returns early when a signal comes
                 continue
             tick()
             done += 1
             due += interval
-        return bool(stop)
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
+        signals.stop_notice()
+        return signals.stopping
