@@ -8,7 +8,6 @@ import itertools
 import logging
 import os
 import sys
-import time
 
 import click
 import orjson
