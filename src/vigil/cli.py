@@ -7,6 +7,7 @@ import functools
 import itertools
 import logging
 import re
+import signal
 import sys
 import time
 
@@ -15,6 +16,8 @@ import orjson
 
 from . import __version__, kernel, listeners, loader, recorder, sensors, summaries, tools
 from .agent import Agent, Batch
+from .detect import cli as detect_cli
+from .detect import output as detect_output
 from .errors import ConfigError, VigilError
 from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
 from .outputs.store import Store
@@ -93,6 +96,7 @@ def _describe(ev: dict) -> str:
     help="An in-kernel counter to keep (an argdist -C spec; NAME= drops a default).",
 )
 @click.option("--no-summaries", is_flag=True, help="Keep no in-kernel counters.")
+@detect_cli.rules_options
 @click.option(
     "--summary-interval",
     default=60.0,
@@ -111,15 +115,23 @@ def monitor(
     summary_specs,
     no_summaries,
     summary_interval,
+    rule_paths,
+    no_rules,
+    strict,
+    alert_window,
     ring_mb,
     latency,
 ):
     """Run every sensor this kernel supports; store events and show them live."""
     names = list(sensor_names) or _available_sensors()
     specs = {} if no_summaries else summaries.parse_option(summary_specs)
+    table = ProcessTable()
+    detector = detect_cli.make_detector(rule_paths, no_rules, strict, alert_window, table)
     store = Store(db_path)
     sinks = []
     try:
+        if detector is not None:
+            sinks.append(detect_output.AlertStoreSink(store, detector))
         # counters flush into the store: close them before it (sinks close in order)
         if specs:
             sinks.append(summaries.SummarySink(store, specs, summary_interval))
@@ -134,10 +146,14 @@ def monitor(
     with session:
         if not quiet:
             sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
+        if detector is not None:
+            sinks.append(detect_output.AlertPrinter(as_json))
         sinks.append(StatusLine(status_interval))
-        table = ProcessTable()
         table.seed()
-        agent = Agent(session, sinks, processes=table, poll_interval=latency)
+        stages = [detector] if detector is not None else []
+        agent = Agent(session, sinks, processes=table, stages=stages, poll_interval=latency)
+        if detector is not None:  # rules reload at the next batch, never in the handler
+            signal.signal(signal.SIGHUP, detector.request_reload)
         # sockets already bound or listening: the picture from the first second
         snapshot_kinds = {"bind", "listen"} & {k for s in session.sensors for k in s.kinds}
         if snapshot_kinds:
@@ -209,19 +225,26 @@ def record(path, sensor_names, duration, all_events, ring_mb, latency):
 @click.argument("path")
 @click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines (docs/events.md).")
-def report(path, kinds, as_json):
-    """Decode a recording made by `vigil record`."""
+@detect_cli.rules_options
+def report(path, kinds, as_json, rule_paths, no_rules, strict, alert_window):
+    """Decode a recording made by `vigil record` (and detect, as monitor does)."""
     table = recorder.report_table()
     wanted = set(kinds)
+    detector = detect_cli.make_detector(rule_paths, no_rules, strict, alert_window, table)
     batches = recorder.replay(path, table)
     first = next(batches, [])  # a bad file fails here, before any output
-    sink = JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS))
+    sinks = [JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS))]
+    if detector is not None:
+        sinks.append(detect_output.AlertPrinter(as_json))
     for events in itertools.chain([first], batches):
+        batch = Batch(events)
         table.enrich(events)
+        if detector is not None:
+            detector.process(batch)
         if wanted:
-            events = [ev for ev in events if ev["kind"] in wanted]
-        if events:
-            sink.write(Batch(events))
+            batch.events = [ev for ev in batch.events if ev["kind"] in wanted]
+        for sink in sinks:
+            sink.write(batch)
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -436,7 +459,7 @@ def _alternatives(choice: loader.Choice) -> str:
     return ", ".join(others)
 
 
-for _command in tools.commands():
+for _command in [*tools.commands(), *detect_cli.COMMANDS]:
     cli.add_command(_command)
 
 

@@ -420,10 +420,12 @@ class Rule:
     verdict: str
     reasons: list[str]
     source: fieldmap.LogSource | None = None
+    logsource: str = ""  # the rule's category (or service, or product), as written
     condition: Pred | None = None
     atoms: frozenset | None = None
     selections: dict[str, tuple[Pred, list[str]]] = field(default_factory=dict)
     fields: list[str] = field(default_factory=list)
+    dedup: tuple[str, ...] = ()  # `vigil_dedup:` key fields (default: the process)
     order: int = 0
 
     @property
@@ -483,6 +485,7 @@ def compile_rule(rule: SigmaRule, path: str, getters_by_source: dict) -> Rule:
         out.reasons = [str(e) for e in rule.errors]
         return out
     ls = rule.logsource
+    out.logsource = ls.category or ls.service or ls.product or ""
     source = fieldmap.find(ls.category, ls.product, ls.service)
     if source is None:
         out.verdict = NEVER_FIRES
@@ -520,6 +523,16 @@ def compile_rule(rule: SigmaRule, path: str, getters_by_source: dict) -> Rule:
                 "condition can never hold"
             ]
         return out
+    dedup = rule.custom_attributes.get("vigil_dedup") or ()
+    if isinstance(dedup, str):
+        dedup = [dedup]
+    for name in dedup:
+        get = fieldmap.getter(source, str(name))
+        if get is None:
+            out.reasons = [f"vigil_dedup names field {name!r}, which {source.category} lacks"]
+            return out
+        getters[str(name)] = get
+    out.dedup = tuple(str(n) for n in dedup)
     out.verdict = DEGRADED if reasons else CAN_FIRE
     out.reasons = [f"ignores {r}" for r in reasons]
     out.condition = closure(root)

@@ -132,6 +132,7 @@ PROCESS_CREATION_FIELDS: dict[str, Field] = {
     "CommandName": _f(_get("comm", text), "`comm`"),
     "TargetFilename": _f(_get("filename", text), "`filename`, the path as passed to execve"),
     "EffectiveUserId": _f(_get("euid"), "`euid` (0: runs as root)"),
+    "EffectiveGroupId": _f(_get("egid"), "`egid`"),
 }
 # OriginalFileName is listed so that `rules check` says why it cannot fire.
 UNKNOWABLE = {"OriginalFileName"}
