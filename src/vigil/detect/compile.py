@@ -78,23 +78,35 @@ class View:
         self.low: dict = {}
 
     def get(self, name: str):
-        try:
-            return self.raw[name]
-        except KeyError:
-            v = self.raw[name] = self.getters[name](self.ev, self.ctx)
-            return v
+        raw = self.raw
+        v = raw.get(name, _UNSET)
+        if v is _UNSET:
+            v = raw[name] = self.getters[name](self.ev, self.ctx)
+        return v
 
     def lower(self, name: str) -> str | None:
-        try:
-            return self.low[name]
-        except KeyError:
+        low = self.low
+        s = low.get(name, _UNSET)
+        if s is _UNSET:
             v = self.get(name)
-            s = self.low[name] = None if v is None else (v if type(v) is str else _str(v)).lower()
-            return s
+            s = low[name] = None if v is None else (v if type(v) is str else _str(v)).lower()
+        return s
 
     def text(self, name: str) -> str | None:
         v = self.get(name)
         return None if v is None else v if type(v) is str else _str(v)
+
+    def utf8(self, name: str) -> bytes | None:
+        """The field as UTF-8 bytes, for RE2 (no per-match offset conversion)."""
+        key = (name, "utf8")
+        b = self.low.get(key, _UNSET)
+        if b is _UNSET:
+            t = self.text(name)
+            b = self.low[key] = None if t is None else t.encode("utf-8", "surrogatepass")
+        return b
+
+
+_UNSET = object()
 
 
 def _str(v) -> str:
@@ -233,18 +245,17 @@ class Compiler:
             if f in flags
         )
         full = f"(?{inline}){pattern}" if inline else pattern
-        rx = None
         if re2 is not None:
             try:
-                rx = re2.compile(full)
+                search = re2.compile(full.encode()).search
             except Exception:  # re2 lacks backreferences and lookarounds
-                rx = None
-        if rx is None:
-            try:
-                rx = re.compile(full)
-            except re.error as err:
-                raise Unsupported(f"regex {pattern!r} ({err})") from None
-        search = rx.search
+                pass
+            else:
+                return lambda view: (b := view.utf8(name)) is not None and search(b) is not None
+        try:
+            search = re.compile(full).search
+        except re.error as err:
+            raise Unsupported(f"regex {pattern!r} ({err})") from None
         return lambda view: (s := view.text(name)) is not None and search(s) is not None
 
     def cidr(self, name: str, net) -> Pred:
@@ -305,7 +316,10 @@ class Compiler:
         except Unsupported as err:
             self.missing.append(str(err))
             return FALSE
-        preds = [p for p, _ in compiled]
+        fast = _simple_strings(name, item_values, item.value_linking is ConditionAND)
+        if fast is not None:
+            compiled = [(fast, a) for _, a in compiled]
+        preds = [p for p, _ in compiled[:1]] if fast is not None else [p for p, _ in compiled]
         atoms = [a for _, a in compiled]
         if item.value_linking is ConditionAND:
             pred = preds[0] if len(preds) == 1 else (lambda view: all(p(view) for p in preds))
@@ -342,6 +356,63 @@ class Compiler:
             for d in det.detection_items
         ]
         return _and(kids) if det.item_linking is ConditionAND else _or(kids)
+
+
+def _simple_strings(name: str, values: list, all_of: bool) -> Pred | None:
+    """One closure for a list of plain case-insensitive strings on one field
+    (equals / contains / startswith / endswith): the field is fetched once
+    and str's tuple forms do the loop in C.  None when the list has other
+    shapes (those keep one predicate per value)."""
+    if len(values) < 2:
+        return None
+    star = SpecialChars.WILDCARD_MULTI
+    eq, sw, ew, co = [], [], [], []
+    for v in values:
+        if type(v) is not SigmaString:
+            return None
+        parts = list(v.s)
+        strs = [p for p in parts if isinstance(p, str)]
+        shape = tuple("*" if p is star else "s" if isinstance(p, str) else "?" for p in parts)
+        lit = strs[0].lower() if strs else ""
+        if shape == ("s",):
+            eq.append(lit)
+        elif shape == ("s", "*"):
+            sw.append(lit)
+        elif shape == ("*", "s"):
+            ew.append(lit)
+        elif shape == ("*", "s", "*"):
+            co.append(lit)
+        else:
+            return None
+    if all_of:
+        eqs, sws, ews, cos = eq, sw, ew, co
+
+        def pred_all(view: View) -> bool:
+            s = view.lower(name)
+            if s is None:
+                return False
+            return (
+                all(s == x for x in eqs)
+                and all(s.startswith(x) for x in sws)
+                and all(s.endswith(x) for x in ews)
+                and all(x in s for x in cos)
+            )
+
+        return pred_all
+    eqset, swt, ewt, cot = frozenset(eq), tuple(sw), tuple(ew), tuple(co)
+
+    def pred_any(view: View) -> bool:
+        s = view.lower(name)
+        if s is None:
+            return False
+        if s in eqset or (swt and s.startswith(swt)) or (ewt and s.endswith(ewt)):
+            return True
+        for x in cot:
+            if x in s:
+                return True
+        return False
+
+    return pred_any
 
 
 def _sub(name: str, lit: str) -> Atom | None:

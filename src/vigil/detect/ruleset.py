@@ -150,8 +150,8 @@ class _Group:
         if len(out) > 1:
             uniq = []
             for r in out:
-                if r.order not in found:
-                    found.add(r.order)
+                if id(r) not in found:
+                    found.add(id(r))
                     uniq.append(r)
             out = uniq
         return out
