@@ -33,6 +33,7 @@ from sigma.conditions import (
     ConditionSelector,
 )
 from sigma.exceptions import SigmaError
+from sigma.modifiers import modifier_mapping
 from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaRule
 from sigma.types import (
     CompareOperators,
@@ -63,6 +64,7 @@ PATH_FIELDS = {"Image", "ParentImage", "TargetFilename"}
 # modifiers that encode strings as Windows does: nothing on Linux holds them
 _WINDOWS_ENCODINGS = {"SigmaWideModifier", "SigmaUTF16Modifier", "SigmaUTF16BEModifier"}
 
+_SIGMA_NAMES = {cls.__name__: name for name, cls in modifier_mapping.items()}
 Pred = Callable[["View"], bool]
 Atom = tuple[str, str, str]  # ("eq" | "base" | "sub", field, lowered text)
 
@@ -296,9 +298,8 @@ class Compiler:
         name = item.field
         mods = {m.__name__ for m in item.modifiers}
         if mods & _WINDOWS_ENCODINGS:
-            self.missing.append(
-                f"modifier {'/'.join(sorted(mods & _WINDOWS_ENCODINGS))} (Windows encodings)"
-            )
+            names = sorted(_SIGMA_NAMES.get(m, m) for m in mods & _WINDOWS_ENCODINGS)
+            self.missing.append(f"modifier {'/'.join(names)} (a Windows string encoding)")
             return FALSE
         if name is None:
             return self.keywords(item)
