@@ -299,3 +299,61 @@ def test_connection_to_unusual_port(pack_alerts):
     assert not any(pid == ids["port_benign"][0] for pid, _ in got)
     a = next(a for a in of(alerts, "port") if a["event"]["pid"] == ids["port_trigger"][0])
     assert a["key"] == ["127.0.0.1", 31337]  # vigil_dedup: DestinationIp, DestinationPort
+
+
+def _hup_rule(name: str) -> str:
+    return (
+        f"title: hup {name}\nid: 7669676c-0000-4000-8000-00000000{name == 'b':04d}\n"
+        "level: low\nlogsource:\n    product: linux\n    category: process_creation\n"
+        f"detection:\n    sel:\n        Image|endswith: /hup-{name}\n    condition: sel\n"
+    )
+
+
+def test_sighup_reloads_rules_and_a_broken_reload_keeps_them(tmp_path):
+    import json
+    import signal
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yml").write_text(_hup_rule("a"))
+    bins = {n: str(tmp_path / f"hup-{n}") for n in "ab"}
+    for path in bins.values():
+        shutil.copy("/bin/true", path)
+    db = str(tmp_path / "db")
+    proc = start_vigil(
+        "monitor",
+        "-q",
+        "--db",
+        db,
+        "--rules",
+        str(rules),
+        "--sensor",
+        "exec",
+        "--sensor",
+        "fork",
+        "--sensor",
+        "exit",
+    )
+    try:
+        _run(bins["a"], check=True)
+        time.sleep(0.5)
+        (rules / "r.yml").write_text(_hup_rule("b"))
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        _run(bins["a"], check=True)  # reload happens at this batch: rule a is gone
+        time.sleep(0.5)
+        _run(bins["b"], check=True)
+        time.sleep(0.5)
+        (rules / "r.yml").write_text("title: [half-edited\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        _run(bins["b"], check=True)  # the broken reload kept rule b
+        time.sleep(0.5)
+    finally:
+        _out, err = stop_vigil(proc)
+    res = vigil("alerts", "--db", db, "--json", text=True)
+    got = sorted(
+        (json.loads(x)["rule"]["title"], json.loads(x)["count"]) for x in res.stdout.splitlines()
+    )
+    assert got == [("hup a", 1), ("hup b", 1), ("hup b", 1)]  # two processes: two alerts
+    assert b"rule reload failed" in err and b"r.yml" in err

@@ -130,7 +130,6 @@ PROCESS_CREATION_FIELDS: dict[str, Field] = {
     ),
     "LogonId": _f(_get("auid"), "`auid`, the audit login uid (4294967295 when unset)"),
     "CommandName": _f(_get("comm", text), "`comm`"),
-    "TargetFilename": _f(_get("filename", text), "`filename`, the path as passed to execve"),
     "EffectiveUserId": _f(_get("euid"), "`euid` (0: runs as root)"),
     "EffectiveGroupId": _f(_get("egid"), "`egid`"),
 }

@@ -60,14 +60,15 @@ class Detector:
         self._lost: dict[str, int] = {}
         self._losing_until: dict[str, int] = {}
 
-    def _load(self):
+    def _load(self, strict: bool | None = None):
+        strict = self.strict if strict is None else strict
         rules, verdicts = ruleset.load(self.paths)
         bad = problems(verdicts)
         for line in bad:
             log.warning("%s", line)
         if not ruleset.rule_files(self.paths):
             raise ConfigError(f"no rule files in {', '.join(self.paths)}")
-        if bad and self.strict:
+        if bad and strict:
             raise ConfigError(f"{len(bad)} invalid rule(s) (--strict): {bad[0]}")
         return rules, verdicts
 
@@ -76,10 +77,13 @@ class Detector:
         self._reload = True
 
     def reload(self) -> bool:
-        """Load the rules again; on failure keep the old set. True if replaced."""
+        """Load the rules again; on failure keep the old set. True if replaced.
+
+        A reload is always strict: one invalid rule keeps the whole old set
+        (a half-edited file must not silently drop the rules it held)."""
         self._reload = False
         try:
-            rules, verdicts = self._load()
+            rules, verdicts = self._load(strict=True)
         except Exception as err:  # a broken reload never leaves us without rules
             log.error("rule reload failed, keeping the %d loaded rules: %s", len(self.rules), err)
             return False
