@@ -389,7 +389,8 @@ def test_report_detects_like_monitor(tmp_path):
 def test_detection_doc_lists_every_field():
     from vigil.detect import fields
 
-    doc = open(os.path.join(ROOT, "docs", "detection.md")).read()
+    with open(os.path.join(ROOT, "docs", "detection.md")) as f:
+        doc = f.read()
     for source in fields.LOGSOURCES:
         assert f"`{source.category}`" in doc
         for name in source.fields:

@@ -97,6 +97,7 @@ def _describe(ev: dict) -> str:
 )
 @click.option("--no-summaries", is_flag=True, help="Keep no in-kernel counters.")
 @detect_cli.rules_options
+@detect_cli.baseline_options
 @click.option(
     "--summary-interval",
     default=60.0,
@@ -119,6 +120,8 @@ def monitor(
     no_rules,
     strict,
     alert_window,
+    baseline_learn,
+    no_baseline,
     ring_mb,
     latency,
 ):
@@ -130,7 +133,10 @@ def monitor(
     store = Store(db_path)
     sinks = []
     try:
-        if detector is not None:
+        stages = [detector] if detector is not None else []
+        if not no_baseline:
+            stages.append(detect_cli.make_baseline(store, baseline_learn, alert_window))
+        if stages:
             sinks.append(detect_output.AlertStoreSink(store, detector))
         # counters flush into the store: close them before it (sinks close in order)
         if specs:
@@ -146,14 +152,13 @@ def monitor(
     with session:
         if not quiet:
             sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
-        if detector is not None:
+        if stages:
             sinks.append(detect_output.AlertPrinter(as_json))
         sinks.append(StatusLine(status_interval))
         table.seed()
-        stages = [detector] if detector is not None else []
         agent = Agent(session, sinks, processes=table, stages=stages, poll_interval=latency)
-        if detector is not None:  # rules reload at the next batch, never in the handler
-            signal.signal(signal.SIGHUP, detector.request_reload)
+        if stages:  # rules and baselines reload at the next batch, never in the handler
+            signal.signal(signal.SIGHUP, lambda *_: [s.request_reload() for s in stages])
         # sockets already bound or listening: the picture from the first second
         snapshot_kinds = {"bind", "listen"} & {k for s in session.sensors for k in s.kinds}
         if snapshot_kinds:

@@ -64,6 +64,33 @@ def make_detector(rule_paths, no_rules, strict, window, processes=None) -> Detec
     return Detector(paths, processes=processes, strict=strict, window=window)
 
 
+def baseline_options(f):
+    f = click.option("--no-baseline", is_flag=True, help="Learn no baselines.")(f)
+    return click.option(
+        "--baseline-learn",
+        default="1d",
+        show_default=True,
+        metavar="DURATION",
+        help="How long each baseline kind learns before new entries raise alerts (30s, 10m, 2h, 7d).",
+    )(f)
+
+
+def parse_duration(text: str) -> float:
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
+    if not m:
+        raise ConfigError(f"duration {text!r}: use 30s, 10m, 2h, 7d")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    return float(m.group(1)) * unit
+
+
+def make_baseline(store, learn: str, window: float):
+    from .baseline import Baseline
+
+    return Baseline(store, parse_duration(learn), window=window)
+
+
 @click.group("rules")
 def rules_group():
     """Sigma rules: check what can fire here, backtest them."""
@@ -247,4 +274,91 @@ def alerts_cmd(db_path, since, levels, rule_ids, limit, as_json):
     printer.rows(rows)
 
 
-COMMANDS = [rules_group, alerts_cmd]
+@click.group("baseline")
+def baseline_group():
+    """Learned baselines: what listens, connects, uses capabilities, starts what."""
+
+
+def _kind_arg(f):
+    from .baseline import KINDS
+
+    return click.argument("kind", required=False, type=click.Choice(sorted(KINDS)))(f)
+
+
+@baseline_group.command("show")
+@_kind_arg
+@click.option("--db", "db_path", default=DEFAULT_DB, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def baseline_show(kind, db_path, as_json):
+    """What was learned (learned), accepted, and what is new since arming."""
+    import time
+
+    from . import baseline
+
+    store = Store(db_path, readonly=True)
+    try:
+        rows = baseline.rows(store, kind)
+        starts = baseline.armed(store)
+    finally:
+        store.close()
+    if as_json:
+        for r in rows:
+            click.echo(orjson.dumps(r).decode())
+        return
+    for k, start in sorted(starts.items()):
+        if kind in (None, k):
+            since = (time.time_ns() - start) / 1e9
+            click.echo(f"{k}: learning since {since:.0f}s ago (armed after --baseline-learn)")
+    printer = TablePrinter(
+        [
+            Column("KIND", 11, lambda r: r["kind"]),
+            Column("STATE", 9, lambda r: r["state"]),
+            Column(
+                "ENTRY",
+                0,
+                lambda r: (
+                    "  ".join(
+                        str(v)
+                        for k, v in r.items()
+                        if k not in ("kind", "state", "first_seen_ns", "example")
+                    )
+                    + f"  ({r['example']})"
+                ),
+            ),
+        ]
+    )
+    printer.header()
+    printer.rows(rows)
+
+
+@baseline_group.command("accept")
+@_kind_arg
+@click.option("--db", "db_path", default=DEFAULT_DB, show_default=True)
+def baseline_accept(kind, db_path):
+    """Accept every new entry (of KIND) as normal (a running monitor: at SIGHUP)."""
+    from . import baseline
+
+    store = Store(db_path)
+    try:
+        n = baseline.accept(store, kind)
+    finally:
+        store.close()
+    click.echo(f"vigil: {n} new entries accepted")
+
+
+@baseline_group.command("reset")
+@_kind_arg
+@click.option("--db", "db_path", default=DEFAULT_DB, show_default=True)
+def baseline_reset(kind, db_path):
+    """Forget what was learned (of KIND): learning starts again."""
+    from . import baseline
+
+    store = Store(db_path)
+    try:
+        n = baseline.reset(store, kind)
+    finally:
+        store.close()
+    click.echo(f"vigil: {n} entries forgotten; learning starts again at the next monitor start")
+
+
+COMMANDS = [rules_group, alerts_cmd, baseline_group]
