@@ -14,9 +14,9 @@ from ..errors import ConfigError
 from ..outputs.store import Store
 from ..paths import DEFAULT_DB
 from ..table import Column, TablePrinter
-from . import output, ruleset
-from .compile import CAN_FIRE, DEGRADED, INVALID, NEVER_FIRES
-from .stage import Detector
+from . import output
+
+# pySigma takes a while to import: only the commands that detect pay for it
 
 _ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,7 +52,9 @@ def rules_options(f):
     )(f)
 
 
-def make_detector(rule_paths, no_rules, strict, window, processes=None) -> Detector | None:
+def make_detector(rule_paths, no_rules, strict, window, processes=None):
+    from .stage import Detector
+
     if no_rules:
         return None
     paths = list(rule_paths) or default_rules()
@@ -113,6 +115,9 @@ def _verdict_row(r) -> dict:
 @click.option("-q", "--quiet", is_flag=True, help="Counts only.")
 def check(paths, as_json, quiet):
     """Verdict for every rule: can-fire, degraded, never-fires (why), invalid."""
+    from . import ruleset
+    from .compile import CAN_FIRE, DEGRADED, INVALID, NEVER_FIRES
+
     for p in paths:
         if not os.path.exists(p):
             raise ConfigError(f"{p}: no such file or directory")
@@ -208,6 +213,8 @@ def _events_from_db(db: str):
 @click.option("--alert-window", default=60.0, show_default=True, type=click.FloatRange(0.001))
 def test(rules, events_path, db_path, as_json, alert_window):
     """Backtest: what RULES would have raised on recorded or stored events."""
+    from .stage import Detector
+
     if bool(events_path) == bool(db_path):
         raise click.UsageError("give exactly one of --events FILE or --db DB")
     for p in rules:
