@@ -390,3 +390,36 @@ def test_alertbook_window_is_event_time():
         losing=[],
     )
     assert a is b and c is not a and a.data["count"] == 2 and c.data["count"] == 1
+
+
+@pytest.mark.parametrize(
+    "pattern, literals",
+    [
+        (r"-(W|R)\s?(\s|\"|')([0-9a-fA-F]{2}\s?){2,20}", ["-R", "-W"]),
+        (r"/(python|perl)[0-9.]*$", ["/perl", "/python"]),
+        (r"^curl\s", ["curl"]),
+        (r"foo(bar)?baz", ["foo"]),
+        (r"x*yz", ["yz"]),
+        (r"a.b", None),  # nothing of two characters is required
+        (r"(?:^|\s)(-i|--interactive)\s", ["--interactive", "-i"]),
+        (r"(ab|cd(e|f))x", ["abx", "cdex", "cdfx"]),
+    ],
+)
+def test_regex_required_literals(pattern, literals):
+    from vigil.detect.compile import regex_literals
+
+    assert regex_literals(pattern) == literals
+
+
+def test_regex_rules_are_indexed_and_still_fire(tmp_path):
+    rs, _ = load(
+        tmp_path,
+        rule_yaml("sel:\n    CommandLine|re: '-(W|R)\\s?([0-9a-f]{2}\\s?){2,20}'\ncondition: sel"),
+    )
+    (rule,) = rs.rules
+    assert rule.atoms == {("sub", "CommandLine", "-w"), ("sub", "CommandLine", "-r")}
+    ctx = Context()
+    assert rs.match(exe_event(["pnscan", "-W", "0a 0b 0c"], exe="/usr/bin/pnscan"), ctx)
+    rs.evaluated = 0
+    assert not rs.match(exe_event(["ls", "-l"], exe="/usr/bin/ls"), ctx)
+    assert rs.evaluated == 0  # no -w/-r in the command line: never evaluated

@@ -369,7 +369,9 @@ def test_report_detects_like_monitor(tmp_path):
     try:
         target = os.path.join(shm, "dropper")
         shutil.copy("/bin/true", target)
-        proc = start_vigil("record", "-o", rec, "--sensor", "exec", "--sensor", "fork", "--sensor", "exit")
+        proc = start_vigil(
+            "record", "-o", rec, "--sensor", "exec", "--sensor", "fork", "--sensor", "exit"
+        )
         try:
             _run(target, check=True)
             time.sleep(0.5)
@@ -382,7 +384,9 @@ def test_report_detects_like_monitor(tmp_path):
     lines = [json.loads(x) for x in res.stdout.splitlines()]
     alerts = [x for x in lines if x["kind"] == "alert"]
     execs = [x for x in lines if x["kind"] == "exec" and x["exe"] == target]
-    assert execs and [a["rule"]["id"] for a in alerts if a["event"]["exe"] == target] == [RULE["writable_exec"]]
+    assert execs and [a["rule"]["id"] for a in alerts if a["event"]["exe"] == target] == [
+        RULE["writable_exec"]
+    ]
     assert alerts[0]["event"]["pid"] == execs[0]["pid"]
 
 

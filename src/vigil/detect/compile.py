@@ -188,7 +188,12 @@ class Compiler:
             want = bool(v.exists)
             return (lambda view: (view.get(name) is not None) == want), None
         if isinstance(v, SigmaRegularExpression):
-            return self.regex(name, v), None
+            lits = regex_literals(str(v.regexp))
+            atom = None
+            if lits:
+                atoms = [_sub(name, x) for x in lits]
+                atom = None if None in atoms else ("any", name, tuple(atoms))
+            return self.regex(name, v), atom
         if isinstance(v, SigmaCIDRExpression):
             return self.cidr(name, v.network), None
         if isinstance(v, SigmaCompareExpression):
@@ -414,6 +419,72 @@ def _simple_strings(name: str, values: list, all_of: bool) -> Pred | None:
         return False
 
     return pred_any
+
+
+def regex_literals(pattern: str) -> list[str] | None:
+    """Strings one of which every match of `pattern` contains, or None.
+
+    Reads Python's parse of the regex (the top-level sequence only): the
+    longest run of literal characters, where a group of plain alternatives
+    (`(W|R)`, `[WR]`) multiplies the run into one string per alternative.
+    Anything it does not understand ends a run, so the answer is always a
+    necessary condition (never a wrong index), or None.
+    """
+    try:
+        from re import _constants as C
+        from re import _parser as P
+
+        items = list(P.parse(pattern))
+    except Exception:
+        return None
+    best: list[str] = []
+    run: list[str] = [""]
+
+    def alternatives(op, av) -> list[str] | None:
+        if op is C.LITERAL:
+            return [chr(av)]
+        if op is C.IN and all(o is C.LITERAL for o, _ in av):
+            return [chr(a) for _, a in av]
+        if op is C.SUBPATTERN:
+            return sequence(list(av[-1]))
+        if op is C.BRANCH:
+            out = []
+            for branch in av[1]:
+                b = sequence(list(branch))
+                if b is None:
+                    return None
+                out.extend(b)
+            return out
+        return None
+
+    def sequence(items) -> list[str] | None:
+        """Every string the whole sequence can be, if it is that simple."""
+        out = [""]
+        for op, av in items:
+            alts = alternatives(op, av)
+            if alts is None or len(out) * len(alts) > 64:
+                return None
+            out = [o + a for o in out for a in alts]
+        return out
+
+    def score(strs: list[str]) -> tuple:
+        return (min(map(len, strs)) >= 2, min(map(len, strs)), -len(strs))
+
+    for op, av in items:
+        alts = None if op in (C.AT,) else alternatives(op, av)
+        if op is C.AT:
+            continue  # ^ $ \b: zero width, the run goes on
+        if alts is None or len(run) * len(alts) > 64:
+            if run != [""] and (not best or score(run) > score(best)):
+                best = run
+            run = [""]
+            continue
+        run = [r + a for r in run for a in alts]
+    if run != [""] and (not best or score(run) > score(best)):
+        best = run
+    if not best or min(map(len, best)) < 2:
+        return None
+    return sorted(set(best))
 
 
 def _sub(name: str, lit: str) -> Atom | None:
