@@ -127,3 +127,37 @@ def test_rules_test_backtests_json_events(tmp_path):
     bad.write_text("{not json\n")
     res = vigil("rules", "test", PACK, "--events", str(bad), text=True)
     assert res.returncode == 1 and "bad.jsonl:1" in res.stderr
+
+
+def test_monitor_strict_refuses_bad_rules(tmp_path):
+    (tmp_path / "bad.yml").write_text("title: x\nid: not-a-uuid\ndetection: {}\n")
+    res = vigil(
+        "monitor", "--db", str(tmp_path / "db"), "--rules", str(tmp_path), "--strict", text=True
+    )
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("vigil: error: 1 invalid rule(s) (--strict):") and "bad.yml" in last
+    assert "rule not-a-uuid" in last  # the file, the rule id and the problem
+    assert "Traceback" not in res.stderr
+
+
+def test_rules_test_on_a_store(tmp_path):
+    from vigil.outputs.store import Store
+
+    db = str(tmp_path / "events.db")
+    store = Store(db)
+    lines = [
+        _exec_line(["sh", "-c", "id"], "/usr/bin/dash"),
+        _exec_line(["ls"], "/usr/bin/ls", pid=9),
+    ]
+    events = [dict(orjson.loads(x), comm=b"sh") for x in lines]  # as the agent holds them
+    store.add(events, [x.encode() for x in lines])
+    store.close()
+    res = vigil("rules", "test", PACK, "--db", db, "--json", text=True)
+    assert res.returncode == 0, res.stderr
+    alerts = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [(a["rule"]["title"], a["event"]["pid"]) for a in alerts] == [
+        ("Shell Spawned by a Network-Facing Service", 4242)
+    ]
+    res = vigil("alerts", "--db", db, text=True)  # nothing stored: a backtest stores nothing
+    assert res.returncode == 0 and res.stdout.strip().startswith("LAST SEEN")

@@ -137,7 +137,7 @@ def monitor(
         if not no_baseline:
             stages.append(detect_cli.make_baseline(store, baseline_learn, alert_window))
         if stages:
-            sinks.append(detect_output.AlertStoreSink(store, detector))
+            sinks.append(detect_output.AlertStoreSink(store, stages))
         # counters flush into the store: close them before it (sinks close in order)
         if specs:
             sinks.append(summaries.SummarySink(store, specs, summary_interval))

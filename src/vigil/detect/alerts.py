@@ -130,3 +130,28 @@ class AlertBook:
         limit = ts - self.window_ns
         for k in [k for k, a in self.open.items() if a.data["first_seen_ns"] < limit]:
             del self.open[k]
+
+
+# How long a sensor's loss marks alerts: a lost event may have been the one
+# that mattered (a filter's exec, the parent's argv, a learned key).
+LOSS_MEMORY_NS = 30_000_000_000
+
+
+class LossWatch:
+    """Which sensors lost events lately, from the agent's status snapshots."""
+
+    def __init__(self):
+        self._lost: dict[str, int] = {}
+        self._until: dict[str, int] = {}
+
+    def note_stats(self, stats: dict[str, dict]) -> None:
+        now = time.time_ns()
+        for kind, row in stats.items():
+            lost = row.get("lost", 0) + row.get("dropped", 0)
+            if lost > self._lost.get(kind, 0):
+                self._until[kind] = now + LOSS_MEMORY_NS
+            self._lost[kind] = lost
+
+    def losing(self, kind: str, ts_ns: int) -> list[str]:
+        out = [k for k in (kind, "undecodable") if self._until.get(k, 0) >= ts_ns]
+        return out

@@ -28,7 +28,7 @@ import orjson
 from ..encoding import escape_cached
 from ..errors import StoreError
 from ..outputs.store import Store
-from .alerts import DEFAULT_WINDOW, AlertBook
+from .alerts import DEFAULT_WINDOW, AlertBook, LossWatch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS baseline (
@@ -107,6 +107,7 @@ class Baseline:
         self.learn_ns = int(learn_seconds * 1e9)
         self.book = AlertBook(window, self.host)
         self.own_pid = os.getpid()
+        self.loss = LossWatch()
         self.kinds = kinds
         self._reload = False
         self.load()
@@ -115,6 +116,9 @@ class Baseline:
             evkinds, keyfn, _parts = KINDS[kind]
             for ek in evkinds:
                 self.routes.setdefault(ek, []).append((kind, keyfn))
+
+    def note_stats(self, stats: dict[str, dict]) -> None:
+        self.loss.note_stats(stats)
 
     def request_reload(self, *_args) -> None:
         """Signal-safe: re-read the store (accepted or reset keys) at the next batch."""
@@ -194,7 +198,7 @@ class Baseline:
                 "summary": f"new {kind} for this host: {what}",
             },
             matched={},
-            losing=[],
+            losing=self.loss.losing(ev["kind"], ev["ts_ns"]),
         )
 
 

@@ -625,7 +625,7 @@ def compile_rule(rule: SigmaRule, path: str, getters_by_source: dict) -> Rule:
         reasons=[],
     )
     if rule.errors:
-        out.reasons = [str(e) for e in rule.errors]
+        out.reasons = list(dict.fromkeys(str(e) for e in rule.errors))
         return out
     ls = rule.logsource
     out.logsource = ls.category or ls.service or ls.product or ""

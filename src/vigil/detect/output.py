@@ -98,10 +98,10 @@ class AlertStoreSink:
     """A pipeline sink: every new or updated alert to the store; feeds the
     detector the status snapshots it needs to flag alerts under loss."""
 
-    def __init__(self, store: Store, detector=None):
+    def __init__(self, store: Store, stages=()):
         ensure(store)
         self.store = store
-        self.detector = detector
+        self.stages = list(stages)  # told each status snapshot (loss flags)
         self.failed = 0
 
     def write(self, batch) -> None:
@@ -115,8 +115,8 @@ class AlertStoreSink:
                 logging.getLogger("vigil.detect").error("%s", err)
 
     def status(self, stats: dict[str, dict]) -> None:
-        if self.detector is not None:
-            self.detector.note_stats(stats)
+        for stage in self.stages:
+            stage.note_stats(stats)
 
     def close(self) -> None:
         pass

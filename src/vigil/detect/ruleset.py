@@ -48,6 +48,19 @@ def _invalid(path: str, why: str, rid: str = "") -> Rule:
     return Rule(rid, "", "", [], path, INVALID, [why])
 
 
+def _raw_id(text: str) -> str:
+    """The `id:` of a rule pySigma refused, for the error line (one-rule files)."""
+    import yaml
+
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError:
+        return ""
+    if len(docs) == 1 and isinstance(docs[0], dict):
+        return str(docs[0].get("id", "") or "")
+    return ""
+
+
 def load_file(path: str, getters: dict) -> list[Rule]:
     """The rules of one file, each with a verdict; never raises for content."""
     try:
@@ -63,7 +76,14 @@ def load_file(path: str, getters: dict) -> list[Rule]:
         return [
             _invalid(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         ]
-    out = [_invalid(path, str(e)) for e in coll.errors]
+    out = []
+    # the collection repeats the errors of the rules it holds: keep the others
+    held = {str(e) for r in coll.rules for e in getattr(r, "errors", ())}
+    errors = [e for e in coll.errors if str(e) not in held]
+    if errors:  # pySigma reports each problem of a refused rule: one verdict, every reason
+        bad = _invalid(path, "", _raw_id(text))
+        bad.reasons = list(dict.fromkeys(str(e) for e in errors))
+        out.append(bad)
     for item in coll.rules:
         if not isinstance(item, SigmaRule):
             r = _invalid(path, "", str(getattr(item, "id", "") or ""))

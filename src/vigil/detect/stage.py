@@ -18,15 +18,11 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError
 from . import ruleset
-from .alerts import DEFAULT_WINDOW, AlertBook, process_key
+from .alerts import DEFAULT_WINDOW, AlertBook, LossWatch, process_key
 from .compile import INVALID, Rule
 from .fields import Context
 
 log = logging.getLogger("vigil.detect")
-
-# How long a sensor's loss marks its alerts: a lost event may have been
-# the one that mattered (a filter's exec, the parent's argv).
-LOSS_MEMORY_NS = 30_000_000_000
 
 
 def problems(rules: list[Rule]) -> list[str]:
@@ -57,8 +53,7 @@ class Detector:
         self.rules, self.verdicts = self._load()
         self._reload = False
         self.own_pid = os.getpid()
-        self._lost: dict[str, int] = {}
-        self._losing_until: dict[str, int] = {}
+        self.loss = LossWatch()
 
     def _load(self, strict: bool | None = None):
         strict = self.strict if strict is None else strict
@@ -94,22 +89,7 @@ class Detector:
     # -- loss ---------------------------------------------------------------------
     def note_stats(self, stats: dict[str, dict]) -> None:
         """Called with each status snapshot: remember which sensors lose events."""
-        import time
-
-        now = time.time_ns()
-        for kind, row in stats.items():
-            lost = row.get("lost", 0) + row.get("dropped", 0)
-            if lost > self._lost.get(kind, 0):
-                self._losing_until[kind] = now + LOSS_MEMORY_NS
-            self._lost[kind] = lost
-
-    def losing(self, kind: str, ts_ns: int) -> list[str]:
-        until = self._losing_until.get(kind)
-        if until is not None and ts_ns <= until:
-            return [kind]
-        if self._losing_until.get("undecodable", 0) >= ts_ns:
-            return ["undecodable"]
-        return []
+        self.loss.note_stats(stats)
 
     # -- the stage --------------------------------------------------------------
     def process(self, batch) -> None:
@@ -134,7 +114,7 @@ class Detector:
                     ev=ev,
                     header={"rule": rule.brief()},
                     matched=rule.matched(view),
-                    losing=self.losing(ev["kind"], ev["ts_ns"]),
+                    losing=self.loss.losing(ev["kind"], ev["ts_ns"]),
                 )
                 touched[alert.id] = alert
         if touched:
