@@ -423,3 +423,10 @@ def test_regex_rules_are_indexed_and_still_fire(tmp_path):
     rs.evaluated = 0
     assert not rs.match(exe_event(["ls", "-l"], exe="/usr/bin/ls"), ctx)
     assert rs.evaluated == 0  # no -w/-r in the command line: never evaluated
+
+
+def test_deleted_executable_still_matches_its_path(tmp_path):
+    ev = exe_event(["nc", "-l"], exe="/tmp/nc (deleted)")
+    assert fires(tmp_path, "sel:\n    Image|endswith: /nc\ncondition: sel", ev)
+    mem = exe_event(["x"], exe="/memfd:payload (deleted)")
+    assert fires(tmp_path, "sel:\n    Image|startswith: '/memfd:'\ncondition: sel", mem)

@@ -81,6 +81,19 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
+_DELETED = " (deleted)"
+
+
+def image(path) -> str | None:
+    """An executable's path for matching: the file it was, even when it was
+    unlinked before it ran (fexecve of a deleted file: `/tmp/nc (deleted)`
+    must still end with `/nc`).  The event keeps the suffix."""
+    if path is None:
+        return None
+    s = text(path)
+    return s[: -len(_DELETED)] if s.endswith(_DELETED) else s
+
+
 def _parent(ev: dict) -> dict | None:
     anc = ev.get("ancestors")
     return anc[0] if anc else None
@@ -88,7 +101,7 @@ def _parent(ev: dict) -> dict | None:
 
 def _parent_image(ev, ctx):
     p = _parent(ev)
-    return p["exe"] or None if p is not None else None
+    return image(p["exe"]) or None if p is not None else None
 
 
 def _parent_cmdline(ev, ctx):
@@ -111,11 +124,13 @@ def _get(name: str, convert=None) -> Getter:
 # Fields of the process behind any event.
 PROCESS_FIELDS: dict[str, Field] = {
     "Image": _f(
-        _get("exe", text), "`exe`: the process's executable (for scripts, the interpreter)"
+        _get("exe", image),
+        "`exe`: the process's executable (for scripts, the interpreter; "
+        "a ` (deleted)` suffix is not part of it)",
     ),
     "ProcessId": _f(_get("pid"), "`pid`"),
     "ParentProcessId": _f(_get("ppid"), "`ppid`"),
-    "ParentImage": _f(_parent_image, "`ancestors[0].exe`"),
+    "ParentImage": _f(_parent_image, "`ancestors[0].exe` (without ` (deleted)`)"),
     "User": _f(lambda ev, ctx: user_name(ev["uid"]), "name of the real `uid` on this host"),
 }
 
