@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -53,15 +54,17 @@ def test_baselines_learn_then_alert_on_new(tmp_path):
     args = ["monitor", "-q", "--db", db, "--no-rules", "--baseline-learn", f"{LEARN}s"]
     for s in sensors:
         args += ["--sensor", s]
-    started = time.monotonic()  # learning starts before the sensors are ready
     proc = start_vigil(*args)
     try:
         # learning: what this host "normally" does
         known_port = _listen_connect(0)
         subprocess.run([TRUE], check=True)
-        if time.monotonic() - started > LEARN - 1:
+        # armed LEARN s after the monitor opened its store (recorded there)
+        with sqlite3.connect(db) as con:
+            learn_from = max(r[0] for r in con.execute("SELECT learn_from_ns FROM baseline_kinds"))
+        if time.time_ns() > learn_from + (LEARN - 1) * 1e9:
             pytest.skip("the monitor took longer than the learning period to start")
-        time.sleep(max(0.0, LEARN + 1.0 - (time.monotonic() - started)))
+        time.sleep(max(0.0, (learn_from + (LEARN + 0.5) * 1e9 - time.time_ns()) / 1e9))
         # armed: the same things again (no alert), then new ones
         _listen_connect(known_port)
         subprocess.run([TRUE], check=True)
