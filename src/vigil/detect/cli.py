@@ -172,12 +172,39 @@ def _events_from(path: str):
                 ev = from_json(line)
             except ValueError:
                 raise ConfigError(f"{path}:{n}: not a JSON event line") from None
-            if not isinstance(ev, dict) or "kind" not in ev or "ts_ns" not in ev:
-                if isinstance(ev, dict) and ev.get("kind") == "alert":
-                    continue
-                raise ConfigError(f"{path}:{n}: not a Vigil event (no kind/ts_ns)")
+            if isinstance(ev, dict) and ev.get("kind") == "alert":
+                continue  # `vigil monitor --json` output holds alerts too
+            why = _not_an_event(ev)
+            if why:
+                raise ConfigError(f"{path}:{n}: not a Vigil event ({why})")
             batch.append(ev)
     yield batch, _replay_table(batch)
+
+
+_HEADER = ("ts_ns", "pid", "ppid", "uid")
+
+
+def _not_an_event(ev) -> str | None:
+    """Why a parsed JSON line cannot be matched as an event (docs/events.md), or None."""
+    if not isinstance(ev, dict):
+        return "not an object"
+    if not isinstance(ev.get("kind"), str):
+        return "no kind"
+    for name in _HEADER:
+        if type(ev.get(name)) is not int:
+            return f"{name} missing or not an integer"
+    for name in ("exe", "comm", "filename", "line"):
+        if name in ev and not isinstance(ev[name], str):
+            return f"{name} is not a string"
+    args = ev.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        return "args is not a list of strings"
+    anc = ev.get("ancestors", [])
+    if not isinstance(anc, list) or not all(
+        isinstance(a, dict) and isinstance(a.get("exe", ""), str) for a in anc
+    ):
+        return "ancestors is not a list of objects"
+    return None
 
 
 def _replay_table(events: list[dict]):
@@ -201,7 +228,16 @@ def _events_from_db(db: str):
         rows = store.db.execute("SELECT data FROM events ORDER BY ts_ns, id").fetchall()
     finally:
         store.close()
-    events = [from_json(r[0]) for r in rows]
+    events = []
+    for n, (data,) in enumerate(rows, 1):
+        try:
+            ev = from_json(data)
+        except ValueError:
+            raise ConfigError(f"{db}: stored event {n} is not JSON") from None
+        why = _not_an_event(ev)
+        if why:
+            raise ConfigError(f"{db}: stored event {n} is not a Vigil event ({why})")
+        events.append(ev)
     yield events, _replay_table(events)
 
 

@@ -131,7 +131,7 @@ PROCESS_FIELDS: dict[str, Field] = {
     "ProcessId": _f(_get("pid"), "`pid`"),
     "ParentProcessId": _f(_get("ppid"), "`ppid`"),
     "ParentImage": _f(_parent_image, "`ancestors[0].exe` (without ` (deleted)`)"),
-    "User": _f(lambda ev, ctx: user_name(ev["uid"]), "name of the real `uid` on this host"),
+    "User": _f(_get("uid", lambda uid: user_name(uid)), "name of the real `uid` on this host"),
 }
 
 PROCESS_CREATION_FIELDS: dict[str, Field] = {
@@ -157,7 +157,7 @@ def _initiated(ev, ctx):
 
 
 def _local_remote(local: bool, port: bool, ev: dict):
-    return ev["lport" if port else "laddr"] if local else ev["rport" if port else "raddr"]
+    return ev.get("lport" if port else "laddr") if local else ev.get("rport" if port else "raddr")
 
 
 def _side(source: bool, port: bool) -> Getter:
