@@ -430,3 +430,20 @@ def test_deleted_executable_still_matches_its_path(tmp_path):
     assert fires(tmp_path, "sel:\n    Image|endswith: /nc\ncondition: sel", ev)
     mem = exe_event(["x"], exe="/memfd:payload (deleted)")
     assert fires(tmp_path, "sel:\n    Image|startswith: '/memfd:'\ncondition: sel", mem)
+
+
+def test_crafted_command_line_cannot_stall_a_regex(tmp_path):
+    """(a+)+$ backtracks exponentially in Python's re; rules run on RE2."""
+    import time
+
+    rs, _ = load(tmp_path, rule_yaml("sel:\n    CommandLine|re: '(a+)+$'\ncondition: sel"))
+    ev = exe_event(["x", "a" * 20000 + "!"], exe="/usr/bin/x")
+    t = time.process_time()
+    assert rs.match(ev, Context()) == []
+    assert time.process_time() - t < 0.5
+
+
+def test_bytes_that_are_not_utf8_match_in_escaped_form(tmp_path):
+    ev = exe_event([b"/bin/x", b"\xff\xfe/dev/tcp/1.2.3.4/80"], exe="/usr/bin/x")
+    assert fires(tmp_path, "sel:\n    CommandLine|contains: '/dev/tcp/'\ncondition: sel", ev)
+    assert fires(tmp_path, "sel:\n    CommandLine|contains: '\\xff\\xfe/dev'\ncondition: sel", ev)
