@@ -12,7 +12,7 @@ HELPER_CFLAGS := -O2 -g -Wall -Wextra
 ARGS        ?=
 PYTEST_ARGS ?=
 
-HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target
+HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target $(BIN)/exec-tricks $(BIN)/cmdline-dump
 
 .DELETE_ON_ERROR:
 .PHONY: setup monitor test bench lint format helpers clean distclean
@@ -58,6 +58,12 @@ $(BIN)/usdt-probe: tests/progs/usdt_probe.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
 
 $(BIN)/uprobe-target: tests/progs/uprobe_target.c | $(BIN)
+	$(CC) $(HELPER_CFLAGS) -o $@ $<
+
+$(BIN)/exec-tricks: tests/progs/exec_tricks.c | $(BIN)
+	$(CC) $(HELPER_CFLAGS) -pthread -o $@ $<
+
+$(BIN)/cmdline-dump: tests/progs/cmdline_dump.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
 
 clean:
