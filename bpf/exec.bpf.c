@@ -71,9 +71,13 @@ struct exec_call {
 	__u32 __pad;
 };
 
-/* Preallocated: an update is a free-list pop, not a kmalloc per exec. */
+/*
+ * Preallocated (an update is a free-list pop, not a kmalloc per exec) and
+ * LRU: an entry whose sys_exit never came (the sensor attached mid-exec)
+ * is recycled, never left to fill the table.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
 	__type(key, __u32);		/* tid */
 	__type(value, struct exec_call);

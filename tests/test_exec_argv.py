@@ -120,9 +120,26 @@ def test_failed_exec_with_hidden_argv_is_flagged_not_clean(agent, tmp_path):
     # Kernels before 6.8 copy argv before opening the file, which faults the
     # page in: then the read at sys_exit succeeds.  Otherwise it cannot, and
     # the record must say so.  Never a short argv that looks complete.
+    print("hidden argv of an ENOENT exec:", ev["flags"], ev["args"])
     if "partial" not in ev["flags"]:
         assert ev["args"] == [a.encode() for a in args]
     assert ev["args"] or "partial" in ev["flags"]
+
+
+def test_failed_exec_after_the_kernel_copied_argv_reads_hidden_argv(agent, tmp_path):
+    """ENOEXEC comes after copy_strings faulted the caller's pages in: read at
+    sys_exit (not at entry), the hidden argv is there, flagged as the caller's."""
+    agent, sink = agent
+    junk = tmp_path / f"junk-{unique_marker().decode()}"
+    junk.write_bytes(b"\x00\x01 no known executable format\n")
+    junk.chmod(0o755)
+    args = [str(junk), "HIDDEN_SECRET_ARG", ""]
+    tricks(tmp_path, "hidden-fail", str(tmp_path / "argv.page"), *args)
+    done = lambda evs: execs_of(evs, filename=str(junk).encode())  # noqa: E731
+    (ev,) = execs_of(pump_until(agent, sink, done), filename=str(junk).encode())
+    assert ev["ret"] == -8
+    assert ev["flags"] == ["caller_args"]
+    assert ev["args"] == [a.encode() for a in args]
 
 
 def test_failed_exec_with_bad_argv_pointer_is_partial(agent):

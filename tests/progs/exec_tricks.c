@@ -8,6 +8,8 @@
  *                                    mapping this process never touched
  *   hidden-tail FILE TARGET ARG...   argv[0] a normal string, the rest there
  *   hidden-fail FILE PATH ARG...     as hidden-all, exec of a missing PATH
+ *                                    (ENOENT) or of a file of no known
+ *                                    format (ENOEXEC)
  *   badptr      TARGET               argv[1] is a bad pointer (EFAULT)
  *   literals    N TARGET             N x fork + execve of string literals
  *   race        N TARGET             N x fork; in the child a thread rewrites
@@ -68,7 +70,8 @@ static int exec_from_untouched_page(const char *file, const char *path,
 	if (keep_argv0)
 		argv[0] = args[0];	/* a normal, resident string */
 	execve(path, argv, environ);
-	return errno == ENOENT ? 0 : die("execve");
+	/* hidden-fail: the exec is meant to fail, with either of these */
+	return errno == ENOENT || errno == ENOEXEC ? 0 : die("execve");
 }
 
 static int badptr(const char *target)
