@@ -335,10 +335,18 @@ static long read_one_arg(__u32 i, struct argv_walk *w)
 	}
 	off &= EXEC_ARGS_SIZE - 1;
 	n = bpf_probe_read_user_str(&ev->args[off], EXEC_ARGS_SIZE - off, arg);
-	if (n <= 0) {
+	if (n < 0) {
 		/* not resident or a bad pointer: argv goes on, we cannot see it */
 		ev->hdr.flags |= VIGIL_F_PARTIAL;
 		return 1;
+	}
+	if (n == 0) {
+		/*
+		 * An empty string: kernels before strncpy_from_user_nofault
+		 * counted the NUL for it (6.1 among them) return 0, not 1.
+		 */
+		ev->args[off] = 0;
+		n = 1;
 	}
 	ev->args_size = off + n;
 	ev->argc++;

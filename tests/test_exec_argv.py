@@ -30,7 +30,7 @@ def agent():
 
 def tricks(dump_dir, *args: str) -> None:
     env = dict(os.environ, VIGIL_CMDLINE_DIR=str(dump_dir))
-    subprocess.run([TRICKS, *args], env=env, check=True, timeout=120)
+    subprocess.run([TRICKS, *args], env=env, check=True, timeout=600)
 
 
 def observed_argvs(dump_dir) -> dict[int, list[bytes]]:

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,7 +157,7 @@ static int race(int n, const char *target)
 				_exit(126);
 			/* the rewriter is running, and stops at a varying point */
 			while (__atomic_load_n(&rewrites, __ATOMIC_RELAXED) < 1000u + (i % 7) * 100)
-				;
+				sched_yield();	/* one CPU free, or an emulated one: let it run */
 			execve(target, race_argv, environ);
 			_exit(127);
 		}
