@@ -12,7 +12,8 @@ HELPER_CFLAGS := -O2 -g -Wall -Wextra
 ARGS        ?=
 PYTEST_ARGS ?=
 
-HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target $(BIN)/accept-storm $(BIN)/failexec-storm
+HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target $(BIN)/accept-storm $(BIN)/failexec-storm \
+	$(BIN)/exec-tricks $(BIN)/cmdline-dump
 
 .DELETE_ON_ERROR:
 .PHONY: setup monitor test bench lint format helpers clean distclean
@@ -65,6 +66,12 @@ $(BIN)/accept-storm: bench/accept_overhead.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
 
 $(BIN)/failexec-storm: tests/progs/failexec_storm.c | $(BIN)
+	$(CC) $(HELPER_CFLAGS) -o $@ $<
+
+$(BIN)/exec-tricks: tests/progs/exec_tricks.c | $(BIN)
+	$(CC) $(HELPER_CFLAGS) -pthread -o $@ $<
+
+$(BIN)/cmdline-dump: tests/progs/cmdline_dump.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
 
 clean:

@@ -44,8 +44,11 @@ int BPF_KRETPROBE(handle_readline_ret, const char *line)
 	if (!e)
 		return 0;
 	n = bpf_probe_read_user_str(e->line, sizeof(e->line), line);
-	/* n counts the NUL: 1 is an empty line (Enter alone) */
-	if (n == 1)
+	/*
+	 * n counts the NUL: 1 is an empty line (Enter alone); older kernels
+	 * (6.1 among them) return 0 for an empty string, not an error.
+	 */
+	if (n == 1 || n == 0)
 		return 0;
 	fill_header(&e->hdr, VIGIL_EV_BASHREADLINE);
 	if (n <= 0) {

@@ -2,16 +2,36 @@
 /*
  * Exec sensor: every execve/execveat, successful or failed.
  *
- *   sys_enter_execve{,at}   copy filename and argv (user memory that the
- *                           exec is about to destroy) into an in-flight slot
- *   sched_process_exec      success: the kernel's filename, the absolute
- *                           path of the executable, new comm and
+ *   sys_enter_execve{,at}   note the call (argv and filename pointers, the
+ *                           caller's mm, the time) in a small in-flight
+ *                           slot; nothing is copied yet
+ *   sched_process_exec      success: argv as the kernel copied it into the
+ *                           new image, the kernel's filename, the absolute
+ *                           path and kind of the executable, new comm and
  *                           credentials; emit and free the slot
- *   sys_exit_execve{,at}    a slot still here means the exec failed: emit
- *                           it with the -errno
+ *   sys_exit_execve{,at}    a slot still here means the exec failed: read
+ *                           the caller's filename and argv now, emit them
+ *                           flagged CALLER_ARGS with the -errno
  *
- * All stable tracepoints.  A failed exec is never dropped: if the slot
- * could not be made, sys_exit still emits what it knows (PARTIAL).
+ * Why not copy argv at sys_enter (as bcc's execsnoop does): that memory
+ * belongs to the caller, who can rewrite it from another thread after the
+ * probe read it and before the kernel copies it (the "Phantom Attack"),
+ * and a BPF probe cannot fault in a page the caller never touched (argv
+ * in an untouched file mapping reads as nothing).  At sched_process_exec
+ * the kernel has copied argv to the new stack (copy_strings faulted those
+ * pages in), the old threads are gone (de_thread), and no user code of
+ * the new image has run: mm->arg_start..arg_end is exactly what the
+ * program gets as its argv and /proc/<pid>/cmdline.
+ *
+ * A failed exec has no new image: what it tried is the caller's memory,
+ * read at sys_exit rather than at entry because (a) on kernels that copy
+ * the strings before opening the file (before 6.8) the failed exec has
+ * faulted them in by then, so hidden argv is readable, (b) a successful
+ * exec, the common case, then pays for no 8 KiB copy it would throw away.
+ * Either way it is only "what the caller passed", and says so.
+ *
+ * All stable tracepoints.  Nothing unreadable passes for complete: a
+ * missing piece sets PARTIAL (counted), a cut one TRUNCATED.
  */
 #include "common.bpf.h"
 #include "core_fixes.bpf.h"
@@ -19,13 +39,15 @@
 #include "exec.h"
 
 VIGIL_RECORD(exec_event);
+enum exec_exe_kind *__vigil_enum_exe_kind __attribute__((unused));
 
 /* Filter set by user space before load; (u32)-1 = every uid. */
 const volatile __u32 targ_uid = (__u32)-1;
 
 /*
- * In-flight slot.  `slack` lets the verifier see that a string read at any
- * offset below EXEC_ARGS_SIZE stays inside the value; it is never filled.
+ * Record being built.  `slack` lets the verifier see that a string read
+ * at any offset below EXEC_ARGS_SIZE stays inside the value (and gives
+ * the NUL counter a word of padding past the end); it is never sent.
  */
 struct exec_slot {
 	struct exec_event ev;
@@ -33,55 +55,37 @@ struct exec_slot {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);		/* tid */
-	__type(value, struct exec_event);	/* no slack: ~9 KiB, not 17 */
-} inflight SEC(".maps");
-
-/* Zeroed template: hash values cannot be built on the 512-byte stack. */
-struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct exec_slot);
 } scratch SEC(".maps");
 
-struct argv_walk {
-	struct exec_event *ev;
+/* An exec between sys_enter and its outcome. */
+struct exec_call {
+	const char *filename;		/* caller's pointers, meaningful in `mm` only */
 	const char *const *argv;
+	void *mm;			/* the caller's mm at entry */
+	__u64 ts_ns;			/* a failed exec is stamped at entry */
+	enum exec_syscall syscall;
+	__u32 __pad;
 };
 
-static long read_one_arg(__u32 i, struct argv_walk *w)
-{
-	struct exec_event *ev = w->ev;
-	const char *arg = NULL;
-	__u32 off = ev->args_size;
-	long n;
-
-	if (bpf_probe_read_user(&arg, sizeof(arg), &w->argv[i]) || !arg)
-		return 1;	/* end of argv */
-	if (off >= EXEC_ARGS_SIZE) {
-		ev->hdr.flags |= VIGIL_F_TRUNCATED;
-		return 1;
-	}
-	off &= EXEC_ARGS_SIZE - 1;
-	n = bpf_probe_read_user_str(&ev->args[off], EXEC_ARGS_SIZE - off, arg);
-	if (n <= 0)
-		return 1;
-	ev->args_size = off + n;
-	ev->argc++;
-	/* a string that filled the rest was cut: mark it */
-	if (off + n >= EXEC_ARGS_SIZE)
-		ev->hdr.flags |= VIGIL_F_TRUNCATED;
-	return 0;
-}
+/*
+ * Preallocated (an update is a free-list pop, not a kmalloc per exec) and
+ * LRU: an entry whose sys_exit never came (the sensor attached mid-exec)
+ * is recycled, never left to fill the table.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);		/* tid */
+	__type(value, struct exec_call);
+} inflight SEC(".maps");
 
 /*
- * Per-exec fields, as the caller had them: every path (enter, the partial
- * success path, the partial failure path) starts from here so no field
- * keeps a value from the previous exec on this CPU.
+ * Per-exec fields: every path starts from here so no field keeps a value
+ * from the previous exec on this CPU.
  */
 static __always_inline void reset_exec(struct exec_event *ev, enum exec_syscall nr)
 {
@@ -91,20 +95,12 @@ static __always_inline void reset_exec(struct exec_event *ev, enum exec_syscall 
 	ev->argc = 0;
 	ev->args_size = 0;
 	ev->syscall = nr;
+	ev->exe_kind = EXEC_EXE_NONE;
 	ev->auid = task_loginuid(task);
 	ev->euid = BPF_CORE_READ(task, cred, euid.val);
 	ev->egid = BPF_CORE_READ(task, cred, egid.val);
-	ev->__pad = 0;
 	ev->filename[0] = 0;
 	ev->exe[0] = 0;		/* known only once an exec succeeds */
-}
-
-/* The path as the caller passed it; a cut one is flagged. */
-static __always_inline void read_filename(struct exec_event *ev, const char *filename)
-{
-	if (bpf_probe_read_user_str(ev->filename, sizeof(ev->filename), filename) ==
-	    sizeof(ev->filename))
-		ev->hdr.flags |= VIGIL_F_TRUNCATED;
 }
 
 static __always_inline bool uid_filtered(void)
@@ -125,34 +121,51 @@ static __always_inline struct exec_slot *start_record(enum exec_syscall nr)
 	return slot;
 }
 
+static __always_inline __u64 event_size(const struct exec_event *ev)
+{
+	__u32 used = ev->args_size;
+
+	if (used > EXEC_ARGS_SIZE)
+		used = EXEC_ARGS_SIZE;
+	return offsetof(struct exec_event, args) + used;
+}
+
+/*
+ * `cls`: a successful exec changes the process table and may use the whole
+ * ring (VIGIL_RING_LIFECYCLE).  A failed one changes no process, and any
+ * user can fail execs by the hundred thousand per second (execve of a
+ * missing file, ~1 KiB of record each): it goes in the bulk share, so such
+ * a storm crowds out neither the lifecycle nor the other security kinds.
+ */
+static __always_inline void send(struct exec_event *ev, enum vigil_ring_class cls)
+{
+	if (ev->hdr.flags & VIGIL_F_PARTIAL)
+		stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);
+	output_event_class(&ev->hdr, event_size(ev), cls);
+}
+
+/* ---- sys_enter: remember the call ------------------------------------- */
+
 static __always_inline int exec_enter(const char *filename,
 				      const char *const *argv, enum exec_syscall nr)
 {
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct exec_slot *slot;
-	struct exec_event *ev;
-	struct argv_walk walk;
-	const char *arg = NULL;
+	struct exec_call call = {
+		.filename = filename,
+		.argv = argv,
+		.mm = BPF_CORE_READ(task, mm),
+		.ts_ns = bpf_ktime_get_boot_ns(),
+		.syscall = nr,
+	};
 
 	if (uid_filtered())
 		return 0;
-	slot = start_record(nr);
-	if (!slot)
-		return 0;
-	ev = &slot->ev;
-	read_filename(ev, filename);
-
-	walk.ev = ev;
-	walk.argv = argv;
-	bpf_loop(EXEC_ARGS_MAX, read_one_arg, &walk, 0);
-	/* more entries than we read? */
-	if (!(ev->hdr.flags & VIGIL_F_TRUNCATED) &&
-	    !bpf_probe_read_user(&arg, sizeof(arg), &argv[EXEC_ARGS_MAX & 0xffff]) &&
-	    ev->argc == EXEC_ARGS_MAX && arg)
-		ev->hdr.flags |= VIGIL_F_TRUNCATED;
-
-	/* on failure, sys_exit or sched_process_exec emits (and counts) a PARTIAL */
-	bpf_map_update_elem(&inflight, &tid, ev, BPF_ANY);
+	/*
+	 * A full table is not silent: a success is still reported (syscall
+	 * "unknown"), a failure as PARTIAL by sys_exit.
+	 */
+	bpf_map_update_elem(&inflight, &tid, &call, BPF_ANY);
 	return 0;
 }
 
@@ -170,13 +183,96 @@ int handle_execveat_enter(struct trace_event_raw_sys_enter *ctx)
 			  (const char *const *)ctx->args[2], EXEC_SYSCALL_EXECVEAT);
 }
 
-static __always_inline __u64 event_size(const struct exec_event *ev)
-{
-	__u32 used = ev->args_size;
+/* ---- sched_process_exec: what the kernel used ------------------------- */
 
-	if (used > EXEC_ARGS_SIZE)
-		used = EXEC_ARGS_SIZE;
-	return offsetof(struct exec_event, args) + used;
+/* bpf_loop context for counting the NULs of the argv region. */
+struct nul_count {
+	struct exec_event *ev;
+	__u32 words;		/* 8-byte words to scan */
+	__u32 nuls;
+};
+
+/*
+ * NUL bytes in one word, exactly (no false positives from borrows): the
+ * high bit of each byte of `zero` is set iff that byte is 0; the multiply
+ * sums those bits into the top byte.  Byte-order independent.
+ */
+static long count_word(__u32 i, struct nul_count *c)
+{
+	const __u64 low7 = 0x7f7f7f7f7f7f7f7fULL;
+	__u64 x, zero;
+
+	if (i >= c->words)
+		return 1;
+	x = *(__u64 *)&c->ev->args[(i * 8) & (EXEC_ARGS_SIZE - 1)];
+	zero = ~(((x & low7) + low7) | x | low7);
+	c->nuls += ((zero >> 7) * 0x0101010101010101ULL) >> 56;
+	return 0;
+}
+
+/*
+ * argv of the new image: mm->arg_start..arg_end is argc NUL-terminated
+ * strings back to back (empty strings included), exactly what the kernel
+ * copied and the program sees.  argc is the number of NULs kept.
+ */
+static __always_inline void read_new_argv(struct exec_event *ev,
+					  struct task_struct *task)
+{
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	unsigned long start = BPF_CORE_READ(mm, arg_start);
+	unsigned long end = BPF_CORE_READ(mm, arg_end);
+	struct nul_count c = { .ev = ev };
+	__u64 len;
+
+	if (!mm || !start || end < start) {
+		ev->hdr.flags |= VIGIL_F_PARTIAL;
+		return;
+	}
+	len = end - start;
+	if (!len)
+		return;		/* argc 0 (kernels before 5.18 allow it) */
+	if (len > EXEC_ARGS_SIZE) {
+		len = EXEC_ARGS_SIZE;
+		ev->hdr.flags |= VIGIL_F_TRUNCATED;
+	}
+	if (bpf_probe_read_user(ev->args, len, (void *)start)) {
+		ev->hdr.flags |= VIGIL_F_PARTIAL;
+		return;
+	}
+	/* a cut region ends inside a string: end it there */
+	ev->args[(len - 1) & (EXEC_ARGS_SIZE - 1)] = 0;
+	ev->args_size = len;
+	/* the word scan reads up to 7 bytes past len (slack at the end): non-NUL */
+#pragma unroll
+	for (int k = 0; k < 8; k++)
+		ev->args[len + k] = 0xff;
+	c.words = (len + 7) / 8;
+	bpf_loop(EXEC_ARGS_SIZE / 8, count_word, &c, 0);
+	ev->argc = c.nuls;
+}
+
+/*
+ * What the executable is, from the kernel's objects: no name matching on
+ * the path string, which a file can fake.  memfd_create() files are
+ * pseudo files (alloc_file_pseudo: a d_dname operation, no parent
+ * directory) named "memfd:<name>"; a regular file named like that on
+ * tmpfs has no d_dname.
+ */
+static __always_inline enum exec_exe_kind exe_kind_of(struct file *exe)
+{
+	struct dentry *d = BPF_CORE_READ(exe, f_path.dentry);
+	char name[6] = {};
+
+	if (!exe || !d)
+		return EXEC_EXE_NONE;
+	if (BPF_CORE_READ(d, d_op, d_dname) &&
+	    !bpf_probe_read_kernel(name, sizeof(name), BPF_CORE_READ(d, d_name.name)) &&
+	    name[0] == 'm' && name[1] == 'e' && name[2] == 'm' && name[3] == 'f' &&
+	    name[4] == 'd' && name[5] == ':')
+		return EXEC_EXE_MEMFD;
+	if (BPF_CORE_READ(exe, f_inode, i_nlink) == 0)
+		return EXEC_EXE_DELETED;
+	return EXEC_EXE_FILE;
 }
 
 /* Success.  Runs in the new image, before sys_exit. */
@@ -185,87 +281,151 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
 	__u32 old_tid = ctx->old_pid;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 loc = ctx->__data_loc_filename & 0xffff;
+	enum exec_syscall nr = EXEC_SYSCALL_UNKNOWN;
+	struct exec_call *call;
 	struct exec_slot *slot;
 	struct exec_event *ev;
-	__u32 loc = ctx->__data_loc_filename & 0xffff;
-	__u32 truncated;
-	int partial = 0;
 
 	/* A non-leader thread that execs takes over the leader's tid. */
-	ev = bpf_map_lookup_elem(&inflight, &old_tid);
-	if (!ev) {
-		if (uid_filtered())
-			return 0;
-		slot = start_record(EXEC_SYSCALL_UNKNOWN);
-		if (!slot)
-			return 0;
-		ev = &slot->ev;
-		partial = 1;
+	call = bpf_map_lookup_elem(&inflight, &old_tid);
+	if (call) {
+		nr = call->syscall;
+		bpf_map_delete_elem(&inflight, &old_tid);
+	} else if (uid_filtered()) {
+		return 0;
 	}
-	/* argv may have been cut at enter: fill_header clears the flags. */
-	truncated = partial ? 0 : ev->hdr.flags & VIGIL_F_TRUNCATED;
-	/* New comm and credentials; the filename as the kernel resolved it. */
-	fill_header(&ev->hdr, VIGIL_EV_EXEC);
-	ev->hdr.flags |= truncated;
-	if (partial) {
-		ev->hdr.flags |= VIGIL_F_PARTIAL;
-		stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);
-	}
-	ev->ret = 0;
-	ev->euid = BPF_CORE_READ(task, cred, euid.val);
-	ev->egid = BPF_CORE_READ(task, cred, egid.val);
-	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
-				  (void *)ctx + loc);
+	slot = start_record(nr);
+	if (!slot)
+		return 0;
+	ev = &slot->ev;
+	/* bprm->filename, the kernel's copy (new comm and creds in the header) */
+	if (bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
+				      (void *)ctx + loc) == sizeof(ev->filename))
+		ev->hdr.flags |= VIGIL_F_TRUNCATED;
 	/*
 	 * The file actually mapped, resolved from the kernel's own path
 	 * (mm->exe_file was set by begin_new_exec, before this tracepoint):
 	 * unlike filename it cannot be relative or name a symlink.
 	 */
-	if (read_task_exe(task, ev->exe, sizeof(ev->exe), &ev->hdr.flags) < 0 &&
-	    !partial) {
+	ev->exe_kind = exe_kind_of(BPF_CORE_READ(task, mm, exe_file));
+	if (read_task_exe(task, ev->exe, sizeof(ev->exe), &ev->hdr.flags) < 0)
 		ev->hdr.flags |= VIGIL_F_PARTIAL;
-		stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);
-	}
-	/* the new image is the process table's: it may use the whole ring */
-	output_event_class(&ev->hdr, event_size(ev), VIGIL_RING_LIFECYCLE);
-	if (!partial)
-		bpf_map_delete_elem(&inflight, &old_tid);
+	read_new_argv(ev, task);
+	send(ev, VIGIL_RING_LIFECYCLE);
 	return 0;
 }
 
-/*
- * A slot left at exit belongs to a failed exec.  It changes no process, and
- * any user can fail execs by the hundred thousand per second (execve of a
- * missing file, ~1 KiB of record each): it is sent in the bulk share, so
- * such a storm can crowd out neither the successful execs, forks and exits
- * the process table is built from nor the other security kinds.
- */
+/* ---- sys_exit of a failed exec: what the caller passed ----------------- */
+
+struct argv_walk {
+	struct exec_event *ev;
+	const char *const *argv;
+};
+
+static long read_one_arg(__u32 i, struct argv_walk *w)
+{
+	struct exec_event *ev = w->ev;
+	const char *arg = NULL;
+	__u32 off = ev->args_size;
+	long n;
+
+	if (bpf_probe_read_user(&arg, sizeof(arg), &w->argv[i])) {
+		ev->hdr.flags |= VIGIL_F_PARTIAL;	/* argv[] itself unreadable */
+		return 1;
+	}
+	if (!arg)
+		return 1;	/* end of argv */
+	if (off >= EXEC_ARGS_SIZE) {
+		ev->hdr.flags |= VIGIL_F_TRUNCATED;
+		return 1;
+	}
+	off &= EXEC_ARGS_SIZE - 1;
+	n = bpf_probe_read_user_str(&ev->args[off], EXEC_ARGS_SIZE - off, arg);
+	if (n < 0) {
+		/* not resident or a bad pointer: argv goes on, we cannot see it */
+		ev->hdr.flags |= VIGIL_F_PARTIAL;
+		return 1;
+	}
+	if (n == 0) {
+		/*
+		 * An empty string: kernels before strncpy_from_user_nofault
+		 * counted the NUL for it (6.1 among them) return 0, not 1.
+		 */
+		ev->args[off] = 0;
+		n = 1;
+	}
+	ev->args_size = off + n;
+	ev->argc++;
+	/* a string that filled the rest was cut: mark it */
+	if (off + n >= EXEC_ARGS_SIZE)
+		ev->hdr.flags |= VIGIL_F_TRUNCATED;
+	return 0;
+}
+
+static __always_inline void read_caller_argv(struct exec_event *ev,
+					     const struct exec_call *call)
+{
+	struct argv_walk walk = { .ev = ev, .argv = call->argv };
+	const char *arg = NULL;
+	long n;
+
+	n = bpf_probe_read_user_str(ev->filename, sizeof(ev->filename), call->filename);
+	if (n < 0) {
+		ev->filename[0] = 0;
+		ev->hdr.flags |= VIGIL_F_PARTIAL;
+	} else if (n == sizeof(ev->filename)) {
+		ev->hdr.flags |= VIGIL_F_TRUNCATED;
+	}
+	if (!call->argv)
+		return;		/* argv NULL: the caller passed none */
+	bpf_loop(EXEC_ARGS_MAX, read_one_arg, &walk, 0);
+	/* more entries than we read? */
+	if (!(ev->hdr.flags & (VIGIL_F_TRUNCATED | VIGIL_F_PARTIAL)) &&
+	    ev->argc == EXEC_ARGS_MAX &&
+	    !bpf_probe_read_user(&arg, sizeof(arg), &call->argv[EXEC_ARGS_MAX & 0xffff]) &&
+	    arg)
+		ev->hdr.flags |= VIGIL_F_TRUNCATED;
+}
+
 static __always_inline int exec_exit(long ret, enum exec_syscall nr)
 {
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct exec_call call = {}, *found;
 	struct exec_slot *slot;
 	struct exec_event *ev;
 
-	ev = bpf_map_lookup_elem(&inflight, &tid);
-	if (ev) {
-		ev->ret = ret;
-		output_event_class(&ev->hdr, event_size(ev), VIGIL_RING_BULK);
+	found = bpf_map_lookup_elem(&inflight, &tid);
+	if (found) {
+		call = *found;
 		bpf_map_delete_elem(&inflight, &tid);
-		return 0;
 	}
 	if (ret == 0)
 		return 0;	/* success, already sent by sched_process_exec */
-	/* Failed, and enter could not keep its slot: send what we know. */
-	if (uid_filtered())
+	if (!found && uid_filtered())
 		return 0;
-	slot = start_record(nr);
+	slot = start_record(found ? call.syscall : nr);
 	if (!slot)
 		return 0;
 	ev = &slot->ev;
-	ev->hdr.flags |= VIGIL_F_PARTIAL;
 	ev->ret = ret;
-	stat_inc(VIGIL_EV_EXEC, VIGIL_STAT_PARTIAL);
-	output_event_class(&ev->hdr, event_size(ev), VIGIL_RING_BULK);
+	ev->hdr.flags |= VIGIL_F_CALLER_ARGS;
+	if (!found) {
+		/* enter could not keep its slot: send what we know */
+		ev->hdr.flags |= VIGIL_F_PARTIAL;
+	} else if (call.mm != BPF_CORE_READ(task, mm)) {
+		/*
+		 * Failed past the point of no return: the caller's memory is
+		 * gone (the task dies with SIGSEGV), its pointers mean nothing.
+		 */
+		ev->hdr.ts_ns = call.ts_ns;
+		ev->hdr.flags |= VIGIL_F_PARTIAL;
+	} else {
+		ev->hdr.ts_ns = call.ts_ns;
+		read_caller_argv(ev, &call);
+	}
+	send(ev, VIGIL_RING_BULK);
 	return 0;
 }
 

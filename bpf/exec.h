@@ -20,9 +20,25 @@ enum exec_syscall {
 };
 
 /*
+ * What the new image runs (mm->exe_file), as the kernel knows it: no
+ * string matching in user space.  User space shows the names.
+ */
+enum exec_exe_kind {
+	EXEC_EXE_NONE = 0,	/* failed exec, or exe_file unreadable */
+	EXEC_EXE_FILE = 1,	/* a file with at least one link */
+	EXEC_EXE_DELETED = 2,	/* i_nlink == 0: no name left on any filesystem */
+	EXEC_EXE_MEMFD = 3,	/* memfd_create() file (shmem/hugetlbfs, "memfd:<name>") */
+};
+
+/*
  * One exec, successful or not.  `args` holds argc NUL-terminated strings
  * back to back; the ring record ends after `args_size` bytes of it, so
  * the record is shorter than the struct: `args` must stay the last member.
+ *
+ * For a successful exec `args` is the kernel's copy: the new image's
+ * mm->arg_start..arg_end read at sched_process_exec (pages present, no
+ * old thread left to rewrite them).  For a failed exec it is read from
+ * the caller's memory at sys_exit, and hdr.flags has VIGIL_F_CALLER_ARGS.
  *
  * `filename` is what the caller asked for (relative, via symlinks...);
  * `exe` is the file the new image runs, the absolute path of
@@ -41,7 +57,7 @@ struct exec_event {
 	__u32 egid;
 	__u32 auid;		/* login uid, (u32)-1 when unset */
 	enum exec_syscall syscall;	/* 4 bytes, like any C enum here */
-	__u32 __pad;
+	enum exec_exe_kind exe_kind;
 	char filename[EXEC_PATH_SIZE];	/* resolved by the kernel on success */
 	char exe[EXEC_PATH_SIZE];	/* absolute path of the executable */
 	char args[EXEC_ARGS_SIZE];	/* last: cut short in the ring */

@@ -31,6 +31,7 @@ enum vigil_event_kind {
 enum vigil_flag {
 	VIGIL_F_TRUNCATED = 1 << 0,	/* a variable-length field was cut at its bound */
 	VIGIL_F_PARTIAL = 1 << 1,	/* part of the record could not be captured */
+	VIGIL_F_CALLER_ARGS = 1 << 2,	/* exec: argv/filename as the caller passed them, not the kernel's copy */
 };
 
 /*

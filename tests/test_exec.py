@@ -51,6 +51,9 @@ def test_missing_file_is_enoent(agent):
     (ev,) = execs_of(pump_until(agent, sink, done), filename=path.encode())
     assert ev["ret"] == -2
     assert ev["args"] == [path.encode(), b"x"]
+    # a failed exec has no new image: the caller's argv, and it says so
+    assert ev["flags"] == ["caller_args"]
+    assert ev["exe_kind"] == "none"
     # a failed exec keeps the caller's identity
     assert ev["comm"] == os.path.basename(sys.executable).encode()[:15] or ev["ppid"] == os.getpid()
 
@@ -61,10 +64,12 @@ def test_not_executable_is_eacces(agent, tmp_path):
     script.write_text("#!/bin/sh\n")
     script.chmod(stat.S_IRUSR | stat.S_IWUSR)
     with pytest.raises(PermissionError):
-        subprocess.run([str(script)])
+        subprocess.run([str(script), "arg one", ""])
     done = lambda evs: execs_of(evs, filename=str(script).encode())  # noqa: E731
     (ev,) = execs_of(pump_until(agent, sink, done), filename=str(script).encode())
     assert ev["ret"] == -13
+    assert ev["args"] == [str(script).encode(), b"arg one", b""]
+    assert ev["flags"] == ["caller_args"]
 
 
 def test_non_utf8_argv_bytes_kept(agent):

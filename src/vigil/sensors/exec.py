@@ -3,17 +3,27 @@
 from ..encoding import display, display_args
 from . import Sensor, hook, register, tracepoint
 
+# d_path() of a memfd, as simple_dname() renders it: "/memfd:<name> (deleted)".
+_MEMFD_PREFIX = b"/memfd:"
+_MEMFD_SUFFIX = b" (deleted)"
+
 
 def _finish(ev: dict) -> None:
     # argv arrives as argc NUL-terminated strings back to back
     raw = ev.pop("args")
     ev["args"] = raw.split(b"\0")[: ev["argc"]] if raw else []
     ev.pop("args_size", None)
+    # The kernel decided it is a memfd (exe_kind); its name is exe's leaf,
+    # which the kernel always writes in that one form.
+    if ev["exe_kind"] == "memfd":
+        ev["memfd_name"] = ev["exe"].removeprefix(_MEMFD_PREFIX).removesuffix(_MEMFD_SUFFIX)
 
 
 def _describe(ev: dict) -> str:
     ret = "" if ev["ret"] == 0 else f"ret={ev['ret']} "
-    return f"{ret}{display(ev['filename'])}  {display_args(ev['args'])}"
+    kind = ev["exe_kind"]
+    exe = f"[{kind}] " if kind in ("memfd", "deleted") else ""
+    return f"{ret}{exe}{display(ev['filename'])}  {display_args(ev['args'])}"
 
 
 SENSOR = register(
