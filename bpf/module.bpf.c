@@ -33,9 +33,10 @@ enum module_name_source *__vigil_enum_module_name_source __attribute__((unused))
 
 VIGIL_INFLIGHT(module_calls, module_load_event, 1024);
 
-static __always_inline int enter(enum module_op op, struct trace_event_raw_sys_enter *ctx)
+static __always_inline int enter(enum module_op op, struct trace_event_raw_sys_enter *ctx,
+				 int nargs)
 {
-	struct module_calls_slot *s = inflight_start(module_calls, VIGIL_EV_MODULE_LOAD, ctx);
+	struct module_calls_slot *s = inflight_start(module_calls, VIGIL_EV_MODULE_LOAD, ctx, nargs);
 	struct module_load_event *e;
 
 	if (!s)
@@ -94,19 +95,19 @@ static __always_inline int leave(long ret)
 SEC("tracepoint/syscalls/sys_enter_init_module")
 int module_init_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter(MODULE_OP_INIT_MODULE, ctx);
+	return enter(MODULE_OP_INIT_MODULE, ctx, 3);
 }
 
 SEC("tracepoint/syscalls/sys_enter_finit_module")
 int module_finit_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter(MODULE_OP_FINIT_MODULE, ctx);
+	return enter(MODULE_OP_FINIT_MODULE, ctx, 3);
 }
 
 SEC("tracepoint/syscalls/sys_enter_delete_module")
 int module_delete_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter(MODULE_OP_DELETE_MODULE, ctx);
+	return enter(MODULE_OP_DELETE_MODULE, ctx, 2);
 }
 
 SEC("tracepoint/syscalls/sys_exit_init_module")
@@ -133,11 +134,11 @@ int module_raw_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	switch (ctx->id) {
 	case VIGIL_SYS_init_module:
-		return enter(MODULE_OP_INIT_MODULE, ctx);
+		return enter(MODULE_OP_INIT_MODULE, ctx, 3);
 	case VIGIL_SYS_finit_module:
-		return enter(MODULE_OP_FINIT_MODULE, ctx);
+		return enter(MODULE_OP_FINIT_MODULE, ctx, 3);
 	case VIGIL_SYS_delete_module:
-		return enter(MODULE_OP_DELETE_MODULE, ctx);
+		return enter(MODULE_OP_DELETE_MODULE, ctx, 2);
 	}
 	return 0;
 }

@@ -84,23 +84,35 @@ static __always_inline struct file *current_fd_file(long fd)
 		__type(value, struct name##_slot);			\
 	} name##_zero SEC(".maps")
 
-/* One load per argument at a constant offset: the verifier refuses a moved ctx pointer. */
-static __always_inline void keep_args(unsigned long *dst, struct trace_event_raw_sys_enter *ctx)
+/*
+ * One load per argument at a constant offset (the verifier refuses a moved
+ * ctx pointer), and only the `n` the syscall has: a sys_enter_* record is
+ * only as long as its arguments, and attaching a program that reads past
+ * it fails (EACCES).
+ */
+static __always_inline void keep_args(unsigned long *dst, struct trace_event_raw_sys_enter *ctx,
+				      int n)
 {
-	dst[0] = ctx->args[0];
-	dst[1] = ctx->args[1];
-	dst[2] = ctx->args[2];
-	dst[3] = ctx->args[3];
-	dst[4] = ctx->args[4];
-	dst[5] = ctx->args[5];
+	if (n > 0)
+		dst[0] = ctx->args[0];
+	if (n > 1)
+		dst[1] = ctx->args[1];
+	if (n > 2)
+		dst[2] = ctx->args[2];
+	if (n > 3)
+		dst[3] = ctx->args[3];
+	if (n > 4)
+		dst[4] = ctx->args[4];
+	if (n > 5)
+		dst[5] = ctx->args[5];
 }
 
 /*
- * A fresh slot for this thread, the arguments of `ctx` (a sys_enter
- * record) kept and the header filled in (the caller, at entry); NULL,
+ * A fresh slot for this thread, the `nargs` arguments of `ctx` (a
+ * sys_enter record) kept and the header filled in (the caller, at entry); NULL,
  * counted as lost, when it cannot be made.
  */
-#define inflight_start(map, kind, ctx)					\
+#define inflight_start(map, kind, ctx, nargs)					\
 	({								\
 		__u32 __tid = (__u32)bpf_get_current_pid_tgid(), __z = 0;	\
 		struct map##_slot *__v = bpf_map_lookup_elem(&map##_zero, &__z);	\
@@ -109,7 +121,7 @@ static __always_inline void keep_args(unsigned long *dst, struct trace_event_raw
 			__s = bpf_map_lookup_elem(&map, &__tid);	\
 		if (__s) {						\
 			fill_header(&__s->ev.hdr, kind);		\
-			keep_args(__s->args, (ctx));			\
+			keep_args(__s->args, (ctx), (nargs));			\
 		} else {						\
 			stat_inc(kind, VIGIL_STAT_LOST);		\
 		}							\
