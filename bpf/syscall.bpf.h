@@ -25,10 +25,11 @@
  */
 static __always_inline long current_syscall_nr(void)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	/* a BTF pointer: bpf_task_pt_regs() takes no plain scalar (5.11+) */
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct pt_regs *regs;
 
-	if (BPF_CORE_READ(task, flags) & VIGIL_PF_KTHREAD)
+	if (task->flags & VIGIL_PF_KTHREAD)
 		return -1;
 	regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	if (!regs)

@@ -186,7 +186,8 @@ def test_user_namespace_check_is_not_init_ns():
         assert ev["target_ns_inum"] == ev["cred_ns_inum"]
         assert ev["target_ns_inum"] != os.stat("/proc/self/ns/user").st_ino
         text = sensors.get("capable").describe(ev)
-        assert text == f"CAP_SYS_ADMIN allowed in userns {ev['target_ns_inum']}"
+        assert text == f"CAP_SYS_ADMIN allowed in userns {ev['target_ns_inum']} via sethostname"
+        assert (ev["syscall"], ev["syscall_nr"]) == ("sethostname", 170)
     finally:
         agent.session.close()
 
@@ -216,7 +217,7 @@ def test_check_on_other_credentials(agent):
     events = pump_until(agent, sink, both)
     other = next(e for e in _checks(events, child.pid, cap_net_admin) if e["other_cred"])
     assert other["comm"] == b"vcap-netlink" and other["verdict"] == "allowed"
-    assert sensors.get("capable").describe(other) == "CAP_NET_ADMIN allowed (other cred)"
+    assert sensors.get("capable").describe(other) == "CAP_NET_ADMIN allowed (other cred) via sendto"
 
 
 def test_pid_filter_is_in_kernel(victim):
