@@ -41,6 +41,15 @@ assert libc.capset(ctypes.byref(hdr), data) == 0, ctypes.get_errno()
 class Child:
     """A Python child that sets its comm, optionally waits for "go", runs `code`."""
 
+    @staticmethod
+    def argv(comm: str, code: str) -> list[str]:
+        """The command line of such a child, for subprocess.run: it names
+        itself, runs `code` (sys.argv[1:] are the arguments that follow) and
+        prints its pid on stderr last."""
+        prelude = "import os, socket, sys\n"
+        prelude += f"open('/proc/self/comm', 'w').write({comm!r})\n"
+        return [sys.executable, "-c", prelude + code + "\nprint(os.getpid(), file=sys.stderr)\n"]
+
     def __init__(self, comm: str, code: str, *args: str, wait: bool = False):
         prelude = "import os, socket, sys\n"
         prelude += f"open('/proc/self/comm', 'w').write({comm!r})\n"
