@@ -412,3 +412,53 @@ def test_fallback_programs_pass_the_verifier(programs, feature):
             prog.autoload = prog.name in programs
         obj.load()  # with its own default ring: nothing is attached
         assert all(obj.program(name).fd >= 0 for name in programs)
+
+
+# A child that mounts in a private mount namespace, after exec'ing itself:
+# the exec makes the memory-accounting CAP_SYS_ADMIN check (execve, mmap,
+# brk), the mounts make theirs (mount).
+MOUNTS = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x20000) == 0  # CLONE_NEWNS
+assert libc.mount(None, b"/", None, (1 << 14) | (1 << 18), None) == 0  # MS_REC | MS_PRIVATE
+for _ in range(3):
+    assert libc.mount(b"vcap", sys.argv[-1].encode(), b"tmpfs", 0, None) == 0
+"""
+CAP_SYS_ADMIN = 21
+
+
+@pytest.mark.parametrize("unique", [0, 1])
+def test_checks_carry_the_syscall_and_unique_keys_on_it(unique, tmp_path):
+    agent, sink = start_agent(["capable"], enrich=False, rodata={"unique": unique})
+    try:
+        child = Child("vcap-mount", MOUNTS, str(tmp_path))
+
+        def admin(evs):  # before it names itself, the child's comm is python's
+            return _checks(evs, child.pid, CAP_SYS_ADMIN)
+
+        pump_until(agent, sink, lambda evs: any(e["syscall"] == "mount" for e in admin(evs)))
+        _settle(agent)
+        by_call: dict[str, int] = {}
+        for ev in admin(sink.events):
+            by_call[ev["syscall"]] = by_call.get(ev["syscall"], 0) + 1
+            assert ev["syscall_nr"] >= 0 and ev["verdict"] == "allowed"
+        # 4 mount calls (the private remount and 3 tmpfs mounts), each checked
+        # at least once (a new mount checks in may_mount and for the fs too)
+        if unique:
+            assert by_call["mount"] == 1
+        else:
+            assert by_call["mount"] >= 4
+        assert by_call["unshare"] == 1
+        # the exec-time memory-accounting check: once per call with --unique,
+        # apart from the mount's
+        accounting = {k: v for k, v in by_call.items() if k in ("mmap", "brk")}
+        assert accounting
+        if unique:
+            assert set(accounting.values()) == {1}
+        else:
+            assert by_call["mmap"] > 1  # the interpreter maps many times
+        mount = next(e for e in admin(sink.events) if e["syscall"] == "mount")
+        assert sensors.get("capable").describe(mount) == "CAP_SYS_ADMIN allowed via mount"
+    finally:
+        agent.session.close()
