@@ -70,7 +70,9 @@ def test_own_loads_are_marked_and_failures_read_the_callers_attr():
         assert any(e["cmd"] == "link_create" for e in ours)
         # a load the kernel refuses: what the caller asked for, as passed
         code = "import ctypes, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-        code += "attr = bytearray(160)\nstruct.pack_into('<I', attr, 0, 2)  # BPF_PROG_TYPE_KPROBE\n"
+        code += (
+            "attr = bytearray(160)\nstruct.pack_into('<I', attr, 0, 2)  # BPF_PROG_TYPE_KPROBE\n"
+        )
         code += "attr[48:56] = b'vigil_bad'\nbuf = (ctypes.c_char * 160).from_buffer(attr)\n"
         code += "assert libc.syscall(321, 5, buf, 160) == -1\n"  # BPF_PROG_LOAD, no insns: E2BIG
         if os.uname().machine != "x86_64":
@@ -122,4 +124,3 @@ def bpf_trigger():
         and ev["cmd"] == "prog_load"
         and ev["prog_name"] == b"handle_cap_capa"
     )
-

@@ -76,7 +76,12 @@ def test_setresuid_and_setfsuid_arguments(agent):
     done = lambda evs: len(_mine(evs, child.pid, "setuid")) == 3  # noqa: E731
     res, back, fs = _mine(pump_until(agent, sink, done), child.pid, "setuid")
     assert (res["syscall"], res["arg0"], res["arg1"], res["arg2"]) == ("setresuid", -1, 4242, -1)
-    assert (res["old_euid"], res["new_euid"], res["new_uid"], res["new_fsuid"]) == (0, 4242, 0, 4242)
+    assert (res["old_euid"], res["new_euid"], res["new_uid"], res["new_fsuid"]) == (
+        0,
+        4242,
+        0,
+        4242,
+    )
     assert (back["old_euid"], back["new_euid"]) == (4242, 0)  # became root again (saved uid 0)
     assert (fs["syscall"], fs["ret"], fs["old_fsuid"], fs["new_fsuid"]) == ("setfsuid", 0, 0, 777)
 

@@ -97,7 +97,11 @@ def test_tkill_tgkill_pidfd_and_failures():
         # a pidfd is resolved to its process in the kernel
         assert (pidfd["syscall"], pidfd["target_source"]) == ("pidfd_send_signal", "kernel")
         assert pidfd["target_pid"] == target.pid and pidfd["target_arg"] >= 3
-        assert (esrch["ret"], esrch["sig_name"], esrch["target_pid"]) == (-3, "SIGKILL", 2**22 + 12345)
+        assert (esrch["ret"], esrch["sig_name"], esrch["target_pid"]) == (
+            -3,
+            "SIGKILL",
+            2**22 + 12345,
+        )
     finally:
         target.kill()
         target.wait()
@@ -152,7 +156,12 @@ def test_ptrace_attach_and_poke():
         attach, poke, missing = events
         assert (attach["request"], attach["ret"], attach["target_pid"]) == ("attach", 0, target.pid)
         assert attach["target_exe"] == SLEEP.encode() and attach["target_comm"] == b"sleep"
-        assert (poke["request"], poke["ret"], poke["addr"], poke["data"]) == ("pokedata", -5, 8, 0x41)
+        assert (poke["request"], poke["ret"], poke["addr"], poke["data"]) == (
+            "pokedata",
+            -5,
+            8,
+            0x41,
+        )
         assert (missing["request"], missing["ret"]) == ("attach", -3)
         assert missing["target_pid"] == 2**22 + 4321 and missing["target_exe"] == b""
         text = sensors.get("ptrace").describe(attach)
@@ -200,7 +209,9 @@ def kill_trigger():
         os.kill(marker, 0)
     except ProcessLookupError:
         pass
-    return lambda ev: ev["kind"] == "kill" and ev["target_arg"] == marker and ev["pid"] == os.getpid()
+    return lambda ev: (
+        ev["kind"] == "kill" and ev["target_arg"] == marker and ev["pid"] == os.getpid()
+    )
 
 
 def ptrace_trigger():

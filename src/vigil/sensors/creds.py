@@ -64,15 +64,10 @@ def _describe_capset(ev: dict) -> str:
     return f"capset {' '.join(parts) or 'unchanged'} {result_text(ev['ret'])}"
 
 
-def _pair(call: str) -> tuple:
-    return (
-        hook(call, tracepoint(f"syscalls/sys_enter_{call}", f"{call}_enter")),
-        hook(f"{call}_ret", tracepoint(f"syscalls/sys_exit_{call}", f"{call}_exit")),
-    )
-
-
 def _hooks(*calls: str) -> tuple:
-    return tuple(h for call in calls for h in _pair(call))
+    """One hook: every call's enter and exit programs (all stable tracepoints)."""
+    programs = tuple(f"{call}_{side}" for call in calls for side in ("enter", "exit"))
+    return (hook(calls[0], tracepoint(f"syscalls/sys_enter_{calls[0]}", *programs)),)
 
 
 # A call that changed nothing comes once per process image, call, arguments

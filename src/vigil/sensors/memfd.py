@@ -35,8 +35,10 @@ SENSOR = register(
         kinds=("memfd",),
         summary="memfd_create: anonymous in-memory files (fileless execs start here)",
         hooks=(
-            hook("memfd_create", tracepoint("syscalls/sys_enter_memfd_create", "memfd_enter")),
-            hook("memfd_create_ret", tracepoint("syscalls/sys_exit_memfd_create", "memfd_exit")),
+            hook(
+                "memfd_create",
+                tracepoint("syscalls/sys_enter_memfd_create", "memfd_enter", "memfd_exit"),
+            ),
         ),
         finish=_finish,
         describe=_describe,

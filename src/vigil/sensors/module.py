@@ -46,7 +46,9 @@ SENSOR = register(
                 ),
                 # every syscall, filtered by number first: kernels without
                 # modules still see (and refuse, ENOSYS) the attempts
-                Attach("tracepoint", "raw_syscalls/sys_enter", ("module_raw_enter", "module_raw_exit")),
+                Attach(
+                    "tracepoint", "raw_syscalls/sys_enter", ("module_raw_enter", "module_raw_exit")
+                ),
             ),
             # the name the kernel loaded, and its taints
             hook(

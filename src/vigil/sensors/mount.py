@@ -17,7 +17,9 @@ def _describe(ev: dict) -> str:
     elif op == "umount":
         text = f"umount {display(ev['target'])}"
     elif op == "fsmount":
-        text = f"fsmount {display(ev['fstype'])} {display(ev['source']) or '-'} (fd {ev['from_fd']})"
+        text = (
+            f"fsmount {display(ev['fstype'])} {display(ev['source']) or '-'} (fd {ev['from_fd']})"
+        )
     else:
         text = f"move_mount {display(ev['source']) or ev['from_fd']} -> {display(ev['target']) or ev['to_fd']}"
     return f"{text}{flags} {result_text(ev['ret'])}"

@@ -8,7 +8,9 @@ from ..encoding import display
 from . import Attach, Sensor, hook, register, result_text
 
 _KILL_PROGRAMS = tuple(
-    f"kill_{side}_{call}" for call in ("kill", "tkill", "tgkill", "pidfd") for side in ("enter", "exit")
+    f"kill_{side}_{call}"
+    for call in ("kill", "tkill", "tgkill", "pidfd")
+    for side in ("enter", "exit")
 )
 _PTRACE_PROGRAMS = ("ptrace_enter", "ptrace_exit")
 
@@ -32,7 +34,11 @@ def _finish_kill(ev: dict) -> None:
 
 def _target(ev: dict) -> str:
     if not ev["target_pid"]:
-        return f"pid {ev['target_arg']}" if ev.get("syscall") != "pidfd_send_signal" else f"pidfd {ev['target_arg']}"
+        return (
+            f"pid {ev['target_arg']}"
+            if ev.get("syscall") != "pidfd_send_signal"
+            else f"pidfd {ev['target_arg']}"
+        )
     who = ev.get("target_comm") or b"?"
     exe = ev.get("target_exe")
     text = f"{ev['target_pid']} ({display(who)})"
@@ -82,7 +88,9 @@ PTRACE = register(
         hooks=(
             hook(
                 "ptrace",
-                Attach("lsm", "ptrace_access_check", ("ptrace_lsm_access_check", *_PTRACE_PROGRAMS)),
+                Attach(
+                    "lsm", "ptrace_access_check", ("ptrace_lsm_access_check", *_PTRACE_PROGRAMS)
+                ),
                 Attach("tracepoint", "syscalls/sys_enter_ptrace", _PTRACE_PROGRAMS),
             ),
         ),

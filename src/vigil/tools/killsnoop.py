@@ -25,13 +25,18 @@ def parse_signal(text: str) -> int:
             return int(signal.Signals[name])
         except KeyError:
             pass
-    raise ConfigError(f"-s {text!r}: not a signal (use a number 0-{int(signal.SIGRTMAX)} or a name)")
+    raise ConfigError(
+        f"-s {text!r}: not a signal (use a number 0-{int(signal.SIGRTMAX)} or a name)"
+    )
 
 
 @click.command()
 @click.option("-x", "--failed", is_flag=True, help="Only failed signals (RESULT < 0).")
 @click.option(
-    "-p", "--pid", type=click.IntRange(1, 2**32 - 1), help="Only signals sent by this process (in kernel)."
+    "-p",
+    "--pid",
+    type=click.IntRange(1, 2**32 - 1),
+    help="Only signals sent by this process (in kernel).",
 )
 @click.option("-s", "--signal", "sig", help="Only this signal, by number or name (in kernel).")
 @click.option("-t", "--timestamp", is_flag=True, help="TIME(s), seconds since start, for TIME.")
