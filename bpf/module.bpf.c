@@ -6,12 +6,12 @@
  *   syscalls:sys_enter/exit_{,f}init_module, _delete_module
  *                          one program per call; these tracepoints exist
  *                          only on kernels built with module support
- *   raw_syscalls:sys_enter/sys_exit
- *                          every syscall passes here: the first test is
- *                          the syscall number, so all others leave after
- *                          one compare.  Catches attempts on kernels
- *                          without module support too (-ENOSYS), where
- *                          an attempt is itself the news
+ *   raw_tp sys_exit, or tracepoint raw_syscalls:sys_exit
+ *                          every syscall's return passes here: the first
+ *                          test is the syscall number, so all others
+ *                          leave after one compare.  Catches attempts on
+ *                          kernels without module support too (-ENOSYS),
+ *                          where an attempt is itself the news
  *   module:module_load     inside a successful load: the module's name
  *                          and taints from the kernel's struct module,
  *                          added to the caller's in-flight record
@@ -25,6 +25,7 @@
 #include "common.bpf.h"
 #include "syscall.bpf.h"
 #include "path.bpf.h"
+#include <bpf/bpf_tracing.h>
 #include "module.h"
 
 VIGIL_RECORD(module_load_event);
@@ -33,10 +34,12 @@ enum module_name_source *__vigil_enum_module_name_source __attribute__((unused))
 
 VIGIL_INFLIGHT(module_calls, module_load_event, 1024);
 
-static __always_inline int enter(enum module_op op, struct trace_event_raw_sys_enter *ctx,
-				 int nargs)
+/* ctx: a sys_enter record, or anything with the arguments in args[] */
+#define enter(op, ctx, nargs) \
+	module_enter(op, inflight_start(module_calls, VIGIL_EV_MODULE_LOAD, ctx, nargs))
+
+static __always_inline int module_enter(enum module_op op, struct module_calls_slot *s)
 {
-	struct module_calls_slot *s = inflight_start(module_calls, VIGIL_EV_MODULE_LOAD, ctx, nargs);
 	struct module_load_event *e;
 
 	if (!s)
@@ -128,19 +131,48 @@ int module_delete_exit(struct trace_event_raw_sys_exit *ctx)
 	return leave(ctx->ret);
 }
 
-/* -- raw_syscalls: every syscall, filtered by number first ------------------------- */
-SEC("tracepoint/raw_syscalls/sys_enter")
-int module_raw_enter(struct trace_event_raw_sys_enter *ctx)
+/*
+ * -- every syscall, filtered by number first -----------------------------------
+ * Where the per-call tracepoints do not exist, hook the exit of every
+ * syscall and leave after one compare of its number.  Exit only (one
+ * hook, not two: each costs every syscall of the host): the caller's
+ * saved user registers still hold the arguments there, and the record
+ * is built and sent at once (its header is stamped at the return).
+ */
+struct raw_args {
+	unsigned long args[6];
+};
+
+static __always_inline int exit_only(struct pt_regs *regs, long id, long ret)
 {
-	switch (ctx->id) {
+	struct raw_args a = {};
+	enum module_op op;
+
+	switch (id) {
 	case VIGIL_SYS_init_module:
-		return enter(MODULE_OP_INIT_MODULE, ctx, 3);
+		op = MODULE_OP_INIT_MODULE;
+		break;
 	case VIGIL_SYS_finit_module:
-		return enter(MODULE_OP_FINIT_MODULE, ctx, 3);
+		op = MODULE_OP_FINIT_MODULE;
+		break;
 	case VIGIL_SYS_delete_module:
-		return enter(MODULE_OP_DELETE_MODULE, ctx, 2);
+		op = MODULE_OP_DELETE_MODULE;
+		break;
+	default:
+		return 0;
 	}
-	return 0;
+	a.args[0] = PT_REGS_PARM1_CORE_SYSCALL(regs);
+	a.args[1] = PT_REGS_PARM2_CORE_SYSCALL(regs);
+	a.args[2] = PT_REGS_PARM3_CORE_SYSCALL(regs);
+	enter(op, &a, 3);
+	return leave(ret);
+}
+
+/* raw_tp: no perf record is built per call, unlike the classic tracepoint */
+SEC("raw_tp/sys_exit")
+int BPF_PROG(module_rawtp_exit, struct pt_regs *regs, long ret)
+{
+	return exit_only(regs, regs_syscall_nr(regs), ret);
 }
 
 SEC("tracepoint/raw_syscalls/sys_exit")
@@ -151,7 +183,8 @@ int module_raw_exit(struct trace_event_raw_sys_exit *ctx)
 	if (id != VIGIL_SYS_init_module && id != VIGIL_SYS_finit_module &&
 	    id != VIGIL_SYS_delete_module)
 		return 0;
-	return leave(ctx->ret);
+	return exit_only((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()), id,
+			 ctx->ret);
 }
 
 /*

@@ -16,6 +16,18 @@
 
 #define VIGIL_PF_KTHREAD 0x00200000	/* include/linux/sched.h */
 
+/* The syscall number saved in a task's user registers (syscall_get_nr()). */
+static __always_inline long regs_syscall_nr(struct pt_regs *regs)
+{
+#if defined(__TARGET_ARCH_x86)
+	return BPF_CORE_READ(regs, orig_ax);
+#elif defined(__TARGET_ARCH_arm64)
+	return BPF_CORE_READ(regs, syscallno);
+#else
+	return -1;
+#endif
+}
+
 /*
  * The syscall the current task is in: the number its saved user registers
  * hold, as the kernel's syscall_get_nr() reads it (orig_ax on x86,
@@ -34,13 +46,7 @@ static __always_inline long current_syscall_nr(void)
 	regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	if (!regs)
 		return -1;
-#if defined(__TARGET_ARCH_x86)
-	return BPF_CORE_READ(regs, orig_ax);
-#elif defined(__TARGET_ARCH_arm64)
-	return BPF_CORE_READ(regs, syscallno);
-#else
-	return -1;
-#endif
+	return regs_syscall_nr(regs);
 }
 
 /* The struct file behind descriptor `fd` of the current task, or NULL. */
@@ -89,24 +95,23 @@ static __always_inline struct file *current_fd_file(long fd)
  * One load per argument at a constant offset (the verifier refuses a moved
  * ctx pointer), and only the `n` the syscall has: a sys_enter_* record is
  * only as long as its arguments, and attaching a program that reads past
- * it fails (EACCES).
+ * it fails (EACCES).  `ctx`: anything with an `args[]` member.
  */
-static __always_inline void keep_args(unsigned long *dst, struct trace_event_raw_sys_enter *ctx,
-				      int n)
-{
-	if (n > 0)
-		dst[0] = ctx->args[0];
-	if (n > 1)
-		dst[1] = ctx->args[1];
-	if (n > 2)
-		dst[2] = ctx->args[2];
-	if (n > 3)
-		dst[3] = ctx->args[3];
-	if (n > 4)
-		dst[4] = ctx->args[4];
-	if (n > 5)
-		dst[5] = ctx->args[5];
-}
+#define keep_args(dst, ctx, n)						\
+	do {								\
+		if ((n) > 0)						\
+			(dst)[0] = (ctx)->args[0];			\
+		if ((n) > 1)						\
+			(dst)[1] = (ctx)->args[1];			\
+		if ((n) > 2)						\
+			(dst)[2] = (ctx)->args[2];			\
+		if ((n) > 3)						\
+			(dst)[3] = (ctx)->args[3];			\
+		if ((n) > 4)						\
+			(dst)[4] = (ctx)->args[4];			\
+		if ((n) > 5)						\
+			(dst)[5] = (ctx)->args[5];			\
+	} while (0)
 
 /*
  * A fresh slot for this thread, the `nargs` arguments of `ctx` (a

@@ -44,11 +44,12 @@ SENSOR = register(
                         "module_delete_exit",
                     ),
                 ),
-                # every syscall, filtered by number first: kernels without
-                # modules still see (and refuse, ENOSYS) the attempts
-                Attach(
-                    "tracepoint", "raw_syscalls/sys_enter", ("module_raw_enter", "module_raw_exit")
-                ),
+                # the return of every syscall, filtered by number first:
+                # kernels without modules still see (and refuse, ENOSYS) the
+                # attempts; raw_tp skips the perf record the classic
+                # tracepoint builds per call
+                Attach("raw_tp", "sys_exit", ("module_rawtp_exit",)),
+                Attach("tracepoint", "raw_syscalls/sys_exit", ("module_raw_exit",)),
             ),
             # the name the kernel loaded, and its taints
             hook(
