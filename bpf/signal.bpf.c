@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause
 /*
  * Signals and ptrace: who signals whom (kill, tkill, tgkill,
- * pidfd_send_signal) and who takes control of another process (ptrace
+ * pidfd_send_signal, rt_sigqueueinfo, rt_tgsigqueueinfo) and who takes control of another process (ptrace
  * attach, seize, traceme) or writes into it (poke, setregs).
  *
  *   syscalls   sys_enter_* keeps the arguments, sys_exit_* emits with the
@@ -134,6 +134,21 @@ int kill_enter_pidfd(struct trace_event_raw_sys_enter *ctx)
 	return kill_enter(ctx, 4, KILL_SYSCALL_PIDFD_SEND_SIGNAL, ctx->args[0], 0, ctx->args[1]);
 }
 
+SEC("tracepoint/syscalls/sys_enter_rt_sigqueueinfo")
+int kill_enter_rt_sigqueueinfo(struct trace_event_raw_sys_enter *ctx)
+{
+	/* (pid_t tgid, int sig, siginfo_t *uinfo) */
+	return kill_enter(ctx, 3, KILL_SYSCALL_RT_SIGQUEUEINFO, ctx->args[0], 0, ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_rt_tgsigqueueinfo")
+int kill_enter_rt_tgsigqueueinfo(struct trace_event_raw_sys_enter *ctx)
+{
+	/* (pid_t tgid, pid_t tid, int sig, siginfo_t *uinfo) */
+	return kill_enter(ctx, 4, KILL_SYSCALL_RT_TGSIGQUEUEINFO, ctx->args[0], ctx->args[1],
+			  ctx->args[2]);
+}
+
 /*
  * The process behind a pidfd: file->private_data before pidfs (6.9),
  * the pidfs inode's i_private since.  Only called once the call
@@ -196,6 +211,18 @@ int kill_exit_tgkill(struct trace_event_raw_sys_exit *ctx)
 
 SEC("tracepoint/syscalls/sys_exit_pidfd_send_signal")
 int kill_exit_pidfd(struct trace_event_raw_sys_exit *ctx)
+{
+	return kill_exit(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_rt_sigqueueinfo")
+int kill_exit_rt_sigqueueinfo(struct trace_event_raw_sys_exit *ctx)
+{
+	return kill_exit(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_rt_tgsigqueueinfo")
+int kill_exit_rt_tgsigqueueinfo(struct trace_event_raw_sys_exit *ctx)
 {
 	return kill_exit(ctx->ret);
 }

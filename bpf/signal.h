@@ -10,6 +10,8 @@ enum kill_syscall {
 	KILL_SYSCALL_TKILL = 1,
 	KILL_SYSCALL_TGKILL = 2,
 	KILL_SYSCALL_PIDFD_SEND_SIGNAL = 3,
+	KILL_SYSCALL_RT_SIGQUEUEINFO = 4,	/* kill with a forged siginfo */
+	KILL_SYSCALL_RT_TGSIGQUEUEINFO = 5,
 };
 
 /* How target_pid was found. */
@@ -20,7 +22,8 @@ enum target_source {
 };
 
 /*
- * One signal sent by kill(2), tkill(2), tgkill(2) or pidfd_send_signal(2),
+ * One signal sent by kill(2), tkill(2), tgkill(2), pidfd_send_signal(2),
+ * rt_sigqueueinfo(2) or rt_tgsigqueueinfo(2),
  * reported at the call's return.  The header is the sender.  `target_pid`
  * is a host pid (user space adds the target's exe and comm), 0 when the
  * call named no single process or named it in another pid namespace;
@@ -30,8 +33,8 @@ struct kill_event {
 	struct vigil_header hdr;
 	__s32 ret;			/* 0, or -errno */
 	__s32 sig;			/* 0: a permission/existence probe, nothing sent */
-	__s32 target_arg;		/* kill: pid; tkill: tid; tgkill: tgid; pidfd: the fd */
-	__s32 target_tid;		/* tkill/tgkill: the thread; 0 otherwise */
+	__s32 target_arg;		/* kill, rt_*: pid/tgid; tkill: tid; tgkill: tgid; pidfd: the fd */
+	__s32 target_tid;		/* tkill, tgkill, rt_tgsigqueueinfo: the thread; 0 otherwise */
 	__u32 target_pid;		/* host pid of the target process, 0 when none */
 	enum target_source target_source;
 	enum kill_syscall syscall;

@@ -76,18 +76,20 @@ try:
     os.kill(2**22 + 12345, 9)  # beyond pid_max: ESRCH
 except ProcessLookupError:
     pass
+info = (ctypes.c_int * 32)(0, 0, -1)  # si_signo, si_errno, si_code = SI_QUEUE
+assert libc.syscall({sigqueue}, target, 0, info) == 0  # rt_sigqueueinfo
 """
 
 
 def test_tkill_tgkill_pidfd_and_failures():
-    nr = {"x86_64": (234, 200), "aarch64": (131, 130)}[os.uname().machine]
+    nr = {"x86_64": (234, 200, 129), "aarch64": (131, 130, 138)}[os.uname().machine]
     agent, sink = start_agent(["kill"], enrich=False)
     target = _sleeper()
     try:
-        code = SENDERS.format(tgkill=nr[0], tkill=nr[1])
+        code = SENDERS.format(tgkill=nr[0], tkill=nr[1], sigqueue=nr[2])
         sender = Child("vkill-kinds", code, str(target.pid))
-        done = lambda evs: len(_kills(evs, sender.pid)) == 4  # noqa: E731
-        tgkill, tkill, pidfd, esrch = _kills(pump_until(agent, sink, done), sender.pid)
+        done = lambda evs: len(_kills(evs, sender.pid)) == 5  # noqa: E731
+        tgkill, tkill, pidfd, esrch, queued = _kills(pump_until(agent, sink, done), sender.pid)
         assert (tgkill["syscall"], tgkill["target_pid"], tgkill["target_tid"]) == (
             "tgkill",
             target.pid,
@@ -97,6 +99,12 @@ def test_tkill_tgkill_pidfd_and_failures():
         # a pidfd is resolved to its process in the kernel
         assert (pidfd["syscall"], pidfd["target_source"]) == ("pidfd_send_signal", "kernel")
         assert pidfd["target_pid"] == target.pid and pidfd["target_arg"] >= 3
+        # a signal with a forged siginfo is a signal too
+        assert (queued["syscall"], queued["ret"], queued["target_pid"]) == (
+            "rt_sigqueueinfo",
+            0,
+            target.pid,
+        )
         assert (esrch["ret"], esrch["sig_name"], esrch["target_pid"]) == (
             -3,
             "SIGKILL",

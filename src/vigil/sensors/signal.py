@@ -9,7 +9,7 @@ from . import Attach, Sensor, hook, register, result_text
 
 _KILL_PROGRAMS = tuple(
     f"kill_{side}_{call}"
-    for call in ("kill", "tkill", "tgkill", "pidfd")
+    for call in ("kill", "tkill", "tgkill", "pidfd", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
     for side in ("enter", "exit")
 )
 _PTRACE_PROGRAMS = ("ptrace_enter", "ptrace_exit")
