@@ -41,7 +41,7 @@ static __always_inline long current_syscall_nr(void)
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct pt_regs *regs;
 
-	if (task->flags & VIGIL_PF_KTHREAD)
+	if (BPF_CORE_READ(task, flags) & VIGIL_PF_KTHREAD)
 		return -1;
 	regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	if (!regs)
