@@ -21,6 +21,7 @@
  */
 #include "common.bpf.h"
 #include "core_fixes.bpf.h"
+#include "syscall.bpf.h"
 #include <bpf/bpf_tracing.h>
 #include "capable.h"
 
@@ -39,7 +40,9 @@ const volatile __u8 skip_noaudit = 0;	/* drop checks known to be CAP_OPT_NOAUDIT
 const volatile __u8 unique = 0;		/* report a repeated check once */
 
 /*
- * --unique: what makes a check "the same".  The process image, not just
+ * --unique: what makes a check "the same".  The syscall in progress: a
+ * mount's CAP_SYS_ADMIN is news even after the one every exec makes for
+ * memory accounting (execve, mmap).  The process image, not just
  * the pid: start time (a reused pid is another process) and the exec
  * count (after execve the same pid runs another program, whose checks are
  * news).  The verdict and the namespace kind are part of it so that an
@@ -51,9 +54,10 @@ struct capable_key {
 	__u64 exec_id;		/* task->self_exec_id: +1 per exec */
 	__u32 pid;
 	__s32 cap;
+	__s32 syscall_nr;
 	__u8 denied;
 	__u8 init_ns;
-	__u8 __pad[6];
+	__u8 __pad[2];
 };
 
 /* LRU: a forgotten key costs one more record, never a lost one. */
@@ -73,7 +77,7 @@ static __always_inline bool pid_wanted(__u32 pid)
 
 /* True when an identical check of this process image was reported already. */
 static __always_inline bool repeated(struct task_struct *task, __u32 pid, int cap,
-				     bool denied, bool init_ns)
+				     bool denied, bool init_ns, long syscall_nr)
 {
 	struct capable_key key = {};
 	__u8 one = 1;
@@ -82,6 +86,7 @@ static __always_inline bool repeated(struct task_struct *task, __u32 pid, int ca
 	key.cap = cap;
 	key.denied = denied;
 	key.init_ns = init_ns;
+	key.syscall_nr = syscall_nr;
 	key.start_ns = task_start_boottime(BPF_CORE_READ(task, group_leader));
 	/* u64 since 5.7 (d1e7fd6462ca "signal: Extend exec_id to 64bits");
 	 * ring buffers need 5.8, so no older layout reaches this code */
@@ -99,6 +104,7 @@ static __always_inline int emit(const struct cred *cred, struct user_namespace *
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct capable_event *e;
 	bool init_ns, denied = ret != 0;
+	long syscall_nr;
 
 	if (!pid_wanted(bpf_get_current_pid_tgid() >> 32))
 		return 0;
@@ -106,7 +112,9 @@ static __always_inline int emit(const struct cred *cred, struct user_namespace *
 		return 0;
 	/* only the initial user namespace is at level 0 */
 	init_ns = BPF_CORE_READ(target_ns, level) == 0;
-	if (unique && repeated(task, bpf_get_current_pid_tgid() >> 32, cap, denied, init_ns))
+	syscall_nr = current_syscall_nr();
+	if (unique &&
+	    repeated(task, bpf_get_current_pid_tgid() >> 32, cap, denied, init_ns, syscall_nr))
 		return 0;
 	e = reserve_event(VIGIL_EV_CAPABLE, sizeof(*e));
 	if (!e)
@@ -122,6 +130,8 @@ static __always_inline int emit(const struct cred *cred, struct user_namespace *
 	/* the subjective creds (current_cred()) are what the task's own checks use */
 	e->other_cred = BPF_CORE_READ(task, cred) != cred;
 	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
+	e->syscall_nr = syscall_nr;
+	e->syscall = syscall_nr;
 	submit_event(&e->hdr, sizeof(*e));
 	return 0;
 }

@@ -3,6 +3,7 @@
 #define __VIGIL_CAPABLE_H
 
 #include "vigil.h"
+#include "syscalls.h"	/* generated: enum vigil_syscall */
 
 /* What commoncap decided; user space shows "allowed" / "denied". */
 enum capable_verdict {
@@ -42,6 +43,15 @@ struct capable_event {
 	__u8 init_ns;			/* 1: checked against the initial user ns (the host) */
 	__u8 other_cred;		/* 1: credentials checked are not the task's own */
 	__u8 __pad[6];
+	/*
+	 * The syscall the task is in (its saved registers, as seccomp and
+	 * audit read them), -1 for a kernel thread: tells a mount's
+	 * CAP_SYS_ADMIN (mount) from the memory-accounting check every
+	 * exec makes (execve, mmap, brk).  `syscall` is the same number,
+	 * decoded to its name from this enum.
+	 */
+	__s32 syscall_nr;
+	enum vigil_syscall syscall;
 };
 
 #endif /* __VIGIL_CAPABLE_H */

@@ -8,8 +8,12 @@ import subprocess
 import pytest
 
 from helpers import pump_until, start_agent
+from test_bpf_memfd import bpf_trigger
 from test_capable import chown_trigger
 from test_listen import bind_trigger, listen_trigger
+from test_module import attempt_trigger
+from test_mount import mount_trigger
+from test_signal import kill_trigger, ptrace_trigger
 from test_tcp import connect_trigger
 from vigil import sensors
 from vigil.loader import usable
@@ -32,6 +36,11 @@ TRIGGERS = {
     ("bind", "bind"): bind_trigger,
     ("listen", "listen"): listen_trigger,
     ("connect", "connect"): connect_trigger,
+    ("module_load", "module_syscalls"): attempt_trigger,
+    ("mount", "mount"): mount_trigger,
+    ("kill", "kill"): kill_trigger,
+    ("ptrace", "ptrace"): ptrace_trigger,
+    ("bpf", "bpf"): bpf_trigger,
 }
 
 
@@ -53,7 +62,10 @@ def test_every_hook_with_alternatives_has_a_trigger():
 def test_forced_attach_mode_sees_the_event(sensor_name, hook_name, alt):
     if not usable(alt):
         pytest.skip(f"{alt.feature} not available on this kernel")
-    agent, sink = start_agent([sensor_name], enrich=False, choices={hook_name: alt.feature})
+    # feature:target: a hook may have two alternatives of one type
+    # (module_load: per-call tracepoints, or raw_syscalls)
+    choice = f"{alt.feature}:{alt.target}"
+    agent, sink = start_agent([sensor_name], enrich=False, choices={hook_name: choice})
     try:
         chosen = [c for c in agent.session.choices if c.hook == hook_name]
         assert [(c.feature, c.programs) for c in chosen] == [(alt.feature, alt.programs)]

@@ -41,6 +41,15 @@ assert libc.capset(ctypes.byref(hdr), data) == 0, ctypes.get_errno()
 class Child:
     """A Python child that sets its comm, optionally waits for "go", runs `code`."""
 
+    @staticmethod
+    def argv(comm: str, code: str) -> list[str]:
+        """The command line of such a child, for subprocess.run: it names
+        itself, runs `code` (sys.argv[1:] are the arguments that follow) and
+        prints its pid on stderr last."""
+        prelude = "import os, socket, sys\n"
+        prelude += f"open('/proc/self/comm', 'w').write({comm!r})\n"
+        return [sys.executable, "-c", prelude + code + "\nprint(os.getpid(), file=sys.stderr)\n"]
+
     def __init__(self, comm: str, code: str, *args: str, wait: bool = False):
         prelude = "import os, socket, sys\n"
         prelude += f"open('/proc/self/comm', 'w').write({comm!r})\n"
@@ -186,7 +195,8 @@ def test_user_namespace_check_is_not_init_ns():
         assert ev["target_ns_inum"] == ev["cred_ns_inum"]
         assert ev["target_ns_inum"] != os.stat("/proc/self/ns/user").st_ino
         text = sensors.get("capable").describe(ev)
-        assert text == f"CAP_SYS_ADMIN allowed in userns {ev['target_ns_inum']}"
+        assert text == f"CAP_SYS_ADMIN allowed in userns {ev['target_ns_inum']} via sethostname"
+        assert (ev["syscall"], ev["syscall_nr"]) == ("sethostname", 170)
     finally:
         agent.session.close()
 
@@ -216,7 +226,7 @@ def test_check_on_other_credentials(agent):
     events = pump_until(agent, sink, both)
     other = next(e for e in _checks(events, child.pid, cap_net_admin) if e["other_cred"])
     assert other["comm"] == b"vcap-netlink" and other["verdict"] == "allowed"
-    assert sensors.get("capable").describe(other) == "CAP_NET_ADMIN allowed (other cred)"
+    assert sensors.get("capable").describe(other) == "CAP_NET_ADMIN allowed (other cred) via sendto"
 
 
 def test_pid_filter_is_in_kernel(victim):
@@ -402,3 +412,53 @@ def test_fallback_programs_pass_the_verifier(programs, feature):
             prog.autoload = prog.name in programs
         obj.load()  # with its own default ring: nothing is attached
         assert all(obj.program(name).fd >= 0 for name in programs)
+
+
+# A child that mounts in a private mount namespace, after exec'ing itself:
+# the exec makes the memory-accounting CAP_SYS_ADMIN check (execve, mmap,
+# brk), the mounts make theirs (mount).
+MOUNTS = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x20000) == 0  # CLONE_NEWNS
+assert libc.mount(None, b"/", None, (1 << 14) | (1 << 18), None) == 0  # MS_REC | MS_PRIVATE
+for _ in range(3):
+    assert libc.mount(b"vcap", sys.argv[-1].encode(), b"tmpfs", 0, None) == 0
+"""
+CAP_SYS_ADMIN = 21
+
+
+@pytest.mark.parametrize("unique", [0, 1])
+def test_checks_carry_the_syscall_and_unique_keys_on_it(unique, tmp_path):
+    agent, sink = start_agent(["capable"], enrich=False, rodata={"unique": unique})
+    try:
+        child = Child("vcap-mount", MOUNTS, str(tmp_path))
+
+        def admin(evs):  # before it names itself, the child's comm is python's
+            return _checks(evs, child.pid, CAP_SYS_ADMIN)
+
+        pump_until(agent, sink, lambda evs: any(e["syscall"] == "mount" for e in admin(evs)))
+        _settle(agent)
+        by_call: dict[str, int] = {}
+        for ev in admin(sink.events):
+            by_call[ev["syscall"]] = by_call.get(ev["syscall"], 0) + 1
+            assert ev["syscall_nr"] >= 0 and ev["verdict"] == "allowed"
+        # 4 mount calls (the private remount and 3 tmpfs mounts), each checked
+        # at least once (a new mount checks in may_mount and for the fs too)
+        if unique:
+            assert by_call["mount"] == 1
+        else:
+            assert by_call["mount"] >= 4
+        assert by_call["unshare"] == 1
+        # the exec-time memory-accounting check: once per call with --unique,
+        # apart from the mount's
+        accounting = {k: v for k, v in by_call.items() if k in ("mmap", "brk")}
+        assert accounting
+        if unique:
+            assert set(accounting.values()) == {1}
+        else:
+            assert by_call["mmap"] > 1  # the interpreter maps many times
+        mount = next(e for e in admin(sink.events) if e["syscall"] == "mount")
+        assert sensors.get("capable").describe(mount) == "CAP_SYS_ADMIN allowed via mount"
+    finally:
+        agent.session.close()

@@ -58,7 +58,9 @@ def test_every_field_matches_the_c_compiler(tmp_path):
         + "\nreturn 0;\n}\n"
     )
     exe = tmp_path / "offsets"
-    subprocess.run(["gcc", "-I", BPF_SRC, "-o", str(exe), str(src)], check=True)
+    # build/bpf holds the generated syscalls.h (enum vigil_syscall)
+    build = os.path.dirname(paths.bpf_object("exec"))
+    subprocess.run(["gcc", "-I", BPF_SRC, "-I", build, "-o", str(exe), str(src)], check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
     seen = 0
     for line in out.splitlines():

@@ -10,7 +10,7 @@ as None / "?" rather than a guess.
 
 from __future__ import annotations
 
-__all__ = ["NAMES", "name"]
+__all__ = ["NAMES", "name", "names_of"]
 
 NAMES: tuple[str, ...] = (
     "CAP_CHOWN",  # 0
@@ -60,3 +60,9 @@ NAMES: tuple[str, ...] = (
 def name(cap: int) -> str | None:
     """CAP_* name of a capability number; None when this table is too old."""
     return NAMES[cap] if 0 <= cap < len(NAMES) else None
+
+
+def names_of(mask: int) -> list[str]:
+    """The capabilities set in a mask (bit N is capability N), lowest first;
+    a bit newer than the table shows as its number."""
+    return [name(bit) or str(bit) for bit in range(64) if mask >> bit & 1]

@@ -545,7 +545,11 @@ def doctor(as_json, refresh):
 
 def _alternatives(choice: loader.Choice) -> str:
     hook = next(h for h in sensors.get(choice.sensor).hooks if h.name == choice.hook)
-    others = [f"{a.feature} {a.target}" for a in hook.alternatives if a.feature != choice.feature]
+    others = [
+        f"{a.feature} {a.target}"
+        for a in hook.alternatives
+        if (a.feature, a.target) != (choice.feature, choice.target)
+    ]
     return ", ".join(others)
 
 

@@ -63,6 +63,8 @@ def choose(sensor: Sensor, forced: dict[str, str] | None = None) -> list[Choice]
                 raise ConfigError(f"hook {hook.name} of {sensor.name} has no {want} mode")
         else:
             picks = [a for a in hook.alternatives if usable(a)]
+        if not picks and hook.optional and want is None:
+            continue  # extra detail this kernel cannot give; the sensor still works
         if not picks:
             tried = ", ".join(f"{a.feature} {a.target}" for a in hook.alternatives)
             raise VigilError(f"sensor {sensor.name}: cannot hook {hook.name} here (tried {tried})")
@@ -187,7 +189,7 @@ class Session:
             obj.map("events").reuse_fd(self._ring_fd)
             wanted = {"wakeup_bytes": self.wakeup_bytes}
             for s in group:
-                wanted.update(s.rodata)
+                wanted.update({k: v() if callable(v) else v for k, v in s.rodata.items()})
                 if self._monitor:
                     wanted.update(s.monitor_rodata)
             declared = _rodata_vars(obj)

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .encoding import escape_cached
+from .sensors import related_pid_fields
 
 MAX_ANCESTORS = 16
 KEEP_EXITED = 8192
@@ -164,6 +165,7 @@ class ProcessTable:
         known before its later events are enriched.
         """
         updates = self._UPDATES
+        related = related_pid_fields()
         lineage: dict[int, list[dict]] = {}  # ppid -> ancestry, within this batch
         for ev in events:
             update = updates.get(ev["kind"])
@@ -175,6 +177,12 @@ class ProcessTable:
             if not ev.get("exe"):
                 proc = self.get(ev["pid"])
                 ev["exe"] = proc.exe if proc is not None else b""
+            # another process the event names (a signal's target): who it is
+            for pid_field, exe_field, comm_field in related.get(ev["kind"], ()):
+                other = ev.get(pid_field, 0)
+                proc = self.get(other) if other > 0 else None
+                ev[exe_field] = proc.exe if proc is not None else b""
+                ev[comm_field] = proc.comm if proc is not None else b""
             ppid = ev["ppid"]
             chain = lineage.get(ppid)
             if chain is None:

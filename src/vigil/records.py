@@ -216,11 +216,20 @@ def _fields(
 
 
 def _enum_names(enumerators: list[tuple[str, int]]) -> tuple[tuple[int, str], ...]:
-    """value -> short name: EXEC_SYSCALL_EXECVE -> "execve"."""
+    """value -> short name: EXEC_SYSCALL_EXECVE -> "execve".
+
+    Sentinels such as the kernel's `__MAX_BPF_CMD` are not names: they are
+    left out, and do not spoil the common prefix (`enum bpf_cmd` fields
+    decode to "prog_load").  Of aliases (two names, one value) the first wins.
+    """
+    enumerators = [(n, v) for n, v in enumerators if not n.startswith("__")]
     names = [n for n, _ in enumerators]
     prefix = os.path.commonprefix(names) if len(names) > 1 else ""
     prefix = prefix[: prefix.rfind("_") + 1]
-    return tuple((v, n[len(prefix) :].lower()) for n, v in enumerators)
+    out: dict[int, str] = {}
+    for n, v in enumerators:
+        out.setdefault(v, n[len(prefix) :].lower())
+    return tuple(out.items())
 
 
 def enum_values(btf: bpf.Btf, enum_name: str) -> dict[str, int]:

@@ -8,6 +8,7 @@ type the kernel probe reports working and whose target exists here.
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,18 +33,23 @@ class Attach:
 
 @dataclass(frozen=True)
 class Hook:
-    """One thing to hook, with its ways of doing it, best first."""
+    """One thing to hook, with its ways of doing it, best first.
+
+    An `optional` hook adds detail where the kernel has it (module:module_load
+    names the module loaded); without it the sensor still loads.
+    """
 
     name: str
     alternatives: tuple[Attach, ...]
+    optional: bool = False
 
 
 def tracepoint(target: str, *programs: str) -> Attach:
     return Attach("tracepoint", target, programs)
 
 
-def hook(name: str, *alternatives: Attach) -> Hook:
-    return Hook(name, alternatives)
+def hook(name: str, *alternatives: Attach, optional: bool = False) -> Hook:
+    return Hook(name, alternatives, optional)
 
 
 @dataclass(frozen=True)
@@ -57,11 +63,23 @@ class Sensor:
     finish: Callable[[dict], None] | None = None
     # One line of what happened, for `vigil monitor`'s DETAIL column.
     describe: Callable[[dict], str] | None = None
-    # .rodata constants every load of this sensor sets, on top of the caller's.
-    rodata: dict[str, int] = field(default_factory=dict)
+    # .rodata constants every load of this sensor sets, on top of the caller's;
+    # a callable value is called at load (e.g. the loading process's pid).
+    rodata: dict[str, int | Callable[[], int]] = field(default_factory=dict)
     # .rodata constants `vigil monitor` sets (e.g. in-kernel de-duplication of a
     # high-rate sensor), where a live tool would show everything.
     monitor_rodata: dict[str, int] = field(default_factory=dict)
+    # Fields holding another process's pid (kill's `target_pid`): the process
+    # table adds that process's `<stem>_exe` and `<stem>_comm` (stem: the
+    # name without `_pid`), as it adds `exe` for the event's own process.
+    related_pids: tuple[str, ...] = ()
+
+
+def result_text(ret: int) -> str:
+    """A syscall's result as people read it: 0, a count, or ENOSYS."""
+    if ret < 0:
+        return errno.errorcode.get(-ret, str(ret))
+    return "ok" if ret == 0 else str(ret)
 
 
 _SENSORS: dict[str, Sensor] = {}
@@ -86,6 +104,21 @@ def get(name: str) -> Sensor:
     except KeyError:
         known = ", ".join(sorted(_SENSORS))
         raise ConfigError(f"unknown sensor {name!r} (known: {known})") from None
+
+
+@functools.cache
+def related_pid_fields() -> dict[str, tuple[tuple[str, str, str], ...]]:
+    """kind -> ((pid field, exe field, comm field), ...) for every sensor."""
+    out: dict[str, tuple[tuple[str, str, str], ...]] = {}
+    for sensor in all_sensors().values():
+        fields = tuple(
+            (f, f.removesuffix("_pid") + "_exe", f.removesuffix("_pid") + "_comm")
+            for f in sensor.related_pids
+        )
+        if fields:
+            for kind in sensor.kinds:
+                out[kind] = fields
+    return out
 
 
 @functools.cache

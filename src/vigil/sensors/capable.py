@@ -8,6 +8,8 @@ def _finish(ev: dict) -> None:
     ev["cap_name"] = caps.name(ev["cap"])
     ev["init_ns"] = bool(ev["init_ns"])
     ev["other_cred"] = bool(ev["other_cred"])
+    if ev["syscall_nr"] < 0:  # a kernel thread: in no syscall
+        ev["syscall"] = None
 
 
 def _describe(ev: dict) -> str:
@@ -22,6 +24,9 @@ def _describe(ev: dict) -> str:
         text += " (noaudit)"
     if ev["other_cred"]:
         text += " (other cred)"
+    # which call asked: a mount's CAP_SYS_ADMIN vs the one every exec makes
+    if ev["syscall"] is not None:
+        text += f" via {ev['syscall']}"
     return text
 
 

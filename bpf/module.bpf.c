@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause
+/*
+ * Kernel modules: every init_module, finit_module and delete_module call
+ * with its result, and the name the kernel loaded.
+ *
+ *   syscalls:sys_enter/exit_{,f}init_module, _delete_module
+ *                          one program per call; these tracepoints exist
+ *                          only on kernels built with module support
+ *   raw_tp sys_exit, or tracepoint raw_syscalls:sys_exit
+ *                          every syscall's return passes here: the first
+ *                          test is the syscall number, so all others
+ *                          leave after one compare.  Catches attempts on
+ *                          kernels without module support too (-ENOSYS),
+ *                          where an attempt is itself the news
+ *   module:module_load     inside a successful load: the module's name
+ *                          and taints from the kernel's struct module,
+ *                          added to the caller's in-flight record
+ *
+ * finit_module's file is resolved from the descriptor at entry (the
+ * kernel's struct file, not a path the caller wrote).  The parameter
+ * string and delete_module's name are user memory, read at exit, when
+ * the kernel has copied them (pages faulted in): "as passed by the
+ * caller", which a racing thread could have changed in between.
+ */
+#include "common.bpf.h"
+#include "syscall.bpf.h"
+#include "path.bpf.h"
+#include <bpf/bpf_tracing.h>
+#include "module.h"
+
+VIGIL_RECORD(module_load_event);
+enum module_op *__vigil_enum_module_op __attribute__((unused));
+enum module_name_source *__vigil_enum_module_name_source __attribute__((unused));
+
+VIGIL_INFLIGHT(module_calls, module_load_event, 1024);
+
+/* ctx: a sys_enter record, or anything with the arguments in args[] */
+#define enter(op, ctx, nargs) \
+	module_enter(op, inflight_start(module_calls, VIGIL_EV_MODULE_LOAD, ctx, nargs))
+
+static __always_inline int module_enter(enum module_op op, struct module_calls_slot *s)
+{
+	struct module_load_event *e;
+
+	if (!s)
+		return 0;
+	e = &s->ev;
+	e->op = op;
+	e->fd = -1;
+	switch (op) {
+	case MODULE_OP_INIT_MODULE:	/* (void *image, unsigned long len, const char *params) */
+		e->len = s->args[1];
+		break;
+	case MODULE_OP_FINIT_MODULE: {	/* (int fd, const char *params, int flags) */
+		struct file *f;
+
+		e->fd = (int)s->args[0];
+		e->call_flags = (__u32)s->args[2];
+		f = current_fd_file(e->fd);
+		if (!f || read_path(BPF_CORE_READ(f, f_path.mnt), BPF_CORE_READ(f, f_path.dentry),
+				    e->path, sizeof(e->path), &e->hdr.flags) < 0)
+			e->hdr.flags |= VIGIL_F_PARTIAL;	/* bad fd: the call fails too */
+		break;
+	}
+	case MODULE_OP_DELETE_MODULE:	/* (const char *name, unsigned int flags) */
+		e->call_flags = (__u32)s->args[1];
+		break;
+	}
+	return 0;
+}
+
+static __always_inline int leave(long ret)
+{
+	struct module_calls_slot *s = inflight_get(module_calls);
+	struct module_load_event *e;
+	const void *params = NULL;
+
+	if (!s)
+		return 0;
+	e = &s->ev;
+	e->ret = ret;
+	if (e->op == MODULE_OP_INIT_MODULE)
+		params = (const void *)s->args[2];
+	else if (e->op == MODULE_OP_FINIT_MODULE)
+		params = (const void *)s->args[1];
+	if (params)
+		e->params_read = read_user_string(e->params, sizeof(e->params), params,
+						  &e->hdr.flags);
+	if (e->op == MODULE_OP_DELETE_MODULE &&
+	    read_user_string(e->name, sizeof(e->name), (const void *)s->args[0], &e->hdr.flags))
+		e->name_source = MODULE_NAME_SOURCE_CALLER;
+	emit_record(&e->hdr, sizeof(*e));
+	inflight_end(module_calls);
+	return 0;
+}
+
+/* -- per-syscall tracepoints (kernels with module support) ----------------------- */
+SEC("tracepoint/syscalls/sys_enter_init_module")
+int module_init_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter(MODULE_OP_INIT_MODULE, ctx, 3);
+}
+
+SEC("tracepoint/syscalls/sys_enter_finit_module")
+int module_finit_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter(MODULE_OP_FINIT_MODULE, ctx, 3);
+}
+
+SEC("tracepoint/syscalls/sys_enter_delete_module")
+int module_delete_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter(MODULE_OP_DELETE_MODULE, ctx, 2);
+}
+
+SEC("tracepoint/syscalls/sys_exit_init_module")
+int module_init_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return leave(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_finit_module")
+int module_finit_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return leave(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_delete_module")
+int module_delete_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return leave(ctx->ret);
+}
+
+/*
+ * -- every syscall, filtered by number first -----------------------------------
+ * Where the per-call tracepoints do not exist, hook the exit of every
+ * syscall and leave after one compare of its number.  Exit only (one
+ * hook, not two: each costs every syscall of the host): the caller's
+ * saved user registers still hold the arguments there, and the record
+ * is built and sent at once (its header is stamped at the return).
+ */
+struct raw_args {
+	unsigned long args[6];
+};
+
+static __always_inline int exit_only(struct pt_regs *regs, long id, long ret)
+{
+	struct raw_args a = {};
+	enum module_op op;
+
+	switch (id) {
+	case VIGIL_SYS_init_module:
+		op = MODULE_OP_INIT_MODULE;
+		break;
+	case VIGIL_SYS_finit_module:
+		op = MODULE_OP_FINIT_MODULE;
+		break;
+	case VIGIL_SYS_delete_module:
+		op = MODULE_OP_DELETE_MODULE;
+		break;
+	default:
+		return 0;
+	}
+	a.args[0] = PT_REGS_PARM1_CORE_SYSCALL(regs);
+	a.args[1] = PT_REGS_PARM2_CORE_SYSCALL(regs);
+	a.args[2] = PT_REGS_PARM3_CORE_SYSCALL(regs);
+	enter(op, &a, 3);
+	return leave(ret);
+}
+
+/* raw_tp: no perf record is built per call, unlike the classic tracepoint */
+SEC("raw_tp/sys_exit")
+int BPF_PROG(module_rawtp_exit, struct pt_regs *regs, long ret)
+{
+	return exit_only(regs, regs_syscall_nr(regs), ret);
+}
+
+SEC("tracepoint/raw_syscalls/sys_exit")
+int module_raw_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	long id = ctx->id;
+
+	if (id != VIGIL_SYS_init_module && id != VIGIL_SYS_finit_module &&
+	    id != VIGIL_SYS_delete_module)
+		return 0;
+	return exit_only((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()), id,
+			 ctx->ret);
+}
+
+/*
+ * -- module:module_load ------------------------------------------------------------
+ * Its format (include/trace/events/module.h) is
+ *   unsigned int taints; __string(name, mod->name)
+ * vmlinux.h of a kernel without modules lacks the struct: declared here.
+ */
+struct module_load_tp {
+	__u64 __common;
+	__u32 taints;
+	__u32 data_loc_name;
+};
+
+SEC("tracepoint/module/module_load")
+int handle_module_load(struct module_load_tp *ctx)
+{
+	struct module_calls_slot *s = inflight_get(module_calls);
+	struct module_load_event *e;
+	__u32 loc = ctx->data_loc_name & 0xffff;
+
+	if (!s)
+		return 0;	/* a load outside a traced call (or its slot was lost) */
+	e = &s->ev;
+	e->taints = ctx->taints;
+	if (bpf_probe_read_kernel_str(e->name, sizeof(e->name), (void *)ctx + loc) > 0)
+		e->name_source = MODULE_NAME_SOURCE_KERNEL;
+	return 0;
+}

@@ -1,0 +1,64 @@
+"""module_load: init_module, finit_module and delete_module calls (bpf/module.bpf.c)."""
+
+from ..encoding import display
+from . import Attach, Sensor, hook, register, result_text, tracepoint
+
+
+def _finish(ev: dict) -> None:
+    ev["params_read"] = bool(ev["params_read"])
+
+
+def _describe(ev: dict) -> str:
+    what = ev["name"] or ev["path"] or b"?"
+    text = f"{ev['op']} {display(what)}"
+    if ev["op"] == "finit_module" and ev["name"] and ev["path"]:
+        text += f" from {display(ev['path'])}"
+    if ev["op"] == "init_module":
+        text += f" ({ev['len']} bytes)"
+    if ev["params"]:
+        text += f" params={display(ev['params'])}"
+    if ev["taints"]:
+        text += f" taints={ev['taints']:#x}"
+    return f"{text} {result_text(ev['ret'])}"
+
+
+SENSOR = register(
+    Sensor(
+        name="module_load",
+        object="module",
+        kinds=("module_load",),
+        summary="kernel module loads and unloads (init/finit/delete_module) and their result",
+        hooks=(
+            hook(
+                "module_syscalls",
+                # one program per call, where the kernel has module support
+                Attach(
+                    "tracepoint",
+                    "syscalls/sys_enter_finit_module",
+                    (
+                        "module_init_enter",
+                        "module_init_exit",
+                        "module_finit_enter",
+                        "module_finit_exit",
+                        "module_delete_enter",
+                        "module_delete_exit",
+                    ),
+                ),
+                # the return of every syscall, filtered by number first:
+                # kernels without modules still see (and refuse, ENOSYS) the
+                # attempts; raw_tp skips the perf record the classic
+                # tracepoint builds per call
+                Attach("raw_tp", "sys_exit", ("module_rawtp_exit",)),
+                Attach("tracepoint", "raw_syscalls/sys_exit", ("module_raw_exit",)),
+            ),
+            # the name the kernel loaded, and its taints
+            hook(
+                "module_load",
+                tracepoint("module/module_load", "handle_module_load"),
+                optional=True,
+            ),
+        ),
+        finish=_finish,
+        describe=_describe,
+    )
+)
