@@ -83,7 +83,7 @@ def test_monitor_hup_reloads_and_keeps_every_event(tmp_path):
     try:
         _execs(marker, tag=b"a")
         proc.send_signal(signal.SIGHUP)
-        line = _line_with(proc, b"SIGHUP: configuration reloaded")
+        _line_with(proc, b"SIGHUP: configuration reloaded")
         _execs(marker, tag=b"b")
         proc.send_signal(signal.SIGHUP)
         _line_with(proc, b"configuration reloaded")
