@@ -12,7 +12,7 @@ HELPER_CFLAGS := -O2 -g -Wall -Wextra
 ARGS        ?=
 PYTEST_ARGS ?=
 
-HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target
+HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target build/bpf/test_rejected.bpf.o
 
 .DELETE_ON_ERROR:
 .PHONY: setup monitor test bench lint format helpers clean distclean
@@ -59,6 +59,12 @@ $(BIN)/usdt-probe: tests/progs/usdt_probe.c | $(BIN)
 
 $(BIN)/uprobe-target: tests/progs/uprobe_target.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
+
+# A sensor object the verifier refuses (tests/test_skip_unloadable.py); it
+# includes the sensors' headers and vmlinux.h from the BPF build.
+build/bpf/test_rejected.bpf.o: tests/progs/rejected.bpf.c bpf/common.bpf.h bpf/vigil.h
+	$(MAKE) -C bpf
+	clang -g -O2 -Wall -target bpf -D__TARGET_ARCH_x86 -Ibuild/bpf -Ibpf -c $< -o $@
 
 clean:
 	$(MAKE) -C bpf clean

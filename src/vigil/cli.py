@@ -124,13 +124,17 @@ def monitor(
         if specs:
             sinks.append(summaries.SummarySink(store, specs, summary_interval))
         sinks.append(StoreSink(store))
-        session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=True)
+        session = loader.Session(
+            names, ring_bytes=ring_mb << 20, monitor=True, skip_unloadable=True
+        )
+        _say_skipped(session)
     except BaseException:
         for sink in sinks:
             sink.close()
         if not sinks:
             store.close()
         raise
+    names = [sensor.name for sensor in session.sensors]
     with session:
         if not quiet:
             sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
@@ -163,6 +167,12 @@ def _available_sensors() -> list[str]:
     return names
 
 
+def _say_skipped(session: loader.Session) -> None:
+    """One line per sensor the kernel refused; the others run."""
+    for name, why in session.skipped.items():
+        click.echo(f"vigil: skipping sensor {name}: {why}", err=True)
+
+
 # -- record / report ----------------------------------------------------------------
 @cli.command()
 @click.option("-o", "--output", "path", required=True, help="Recording file to write.")
@@ -190,7 +200,11 @@ def record(path, sensor_names, duration, all_events, ring_mb, latency):
     def on_signal(*_):
         stop["now"] = True
 
-    session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=not all_events)
+    session = loader.Session(
+        names, ring_bytes=ring_mb << 20, monitor=not all_events, skip_unloadable=True
+    )
+    _say_skipped(session)
+    names = [sensor.name for sensor in session.sensors]
     with session:
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -384,6 +398,15 @@ def doctor(as_json, refresh):
             choices.extend(loader.choose(sensor))
         except VigilError as err:
             unavailable[name] = str(err)
+    # A hook can exist and the verifier still refuse the program: load for real.
+    try:
+        usable = {c.sensor for c in choices}
+        with loader.Session(sorted(usable), ring_bytes=4096, skip_unloadable=True) as trial:
+            for name, why in trial.skipped.items():
+                unavailable[name] = f"does not load: {why}"
+    except VigilError as err:
+        problems.append(f"sensors not loaded to check them: {err}")
+    choices = [c for c in choices if c.sensor not in unavailable]
     report = {
         "kernel": kernel.release(),
         "btf": kernel.has_btf(),
