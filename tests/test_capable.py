@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from helpers import pump_until, start_agent, start_vigil, stop_vigil, vigil
-from vigil import caps, sensors
+from vigil import caps, loader, sensors
 
 pytestmark = pytest.mark.kernel
 
@@ -116,9 +116,31 @@ def victim(tmp_path):
     return str(path)
 
 
-@pytest.fixture
-def agent():
-    agent, sink = start_agent(["capable"])
+def _attach_modes():
+    (hook,) = sensors.get("capable").hooks
+    return [pytest.param(alt, id=alt.feature) for alt in hook.alternatives]
+
+
+def expected_audit(feature: str) -> str:
+    """These tests' checks are all audited ones; only fexit and kprobe see
+    cap_capable's `opts`, the tracepoint cannot tell."""
+    return "unknown" if feature == "tracepoint" else "yes"
+
+
+def default_feature() -> str:
+    """The attach type `vigil capable` picks on this kernel."""
+    return loader.choose(sensors.get("capable"))[0].feature
+
+
+@pytest.fixture(params=_attach_modes())
+def agent(request):
+    """The capable sensor through each of its attach types this kernel allows:
+    the same checks must give the same records whichever one runs."""
+    alt = request.param
+    if not loader.usable(alt):
+        pytest.skip(f"{alt.feature} {alt.target} not available on this kernel")
+    agent, sink = start_agent(["capable"], choices={"cap_capable": alt.feature})
+    agent.feature = alt.feature
     yield agent, sink
     agent.session.close()
 
@@ -144,7 +166,7 @@ def test_allowed_checks_name_pid_comm_cap(agent, victim):
         assert ev["uid"] == 0
         assert ev["cap_name"] == name
         assert (ev["verdict"], ev["ret"]) == ("allowed", 0)
-        assert ev["audit"] == "unknown"  # the tracepoint has no `opts`
+        assert ev["audit"] == expected_audit(agent.feature)
         assert ev["init_ns"] is True and ev["other_cred"] is False
         assert ev["target_ns_inum"] == os.stat("/proc/self/ns/user").st_ino
         assert ev["cred_ns_inum"] == ev["target_ns_inum"]
@@ -304,7 +326,7 @@ def test_cli_table_columns(victim):
             "0",
             child.comm.decode(),
             "CAP_CHOWN",
-            "-",
+            {"unknown": "-", "yes": "1"}[expected_audit(default_feature())],
             verdict,
         )
     # bcc's capable does not show its own checks; neither do we
@@ -320,7 +342,8 @@ def test_cli_json_pid_filter_and_relative_time(victim):
     assert events and {e["pid"] for e in events} == {target.pid}
     (ev,) = [e for e in events if e["cap"] == CAP_CHOWN]  # --unique: once
     assert ev["comm"] == "vcap-json" and ev["cap_name"] == "CAP_CHOWN"
-    assert ev["verdict"] == "allowed" and ev["audit"] == "unknown" and ev["init_ns"] is True
+    assert ev["verdict"] == "allowed" and ev["init_ns"] is True
+    assert ev["audit"] == expected_audit(default_feature())
     assert ev["exe"] == os.path.realpath(sys.executable)  # exec'd after the tool began
     assert ev["ancestors"][0]["pid"] == os.getpid()
 
