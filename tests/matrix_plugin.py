@@ -37,6 +37,19 @@ def pytest_configure(config):
     loader.choose = recording_choose
 
 
+def pytest_deselected(items):
+    """Tests left out by `-m`: the tcg_slow ones are listed with their reason."""
+    if _out is None:
+        return
+    for item in items:
+        mark = item.get_closest_marker("tcg_slow")
+        if mark is None:
+            continue
+        reason = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "")
+        line = {"test": item.nodeid, "outcome": "tcg_slow", "reason": reason, "uses": []}
+        _out.write(json.dumps(line) + "\n")
+
+
 def pytest_runtest_setup(item):
     _uses.clear()
 

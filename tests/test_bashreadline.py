@@ -24,7 +24,15 @@ import time
 import orjson
 import pytest
 
-from helpers import pump_until, start_agent, start_vigil, stop_vigil, unique_marker, vigil
+from helpers import (
+    TIME_SCALE,
+    pump_until,
+    start_agent,
+    start_vigil,
+    stop_vigil,
+    unique_marker,
+    vigil,
+)
 from vigil import kernel, loader
 from vigil.errors import ConfigError, VigilError
 from vigil.sensors import bashreadline
@@ -81,7 +89,7 @@ class Bash:
                 raise AssertionError(f"bash exited; output: {self.out[-500:]!r}") from None
 
     def _wait(self, done, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * TIME_SCALE
         while not done():
             if time.monotonic() > deadline:
                 raise AssertionError(f"bash did not answer; output: {self.out[-500:]!r}")
