@@ -74,6 +74,9 @@ def pytest_runtest_makereport(item, call):
         }
         if rep.skipped and isinstance(rep.longrepr, tuple):
             line["reason"] = rep.longrepr[2]
+        elif rep.failed:
+            # the end of the traceback: where and why (the console has it all)
+            line["reason"] = str(rep.longrepr)[-1500:]
         _out.write(json.dumps(line) + "\n")
 
 
