@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import orjson
@@ -395,9 +396,10 @@ def test_cap_names_follow_uapi():
 
 def chown_trigger():
     """For test_attach_modes: one CAP_CHOWN check by a child; its matcher."""
-    path = f"/tmp/vigil-capable-{os.getpid()}-{time.monotonic_ns()}"
-    with open(path, "w"):
-        pass
+    # in $TMPDIR, not /tmp: an overlayfs /tmp (the matrix's guests) checks
+    # CAP_CHOWN twice, on the overlay inode and again on the upper one
+    fd, path = tempfile.mkstemp(prefix="vigil-capable-")
+    os.close(fd)
     try:
         child = Child("vcap-mode", CHOWN, path)
     finally:
