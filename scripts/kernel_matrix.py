@@ -242,6 +242,7 @@ def print_matrix(runs: list[dict]) -> int:
 
 
 def main() -> int:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--kernel",
@@ -254,8 +255,11 @@ def main() -> int:
         default=2,
         help="Guests booted at once (default 2; each has 2 vCPUs).",
     )
+    ap.add_argument("--out", help=f"Results and logs under this directory (default {OUT}).")
     # anything else goes to pytest: test files, -k EXPR, -x ...
     args, extra = ap.parse_known_args()
+    if args.out:
+        OUT = os.path.abspath(args.out)
     wanted = kernels()
     host = True
     if args.kernel:
