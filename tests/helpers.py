@@ -10,6 +10,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import pytest
+
 from vigil.agent import Agent, Batch
 from vigil.loader import Session
 from vigil.process import ProcessTable
@@ -19,6 +21,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # its emulated guests (TCG runs code 10-50x slower), where a wait sized for
 # real hardware would fail a test for time alone.  Never below 1.
 TIME_SCALE = max(1.0, float(os.environ.get("VIGIL_TEST_TIME_SCALE", "1")))
+
+# For tests that start the `vigil` command (Python start-up, /proc scan,
+# feature probes) several times: 1-4 minutes each under TCG, measured on 6.1
+# and 6.12, against seconds here.  The sensors they drive are loaded,
+# attached and triggered by in-process tests that do run in the matrix.
+tcg_slow_cli = pytest.mark.tcg_slow(
+    reason="starts the vigil command several times: minutes under TCG; its sensors' "
+    "in-process tests run in the matrix"
+)
 TRUE = os.path.realpath(shutil.which("true"))
 
 

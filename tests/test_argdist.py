@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, start_vigil, vigil
+from helpers import ROOT, start_vigil, tcg_slow_cli, vigil
 from vigil.argdist import SLOTS, Aggregation, parse, printers, tracefs
 from vigil.argdist.runner import key_layout
 from vigil.errors import ConfigError, VigilError
@@ -428,6 +428,7 @@ def test_cli_counts_in_bcc_format(child_factory):
     assert lines[8:] == [f"\t{SETUIDS:<10} cap = {CAP_SETUID}"]
 
 
+@tcg_slow_cli
 def test_cli_top_and_json(child_factory):
     child = child_factory(OPEN_CODE)
     spec = f"t:syscalls:sys_exit_openat():long:ret:pid=={child.pid}"

@@ -30,6 +30,7 @@ from helpers import (
     start_agent,
     start_vigil,
     stop_vigil,
+    tcg_slow_cli,
     unique_marker,
     vigil,
 )
@@ -288,6 +289,7 @@ def test_binary_without_readline_is_a_one_line_error(tmp_path):
     assert "no bash binary found" in _one_line(err.value)
 
 
+@tcg_slow_cli
 def test_cli_error_for_a_bash_without_readline(tmp_path):
     fake = tmp_path / "bash"
     shutil.copy(os.path.realpath(shutil.which("true")), fake)
@@ -314,6 +316,7 @@ def test_strip_keeps_readline_in_dynsym(tmp_path):
 # -- the command line --------------------------------------------------------------------
 
 
+@tcg_slow_cli
 def test_cli_table(bash):
     marker = unique_marker()
     proc = start_vigil("bashreadline")
@@ -333,6 +336,7 @@ def test_cli_table(bash):
     assert "\x1b" not in out.decode()
 
 
+@tcg_slow_cli
 def test_cli_json_pid_filter(bash):
     mine, other = bash(), bash()
     proc = start_vigil("bashreadline", "--json", "-p", str(mine.pid), "-t")
@@ -352,6 +356,7 @@ def test_cli_json_pid_filter(bash):
     assert ev["ancestors"][0]["pid"] == ME
 
 
+@tcg_slow_cli
 def test_monitor_runs_it_and_stores_lines_with_ancestry(tmp_path, bash):
     db = str(tmp_path / "v.db")
     # no --sensor: every sensor this kernel can host, bashreadline among them

@@ -16,7 +16,7 @@ import time
 import orjson
 import pytest
 
-from helpers import pump_until, start_agent, start_vigil, stop_vigil, vigil
+from helpers import pump_until, start_agent, start_vigil, stop_vigil, tcg_slow_cli, vigil
 from vigil import caps, loader, sensors
 
 pytestmark = pytest.mark.kernel
@@ -310,6 +310,7 @@ def _stop(proc: subprocess.Popen) -> bytes:
     return stop_vigil(proc)[0]
 
 
+@tcg_slow_cli
 def test_cli_table_columns(victim):
     proc = start_vigil("capable")
     allowed = Child("vcap-cli-ok", CHOWN, victim)
@@ -334,6 +335,7 @@ def test_cli_table_columns(victim):
     assert not [r for r in rows if r[2] == str(proc.pid)]
 
 
+@tcg_slow_cli
 def test_cli_json_pid_filter_and_relative_time(victim):
     target = Child("vcap-json", CHOWN, victim, wait=True)
     proc = start_vigil("capable", "--json", "-p", str(target.pid), "--unique")
