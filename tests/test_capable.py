@@ -359,6 +359,7 @@ def test_cli_json_pid_filter_and_relative_time(victim):
     assert 0 <= float(row[0]) < 30
 
 
+@tcg_slow_cli
 def test_monitor_stores_capable_with_ancestry(tmp_path, victim):
     db = str(tmp_path / "v.db")
     sensors = ("--sensor", "capable", "--sensor", "exec", "--sensor", "fork", "--sensor", "exit")
