@@ -13,10 +13,11 @@ ARGS        ?=
 PYTEST_ARGS ?=
 
 HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target $(BIN)/accept-storm $(BIN)/failexec-storm \
-	$(BIN)/exec-tricks $(BIN)/cmdline-dump
+	$(BIN)/exec-tricks $(BIN)/cmdline-dump \
+	build/bpf/test_rejected.bpf.o
 
 .DELETE_ON_ERROR:
-.PHONY: setup monitor test bench lint format helpers clean distclean
+.PHONY: setup monitor test test-kernels bench lint format helpers clean distclean
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +30,14 @@ test: setup
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; \
 	exit $$rc
+
+# The kernel-marked tests on Debian 12's 6.1, Debian's 6.12 (backports) and
+# the running kernel, each guest booted under QEMU (scripts/kernel_matrix.py);
+# prints sensor x kernel x attach point.  MATRIX_ARGS: --kernel 6.1, -k EXPR...
+MATRIX_ARGS ?=
+test-kernels: setup
+	@bash scripts/setup.sh vm
+	$(PY) scripts/kernel_matrix.py $(MATRIX_ARGS)
 
 # Runs every executable in bench/ (and bench/*/run), with the venv first on PATH.
 bench: setup
@@ -73,6 +82,12 @@ $(BIN)/exec-tricks: tests/progs/exec_tricks.c | $(BIN)
 
 $(BIN)/cmdline-dump: tests/progs/cmdline_dump.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
+
+# A sensor object the verifier refuses (tests/test_skip_unloadable.py); it
+# includes the sensors' headers and vmlinux.h from the BPF build.
+build/bpf/test_rejected.bpf.o: tests/progs/rejected.bpf.c bpf/common.bpf.h bpf/vigil.h
+	$(MAKE) -C bpf
+	clang -g -O2 -Wall -target bpf -D__TARGET_ARCH_x86 -Ibuild/bpf -Ibpf -c $< -o $@
 
 clean:
 	$(MAKE) -C bpf clean

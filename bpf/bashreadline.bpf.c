@@ -45,8 +45,10 @@ int BPF_KRETPROBE(handle_readline_ret, const char *line)
 		return 0;
 	n = bpf_probe_read_user_str(e->line, sizeof(e->line), line);
 	/*
-	 * n counts the NUL: 1 is an empty line (Enter alone); older kernels
-	 * (6.1 among them) return 0 for an empty string, not an error.
+	 * n counts the NUL: 1 is an empty line (Enter alone).  Kernels before
+	 * the fix of strncpy_from_user_nofault() for empty strings (Debian's
+	 * 6.1 and 6.12 among them) return 0 for it instead: empty too, not an
+	 * error (errors are negative).
 	 */
 	if (n == 1 || n == 0)
 		return 0;

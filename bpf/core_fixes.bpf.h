@@ -77,4 +77,12 @@ static __always_inline bool exit_is_group_dead(void *ctx, struct task_struct *ta
 	return BPF_CORE_READ(task, signal, live.counter) == 0;
 }
 
+/* Whether exit_is_group_dead() is the kernel's own answer (6.16+), not a guess. */
+static __always_inline bool exit_group_dead_exact(void *ctx)
+{
+	struct trace_event_raw_sched_process_exit *tp = ctx;
+
+	return bpf_core_field_exists(tp->group_dead);
+}
+
 #endif /* __VIGIL_CORE_FIXES_BPF_H */

@@ -45,6 +45,41 @@ int BPF_PROG(fork_raw, struct task_struct *parent, struct task_struct *child)
 	return emit_fork(child);
 }
 
+/*
+ * Before 6.16 the last thread is guessed from signal->live == 0, which two
+ * threads exiting at once can both see (each decrements, then each reaches
+ * the tracepoint): the first to insert the process here reports it.  The
+ * key names one process for good (its signal_struct, tgid and start time:
+ * a later process reusing the memory and the pid has another start); LRU
+ * evicts old claims, which are only needed for the microseconds between
+ * the two threads' tracepoints.
+ */
+struct exit_claim {
+	__u64 signal;
+	__u64 start_ns;
+	__u32 tgid;
+	__u32 __pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct exit_claim);
+	__type(value, __u8);
+} exit_claims SEC(".maps");
+
+static __always_inline bool first_to_claim_exit(struct task_struct *task)
+{
+	struct exit_claim key = {
+		.signal = (__u64)BPF_CORE_READ(task, signal),
+		.start_ns = task_start_boottime(BPF_CORE_READ(task, group_leader)),
+		.tgid = BPF_CORE_READ(task, tgid),
+	};
+	__u8 one = 1;
+
+	return bpf_map_update_elem(&exit_claims, &key, &one, BPF_NOEXIST) == 0;
+}
+
 SEC("tracepoint/sched/sched_process_exit")
 int handle_exit(void *ctx)
 {
@@ -54,6 +89,8 @@ int handle_exit(void *ctx)
 
 	if (!exit_is_group_dead(ctx, task))
 		return 0;	/* a thread, not the process */
+	if (!exit_group_dead_exact(ctx) && !first_to_claim_exit(task))
+		return 0;	/* another thread of it already reported the exit */
 	e = reserve_event_class(VIGIL_EV_EXIT, sizeof(*e), VIGIL_RING_LIFECYCLE);
 	if (!e)
 		return 0;

@@ -99,6 +99,7 @@ static __always_inline __u32 fill_exe(char *exe, struct vigil_header *hdr)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	long n = read_task_exe(task, exe, LISTEN_EXE_SIZE, &hdr->flags);
+	__u32 len;
 
 	if (n < 0 && n != -ENOENT) {
 		hdr->flags |= VIGIL_F_PARTIAL;
@@ -106,9 +107,17 @@ static __always_inline __u32 fill_exe(char *exe, struct vigil_header *hdr)
 	}
 	if (n <= 0)
 		return 1;
-	if (n > LISTEN_EXE_SIZE)
-		return LISTEN_EXE_SIZE;
-	return n;
+	/*
+	 * The bound again, on the 32-bit value the record size is made of, and
+	 * kept by barrier_var() from being folded into the signed checks
+	 * above: 6.1's verifier loses a signed long's bounds through the
+	 * truncation and rejected bind_exit ("R3 unbounded memory access").
+	 */
+	len = n;
+	barrier_var(len);
+	if (len > LISTEN_EXE_SIZE)
+		len = LISTEN_EXE_SIZE;
+	return len;
 }
 
 /* -- bind ------------------------------------------------------------------ */

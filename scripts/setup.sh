@@ -3,7 +3,9 @@
 # Debian 12 machine to a ready tree.  Idempotent, and quick when nothing is
 # left to do (it runs before every `make test` and `make monitor`).
 #
-#   scripts/setup.sh [STEP...]     STEP: apt venv bpf helpers mounts (default: all)
+#   scripts/setup.sh [STEP...]     STEP: apt venv bpf helpers mounts (default: these)
+#                                        vm (`make test-kernels` only: QEMU,
+#                                        virtme-ng, the matrix's kernels)
 #
 # Environment:
 #   PYTHON=python3.11   interpreter that creates .venv (default: python3, >= 3.11)
@@ -65,6 +67,30 @@ step_apt() {
         return
     fi
 
+    say "apt packages: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    local apt_opts=(-o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0)
+    as_root apt-get "${apt_opts[@]}" update -qq </dev/null \
+        || die "apt-get update failed"
+    as_root apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" </dev/null \
+        || die "apt-get install ${missing[*]} failed"
+}
+
+# Packages of the `vm` step: QEMU without KVM, depmod for the unpacked
+# kernels' modules, the static busybox of virtme-ng's initramfs, file(1) for
+# its kernel version probe.
+VM_APT_PACKAGES=(qemu-system-x86 kmod busybox-static file)
+
+# Debian packages in $@ that are not installed yet, installed.
+apt_install_missing() {
+    local installed missing=() p
+    installed=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null || true)
+    for p in "$@"; do
+        grep -qx "$p installed" <<<"$installed" || missing+=("$p")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        return
+    fi
     say "apt packages: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     local apt_opts=(-o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0)
@@ -147,6 +173,25 @@ step_mounts() {
     say "mounts: tracefs and bpffs present"
 }
 
+# --- (f) the kernel matrix: QEMU, virtme-ng, Debian's kernels -----------------
+step_vm() {
+    apt_install_missing "${VM_APT_PACKAGES[@]}"
+    say "vm: qemu, kmod, busybox-static present"
+    venv_ok || die "no .venv yet: run the venv step first"
+    # The pin lives in pyproject.toml's `vm` extra; installed alone, so the
+    # editable package and its stamp are left as they are.
+    local want
+    want=$("$VENV/bin/python" -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["vm"])')
+    if "$VENV/bin/python" -c "import importlib.metadata as m, sys; from packaging.requirements import Requirement as R; r = R(sys.argv[1]); sys.exit(not r.specifier.contains(m.version(r.name)))" "$want" >/dev/null 2>&1; then
+        say "vm: $want present"
+    else
+        say "vm: pip install $want"
+        PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q "$want" </dev/null \
+            || die "pip install $want failed"
+    fi
+    bash "$ROOT/scripts/kernels.sh" fetch
+}
+
 # One set-up at a time per tree (e.g. `make -j test lint`, or two shells).
 if command -v flock >/dev/null 2>&1; then
     exec 9>"${TMPDIR:-/tmp}/vigil-setup-$(printf '%s' "$ROOT" | sha256sum | cut -c1-16).lock"
@@ -157,7 +202,7 @@ steps=("$@")
 [[ ${#steps[@]} -gt 0 ]] || steps=(apt venv bpf helpers mounts)
 for s in "${steps[@]}"; do
     case $s in
-        apt | venv | bpf | helpers | mounts) "step_$s" ;;
-        *) die "unknown step '$s' (steps: apt venv bpf helpers mounts)" ;;
+        apt | venv | bpf | helpers | mounts | vm) "step_$s" ;;
+        *) die "unknown step '$s' (steps: apt venv bpf helpers mounts vm)" ;;
     esac
 done

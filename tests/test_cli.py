@@ -12,13 +12,14 @@ import time
 import orjson
 import pytest
 
-from helpers import start_vigil, stop_vigil, unique_marker, vigil
+from helpers import start_vigil, stop_vigil, tcg_slow_cli, unique_marker, vigil
 from vigil.encoding import unescape
 
 VIGIL = [os.path.join(os.path.dirname(os.sys.executable), "vigil")]
 
 
 @pytest.mark.kernel
+@tcg_slow_cli
 def test_execsnoop_table_with_failed_execs(tmp_path):
     proc = start_vigil("execsnoop", "-x", "-t")
     marker = unique_marker().decode()
@@ -47,6 +48,7 @@ def test_execsnoop_table_with_failed_execs(tmp_path):
 
 
 @pytest.mark.kernel
+@tcg_slow_cli
 def test_execsnoop_hides_failures_without_x_and_filters():
     proc = start_vigil("execsnoop", "-n", "^true$")
     marker = unique_marker().decode()
@@ -61,6 +63,7 @@ def test_execsnoop_hides_failures_without_x_and_filters():
 
 
 @pytest.mark.kernel
+@tcg_slow_cli
 def test_execsnoop_json_has_every_field_and_escapes_bytes():
     proc = start_vigil("execsnoop", "-x", "--json", "-l", "vigil-test")
     marker = unique_marker()
@@ -93,6 +96,7 @@ def test_execsnoop_json_has_every_field_and_escapes_bytes():
 
 
 @pytest.mark.kernel
+@tcg_slow_cli
 def test_execsnoop_table_cannot_be_forged():
     proc = start_vigil("execsnoop")
     marker = unique_marker().decode()
@@ -107,6 +111,7 @@ def test_execsnoop_table_cannot_be_forged():
 
 
 @pytest.mark.kernel
+@tcg_slow_cli
 def test_monitor_stores_and_events_queries(tmp_path):
     db = str(tmp_path / "v.db")
     proc = start_vigil("monitor", "--db", db, "-q", "--status-interval", "0.2")

@@ -23,7 +23,7 @@ import orjson
 import psutil
 import pytest
 
-from helpers import pump_until, start_agent, start_vigil, stop_vigil, vigil
+from helpers import pump_until, start_agent, start_vigil, stop_vigil, tcg_slow_cli, vigil
 from vigil import listeners, sensors
 from vigil.loader import usable
 
@@ -538,6 +538,7 @@ def test_listen_modes_agree(family):
 # -- the command line --------------------------------------------------------------------
 
 
+@tcg_slow_cli
 def test_cli_table(old_server):
     child, old_tcp, old_udp, _ = old_server
     proc = start_vigil("listen")
@@ -573,6 +574,7 @@ def test_cli_table(old_server):
     assert max(old) < first_live
 
 
+@tcg_slow_cli
 def test_cli_json_pid_filter_and_no_snapshot(old_server):
     child, old_tcp, _, _ = old_server
     proc = start_vigil("listen", "--json", "-p", str(ME), "-t")
@@ -595,6 +597,7 @@ def test_cli_json_pid_filter_and_no_snapshot(old_server):
     assert not [line for line in lines[1:] if line.split()[1] == str(child.pid)]
 
 
+@tcg_slow_cli
 def test_monitor_stores_binds_and_listens_with_ancestry(tmp_path):
     db = str(tmp_path / "v.db")
     proc = start_vigil("monitor", "--db", db, "-q", "--sensor", "bind", "--sensor", "listen")

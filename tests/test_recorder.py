@@ -11,7 +11,7 @@ import threading
 import orjson
 import pytest
 
-from helpers import unique_marker, vigil
+from helpers import tcg_slow_cli, unique_marker, vigil
 from vigil.encoding import unescape
 
 pytestmark = pytest.mark.kernel
@@ -45,6 +45,7 @@ def _accepts(n: int) -> int:
     return port
 
 
+@tcg_slow_cli
 def test_record_then_report_is_the_documented_json(tmp_path):
     path = tmp_path / "run.vgl"
     proc = _record(
@@ -76,6 +77,7 @@ def test_record_then_report_is_the_documented_json(tmp_path):
     assert all(line.split()[1] == "exec" for line in lines[1:])
 
 
+@tcg_slow_cli
 def test_bad_recordings_are_one_line_errors(tmp_path):
     junk = tmp_path / "junk.vgl"
     junk.write_bytes(b"not a recording\n")

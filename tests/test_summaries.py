@@ -11,7 +11,7 @@ import time
 import orjson
 import pytest
 
-from helpers import vigil
+from helpers import tcg_slow_cli, vigil
 
 pytestmark = pytest.mark.kernel
 
@@ -27,6 +27,7 @@ for _ in range({N}):
 """
 
 
+@tcg_slow_cli
 def test_monitor_counts_in_kernel_and_stores_per_interval(tmp_path):
     db = tmp_path / "s.db"
     proc = subprocess.Popen(
@@ -64,6 +65,7 @@ def test_monitor_counts_in_kernel_and_stores_per_interval(tmp_path):
     assert any("vigil-sumtest" in x and x.split()[0] == str(N) for x in out.splitlines())
 
 
+@tcg_slow_cli
 def test_bad_summary_option_is_one_line():
     res = vigil("monitor", "--db", "/tmp/x.db", "--summary", "nonsense", "--duration", "1")
     assert res.returncode == 1

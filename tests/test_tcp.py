@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
-from helpers import pump_until, start_agent, start_vigil, stop_vigil, vigil
+from helpers import pump_until, start_agent, start_vigil, stop_vigil, tcg_slow_cli, vigil
 from vigil import _libbpf as bpf
 from vigil import records
 from vigil.loader import Session, usable
@@ -565,6 +565,7 @@ def _columns(line: str, left: int, right: int) -> list[str]:
     return [*words[:left], " ".join(words[left:-right]), *words[-right:]]
 
 
+@tcg_slow_cli
 def test_tcpconnect_table():
     proc = start_vigil("tcpconnect", "-t")
     try:
@@ -585,6 +586,7 @@ def test_tcpconnect_table():
     assert refused[3:6] == ["6", "::1", "::1"] and refused[7] == "refused"
 
 
+@tcg_slow_cli
 def test_tcpconnect_port_filter_and_bad_ports():
     srv_a, port_a = listener(4)
     srv_b, port_b = listener(4)
@@ -603,6 +605,7 @@ def test_tcpconnect_port_filter_and_bad_ports():
         assert res.returncode == 2 and len(err.splitlines()) == 1 and "-P" in err, err
 
 
+@tcg_slow_cli
 def test_tcpaccept_table():
     proc = start_vigil("tcpaccept")
     try:
@@ -616,6 +619,7 @@ def test_tcpaccept_table():
     assert row == [str(child.pid), "vigil-acceptor", "6", "::1", str(cport), "::1", str(port)]
 
 
+@tcg_slow_cli
 def test_tcpretrans_table(netpair):
     proc = start_vigil("tcpretrans")
     try:
@@ -652,6 +656,7 @@ def _count_blocks(lines: list[str]) -> list[tuple[str, dict[tuple[str, str], int
     return blocks
 
 
+@tcg_slow_cli
 def test_tcpretrans_count_mode(netpair):
     proc = start_vigil("tcpretrans", "-c", "-i", "0.3")
     try:
@@ -671,6 +676,7 @@ def test_tcpretrans_count_mode(netpair):
     assert total >= 1 and sum(intervals) == total
 
 
+@tcg_slow_cli
 def test_tcpretrans_count_json(netpair):
     proc = start_vigil("tcpretrans", "-c", "-i", "0.3", "--json")
     try:
@@ -692,6 +698,7 @@ def test_tcpretrans_count_json(netpair):
     assert total["retransmits"] == sum(r["retransmits"] for r in mine if r["scope"] == "interval")
 
 
+@tcg_slow_cli
 def test_monitor_stores_connect_and_accept_with_ancestry(tmp_path):
     db = str(tmp_path / "v.db")
     proc = start_vigil("monitor", "--db", db, "-q", "--status-interval", "0.2")

@@ -123,11 +123,16 @@ _recent_log: deque[str] = deque(maxlen=40)
 _LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
 
 
+_print_buf = ctypes.create_string_buffer(1 << 20)
+
+
 @_PRINT_FN
 def _on_libbpf_print(level: int, fmt: bytes, args: int) -> int:
     # x86-64 va_list is an array type: it reaches us as a pointer, which is
     # exactly what vsnprintf takes.
-    buf = ctypes.create_string_buffer(1024)
+    # libbpf prints a rejected program's whole verifier log in one call, the
+    # reason last: a short buffer would keep its start and lose the reason.
+    buf = _print_buf
     n = _vsnprintf(buf, len(buf), fmt, args)
     text = buf.value.decode("utf-8", "replace").rstrip("\n")
     for line in text.splitlines():

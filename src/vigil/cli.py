@@ -170,13 +170,17 @@ def monitor(
         if specs:
             sinks.append(summaries.SummarySink(store, specs, summary_interval))
         sinks.append(StoreSink(store))
-        session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=True)
+        session = loader.Session(
+            names, ring_bytes=ring_mb << 20, monitor=True, skip_unloadable=True
+        )
+        _say_skipped(session)
     except BaseException:
         for sink in sinks:
             sink.close()
         if not any(isinstance(sink, StoreSink) for sink in sinks):
             store.close()
         raise
+    names = [sensor.name for sensor in session.sensors]
     with session:
         if not quiet:
             sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
@@ -232,6 +236,12 @@ def _available_sensors() -> list[str]:
     return names
 
 
+def _say_skipped(session: loader.Session) -> None:
+    """One line per sensor the kernel refused; the others run."""
+    for name, why in session.skipped.items():
+        click.echo(f"vigil: skipping sensor {name}: {why}", err=True)
+
+
 # -- record / report ----------------------------------------------------------------
 @cli.command()
 @click.option("-o", "--output", "path", required=True, help="Recording file to write.")
@@ -252,7 +262,11 @@ def _available_sensors() -> list[str]:
 def record(path, sensor_names, duration, all_events, ring_mb, latency):
     """Record raw events to a file at the lowest cost; decode with `vigil report`."""
     names = list(sensor_names) or _available_sensors()
-    session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=not all_events)
+    session = loader.Session(
+        names, ring_bytes=ring_mb << 20, monitor=not all_events, skip_unloadable=True
+    )
+    _say_skipped(session)
+    names = [sensor.name for sensor in session.sensors]
     with session:
         done = recorder.record(
             session,
@@ -497,6 +511,15 @@ def doctor(as_json, refresh):
             choices.extend(loader.choose(sensor))
         except VigilError as err:
             unavailable[name] = str(err)
+    # A hook can exist and the verifier still refuse the program: load for real.
+    try:
+        usable = {c.sensor for c in choices}
+        with loader.Session(sorted(usable), ring_bytes=4096, skip_unloadable=True) as trial:
+            for name, why in trial.skipped.items():
+                unavailable[name] = f"does not load: {why}"
+    except VigilError as err:
+        problems.append(f"sensors not loaded to check them: {err}")
+    choices = [c for c in choices if c.sensor not in unavailable]
     report = {
         "kernel": kernel.release(),
         "btf": kernel.has_btf(),

@@ -127,6 +127,49 @@ def _boot_offset_ns() -> int:
     return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 
+@dataclass
+class _Loaded:
+    """One object loaded and attached for some of its sensors."""
+
+    obj: bpf.Object
+    chosen: list[Choice]
+    links: list[bpf.Link]
+
+    def close(self) -> None:
+        for link in self.links:
+            link.destroy()
+        self.obj.close()
+
+
+def _open_group(group: list[Sensor], rodata: dict, forced: dict, session: Session) -> _Loaded:
+    """Open, configure, load and attach one object for `group`; on any
+    failure nothing of it stays in the kernel."""
+    obj = bpf.Object(paths.bpf_object(group[0].object))
+    loaded = _Loaded(obj, [], [])
+    try:
+        loaded.chosen = [c for s in group for c in choose(s, forced)]
+        names = {p for c in loaded.chosen for p in c.programs}
+        for prog in obj.programs():
+            prog.autoload = prog.name in names
+        obj.map("events").reuse_fd(session._ring_fd)
+        wanted = {"wakeup_bytes": session.wakeup_bytes}
+        for s in group:
+            wanted.update({k: v() if callable(v) else v for k, v in s.rodata.items()})
+            if session._monitor:
+                wanted.update(s.monitor_rodata)
+        declared = _rodata_vars(obj)
+        wanted.update({k: v for k, v in rodata.items() if k in declared})
+        set_rodata(obj, wanted)
+        obj.load()
+        for c in loaded.chosen:
+            for name in c.programs:
+                loaded.links.append(attach(obj.program(name), c))
+    except BaseException:
+        loaded.close()
+        raise
+    return loaded
+
+
 class Session:
     """Sensors loaded and attached, sharing one ring buffer."""
 
@@ -139,14 +182,22 @@ class Session:
         rodata: dict[str, int] | None = None,
         choices: dict[str, str] | None = None,
         monitor: bool = False,
+        skip_unloadable: bool = False,
     ):
         """`rodata` goes to every object that declares the variable; with
         `monitor`, each sensor's own `monitor_rodata` goes to its object.
 
         `choices` forces a hook's attach type ({hook: "raw_tp"}): tests use it
         to exercise each attach mode the kernel allows.
+
+        With `skip_unloadable`, a sensor this kernel refuses (no usable hook,
+        verifier rejection, attach failure) is left out and named in
+        `skipped` ({sensor: reason}); the others run.  Bad input
+        (ConfigError) still fails, and so does a session left with no sensor.
         """
         self.sensors = [sensors.get(n) for n in dict.fromkeys(sensor_names)]
+        self.skip_unloadable = skip_unloadable
+        self.skipped: dict[str, str] = {}
         if ring_bytes & (ring_bytes - 1) or ring_bytes < 4096:
             raise ConfigError(f"ring size {ring_bytes} must be a power of two >= 4096")
         self.ring_bytes = ring_bytes
@@ -178,35 +229,62 @@ class Session:
         self._ring_fd = bpf.map_create(
             bpf.BPF_MAP_TYPE_RINGBUF, "vigil_events", 0, 0, self.ring_bytes
         )
-        for obj_name, group in by_object.items():
-            obj = bpf.Object(paths.bpf_object(obj_name))
-            self._objects.append(obj)
-            self._object_kinds[obj.name] = [k for s in group for k in s.kinds]
-            chosen = [c for s in group for c in choose(s, forced)]
-            names = {p for c in chosen for p in c.programs}
-            for prog in obj.programs():
-                prog.autoload = prog.name in names
-            obj.map("events").reuse_fd(self._ring_fd)
-            wanted = {"wakeup_bytes": self.wakeup_bytes}
-            for s in group:
-                wanted.update({k: v() if callable(v) else v for k, v in s.rodata.items()})
-                if self._monitor:
-                    wanted.update(s.monitor_rodata)
-            declared = _rodata_vars(obj)
-            wanted.update({k: v for k, v in rodata.items() if k in declared})
-            set_rodata(obj, wanted)
-            obj.load()
-            self.decoder.add_btf(obj.btf())
-            for c in chosen:
-                for name in c.programs:
-                    self._links.append(attach(obj.program(name), c))
-            self.choices.extend(chosen)
+        for group in by_object.values():
+            if self.skip_unloadable:
+                self._load_what_loads(group, rodata, forced)
+            else:
+                self._load_group(group, rodata, forced)
+        if self.skipped:
+            self.sensors = [s for s in self.sensors if s.name not in self.skipped]
+            if not self.sensors:
+                reasons = "; ".join(f"{n}: {why}" for n, why in self.skipped.items())
+                raise VigilError(f"no sensor could be loaded here ({reasons})")
         unknown = set(rodata) - {k for o in self._objects for k in _rodata_vars(o)}
         if unknown:
             raise ConfigError(f"no loaded sensor takes {', '.join(sorted(unknown))}")
         self.reader = bpf.RingReader(self._ring_fd, self.ring_bytes)
         self._epoll = select.epoll()
         self._epoll.register(self._ring_fd, select.EPOLLIN)
+
+    def _load_what_loads(self, group: list[Sensor], rodata: dict, forced: dict) -> None:
+        """Load one object's sensors, leaving out those this kernel refuses.
+
+        Sensors sharing an object share its maps, so they must load as one
+        object: when the whole group fails, sensors are added one at a time
+        (a trial load each, only on this failure path) to find the ones
+        that load together.
+        """
+        try:
+            self._load_group(group, rodata, forced)
+            return
+        except ConfigError:
+            raise
+        except VigilError as err:
+            if len(group) == 1:
+                self.skipped[group[0].name] = str(err)
+                return
+        kept: list[Sensor] = []
+        for s in group:
+            try:
+                trial = _open_group([*kept, s], rodata, forced, self)
+            except ConfigError:
+                raise
+            except VigilError as err:
+                self.skipped[s.name] = str(err)
+                continue
+            trial.close()
+            kept.append(s)
+        if kept:
+            self._load_group(kept, rodata, forced)
+
+    def _load_group(self, group: list[Sensor], rodata: dict, forced: dict) -> None:
+        """Load and attach the sensors of one object (all or nothing)."""
+        loaded = _open_group(group, rodata, forced, self)
+        self._objects.append(loaded.obj)
+        self._object_kinds[loaded.obj.name] = [k for s in group for k in s.kinds]
+        self.decoder.add_btf(loaded.obj.btf())
+        self._links.extend(loaded.links)
+        self.choices.extend(loaded.chosen)
 
     # -- reading -----------------------------------------------------------------
     def refresh_clock(self) -> None:
