@@ -139,6 +139,7 @@ class Session:
         rodata: dict[str, int] | None = None,
         choices: dict[str, str] | None = None,
         monitor: bool = False,
+        sensor_options: dict | None = None,
     ):
         """`rodata` goes to every object that declares the variable; with
         `monitor`, each sensor's own `monitor_rodata` goes to its object.
@@ -162,6 +163,7 @@ class Session:
         self.reader: bpf.RingReader | None = None
         self._epoll: select.epoll | None = None
         self._monitor = monitor
+        self.sensor_options = sensor_options or {}
         try:
             self._start(rodata or {}, choices or {})
         except BaseException:
@@ -196,6 +198,8 @@ class Session:
             wanted.update({k: v for k, v in rodata.items() if k in declared})
             set_rodata(obj, wanted)
             obj.load()
+            for fill in dict.fromkeys(s.after_load for s in group if s.after_load):
+                fill(obj, self.sensor_options)
             self.decoder.add_btf(obj.btf())
             for c in chosen:
                 for name in c.programs:
