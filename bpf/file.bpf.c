@@ -44,6 +44,10 @@ enum file_watch_access *__vigil_enum_file_watch_access __attribute__((unused));
 #define O_TRUNC 00001000
 #define AT_FDCWD -100
 
+/* vigil opensnoop: -p (a process), --all (every open, no watch list) */
+const volatile __u32 targ_tgid = 0;
+const volatile __u32 match_all = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
@@ -240,6 +244,8 @@ static __always_inline int open_exit(long ret, enum vigil_syscall sc)
 
 	if (!regs)
 		return 0;
+	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
+		return 0;
 	switch (sc) {
 	case VIGIL_SYS_openat:
 		dfd = PT_REGS_PARM1_CORE_SYSCALL(regs);
@@ -273,7 +279,9 @@ static __always_inline int open_exit(long ret, enum vigil_syscall sc)
 	want = open_access(flags);
 	if (ret >= 0) {
 		f = current_fd_file(ret);
-		if (!f || !watched_dentry(BPF_CORE_READ(f, f_path.dentry), want, true))
+		if (!f)
+			return 0;
+		if (!match_all && !watched_dentry(BPF_CORE_READ(f, f_path.dentry), want, true))
 			return 0;
 		s = scratch();
 		if (!s)
@@ -281,7 +289,7 @@ static __always_inline int open_exit(long ret, enum vigil_syscall sc)
 		kernel_path = true;
 	} else {
 		s = scratch();
-		if (!s || !watched_caller_path(s, dfd, upath, want, &hflags))
+		if (!s || (!watched_caller_path(s, dfd, upath, want, &hflags) && !match_all))
 			return 0;
 		kernel_path = false;
 	}

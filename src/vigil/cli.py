@@ -13,7 +13,17 @@ import time
 import click
 import orjson
 
-from . import __version__, kernel, listeners, loader, recorder, sensors, summaries, tools
+from . import (
+    __version__,
+    kernel,
+    listeners,
+    loader,
+    recorder,
+    sensors,
+    summaries,
+    tools,
+    watchlist,
+)
 from .agent import Agent, Batch
 from .errors import ConfigError, VigilError
 from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
@@ -100,6 +110,7 @@ def _describe(ev: dict) -> str:
     type=click.FloatRange(0.1),
     help="Seconds between counter flushes to the store.",
 )
+@watchlist.watch_options
 @live.ring_options
 def monitor(
     db_path,
@@ -111,10 +122,13 @@ def monitor(
     summary_specs,
     no_summaries,
     summary_interval,
+    watch,
+    watch_file,
     ring_mb,
     latency,
 ):
     """Run every sensor this kernel supports; store events and show them live."""
+    options = watchlist.sensor_options(watch, watch_file)
     names = list(sensor_names) or _available_sensors()
     specs = {} if no_summaries else summaries.parse_option(summary_specs)
     store = Store(db_path)
@@ -124,7 +138,9 @@ def monitor(
         if specs:
             sinks.append(summaries.SummarySink(store, specs, summary_interval))
         sinks.append(StoreSink(store))
-        session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=True)
+        session = loader.Session(
+            names, ring_bytes=ring_mb << 20, monitor=True, sensor_options=options
+        )
     except BaseException:
         for sink in sinks:
             sink.close()

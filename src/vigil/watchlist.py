@@ -253,3 +253,32 @@ def read_file(path: str) -> list[str]:
             return [line for line in f.read().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"watch list {path}: {err}") from None
+
+
+def watch_options(f):
+    """--watch PATTERN (repeatable) and --watch-file FILE: the file sensor's list."""
+    import click
+
+    f = click.option(
+        "--watch-file",
+        metavar="FILE",
+        help="Watch-list patterns, one per line (replaces the defaults; @default adds them).",
+    )(f)
+    return click.option(
+        "-w",
+        "--watch",
+        multiple=True,
+        metavar="PATTERN",
+        help="A path to watch (repeatable; replaces the defaults, @default adds them): "
+        "/etc/shadow, w:/etc/passwd (writes only), /etc/cron*, /etc/systemd/system/, "
+        "~/.bashrc, /proc/*/mem.",
+    )(f)
+
+
+def sensor_options(watch: tuple[str, ...], watch_file: str | None) -> dict:
+    """The session's options for the file sensors: {} keeps the defaults."""
+    patterns = list(watch) + (read_file(watch_file) if watch_file else [])
+    if not patterns:
+        return {}
+    parse(patterns)  # a bad pattern fails here, before anything is loaded
+    return {"watch": patterns}
