@@ -110,14 +110,14 @@ def parse(patterns: Iterable[str]) -> list[Pattern]:
 
 
 def _one(raw: str, text: str, access: int) -> Pattern:
-    tree = text.endswith("/") and text != "/"
+    tree = text.endswith("/")
     prefix = text.endswith("*")
-    body = text.rstrip("/*") if (tree or prefix) else text
+    body = text[:-1] if prefix else text.rstrip("/") if tree else text
     if "*" in body and not _is_proc_glob(body):
         raise ConfigError(
             f"watch pattern {raw!r}: '*' only at the end of a name, or as /proc/*/NAME"
         )
-    if not body:
+    if body in ("", "/"):
         raise ConfigError(f"watch pattern {raw!r}: the whole filesystem is not a watch list")
     return Pattern(os.path.normpath(body), access, prefix, tree)
 
