@@ -124,7 +124,7 @@ def _one(raw: str, text: str, access: int) -> Pattern:
 
 def _is_proc_glob(path: str) -> bool:
     parts = path.split("/")
-    return len(parts) == 4 and parts[1] == "proc" and parts[2] == "*" and "*" not in parts[3]
+    return len(parts) == 4 and parts[1:3] == ["proc", "*"] and bool(parts[3]) and "*" not in parts[3]
 
 
 def _homes() -> list[str]:
