@@ -116,39 +116,45 @@ static __always_inline __u32 open_access(__u32 flags)
 	return FILE_WATCH_READ;
 }
 
-/* Is dentry `d` watched for `want`?  Directories are skipped (a listing). */
-static __always_inline bool watched_dentry(struct dentry *d, __u32 want, bool skip_dirs)
+/*
+ * What dentry `d` is watched for (enum file_watch_access bits; 0: not
+ * watched).  The fast path: few reads, one hash lookup for a miss.
+ */
+static __always_inline __u32 watched_dentry(struct dentry *d)
 {
-	struct inode *inode = BPF_CORE_READ(d, d_inode);
-	struct super_block *sb = BPF_CORE_READ(inode, i_sb);
+	struct super_block *sb = BPF_CORE_READ(d, d_sb);
 	struct file_name_key nk = {};
 	struct file_dir_key k = {};
 	struct file_dir_value *v;
 	__u32 *access;
 	long n;
 
-	if (!inode || (skip_dirs && (BPF_CORE_READ(inode, i_mode) & S_IFMT) == S_IFDIR))
-		return false;
-	if (BPF_CORE_READ(sb, s_magic) != PROC_SUPER_MAGIC) {
-		k.dev = BPF_CORE_READ(sb, s_dev);
-		k.ino = BPF_CORE_READ(d, d_parent, d_inode, i_ino);
-		v = bpf_map_lookup_elem(&file_dirs, &k);
-		if (!v)
-			return false;	/* the common case: one lookup */
-		if ((v->how & FILE_DIR_ALL) && (v->access & want))
-			return true;
-		if (!(v->how & FILE_DIR_NAMED))
-			return false;
+	k.dev = BPF_CORE_READ(sb, s_dev);
+	k.ino = BPF_CORE_READ(d, d_parent, d_inode, i_ino);
+	v = bpf_map_lookup_elem(&file_dirs, &k);
+	if (v) {
+		if (v->how & FILE_DIR_ALL)
+			return v->access;	/* named entries of a tree add nothing */
 		nk.dev = k.dev;
 		nk.ino_lo = (__u32)k.ino;
 		nk.ino_hi = k.ino >> 32;
+	} else if (k.dev >> 20 ||
+		   BPF_CORE_READ(sb, s_magic) != PROC_SUPER_MAGIC) {
+		/* the common case; s_magic read only for anonymous devices (major 0) */
+		return 0;
 	}
+	/* a directory watched by name, or procfs (by name alone: dir key 0/0) */
 	n = bpf_probe_read_kernel_str(nk.name, sizeof(nk.name), BPF_CORE_READ(d, d_name.name));
 	if (n <= 0)
-		return false;
+		return 0;
 	nk.prefixlen = 96 + 8 * n;
 	access = bpf_map_lookup_elem(&file_names, &nk);
-	return access && (*access & want);
+	return access ? *access : 0;
+}
+
+static __always_inline bool is_dir(struct dentry *d)
+{
+	return (BPF_CORE_READ(d, d_inode, i_mode) & S_IFMT) == S_IFDIR;
 }
 
 /*
@@ -229,84 +235,109 @@ struct user_open_how {
 	__u64 mode;
 };
 
-static __always_inline int open_exit(long ret, enum vigil_syscall sc)
+/* The arguments of an open call, from the caller's saved registers. */
+struct open_args {
+	long dfd;
+	const char *upath;
+	__u32 flags;
+	__u32 mode;
+};
+
+static __always_inline void open_args(struct open_args *a, enum vigil_syscall sc)
 {
 	struct pt_regs *regs = user_regs();
 	struct user_open_how how = {};
-	const char *upath = NULL;
-	long dfd = AT_FDCWD;
-	struct file_scratch *s;
-	struct open_event *e;
-	struct file *f = NULL;
-	__u32 flags = 0, mode = 0, want, hflags = 0, len;
-	bool kernel_path;
-	long n;
 
+	a->dfd = AT_FDCWD;
+	a->upath = NULL;
+	a->flags = 0;
+	a->mode = 0;
 	if (!regs)
-		return 0;
-	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
-		return 0;
+		return;
 	switch (sc) {
 	case VIGIL_SYS_openat:
-		dfd = PT_REGS_PARM1_CORE_SYSCALL(regs);
-		upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs);
-		flags = PT_REGS_PARM3_CORE_SYSCALL(regs);
-		mode = PT_REGS_PARM4_CORE_SYSCALL(regs);
+		a->dfd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+		a->upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs);
+		a->flags = PT_REGS_PARM3_CORE_SYSCALL(regs);
+		a->mode = PT_REGS_PARM4_CORE_SYSCALL(regs);
 		break;
 	case VIGIL_SYS_openat2:
-		dfd = PT_REGS_PARM1_CORE_SYSCALL(regs);
-		upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs);
+		a->dfd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+		a->upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs);
 		/* the kernel copied it in: paged in, like the path */
 		bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
-		flags = how.flags;
-		mode = how.mode;
+		a->flags = how.flags;
+		a->mode = how.mode;
 		break;
 #ifdef __TARGET_ARCH_x86
 	case VIGIL_SYS_open:
-		upath = (const char *)PT_REGS_PARM1_CORE_SYSCALL(regs);
-		flags = PT_REGS_PARM2_CORE_SYSCALL(regs);
-		mode = PT_REGS_PARM3_CORE_SYSCALL(regs);
+		a->upath = (const char *)PT_REGS_PARM1_CORE_SYSCALL(regs);
+		a->flags = PT_REGS_PARM2_CORE_SYSCALL(regs);
+		a->mode = PT_REGS_PARM3_CORE_SYSCALL(regs);
 		break;
 	case VIGIL_SYS_creat:
-		upath = (const char *)PT_REGS_PARM1_CORE_SYSCALL(regs);
-		flags = O_CREAT | O_WRONLY | O_TRUNC;
-		mode = PT_REGS_PARM2_CORE_SYSCALL(regs);
+		a->upath = (const char *)PT_REGS_PARM1_CORE_SYSCALL(regs);
+		a->flags = O_CREAT | O_WRONLY | O_TRUNC;
+		a->mode = PT_REGS_PARM2_CORE_SYSCALL(regs);
 		break;
 #endif
 	default:
-		return 0;
+		break;
 	}
-	want = open_access(flags);
+}
+
+/*
+ * A successful open is matched before anything else is read (the
+ * arguments only once it is watched): most opens leave after the fd's
+ * file, its dentry's parent and one lookup.
+ */
+static __always_inline int open_exit(long ret, enum vigil_syscall sc)
+{
+	struct open_args a;
+	struct file_scratch *s;
+	struct open_event *e;
+	struct dentry *d = NULL;
+	struct file *f = NULL;
+	__u32 watched = 0, want, hflags = 0, len;
+	long n;
+
+	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
+		return 0;
 	if (ret >= 0) {
 		f = current_fd_file(ret);
 		if (!f)
 			return 0;
-		if (!match_all && !watched_dentry(BPF_CORE_READ(f, f_path.dentry), want, true))
+		d = BPF_CORE_READ(f, f_path.dentry);
+		watched = watched_dentry(d);
+		if (!watched && !match_all)
+			return 0;
+		open_args(&a, sc);
+		want = open_access(a.flags);
+		/* a directory opened for a listing is not an access to its entries */
+		if (!match_all && (!(watched & want) || is_dir(d)))
 			return 0;
 		s = scratch();
-		if (!s)
-			return 0;
-		kernel_path = true;
 	} else {
+		open_args(&a, sc);
+		want = open_access(a.flags);
 		s = scratch();
-		if (!s || (!watched_caller_path(s, dfd, upath, want, &hflags) && !match_all))
+		if (!s || (!watched_caller_path(s, a.dfd, a.upath, want, &hflags) && !match_all))
 			return 0;
-		kernel_path = false;
 	}
+	if (!s)
+		return 0;
 	e = &s->open;
 	fill_header(&e->hdr, VIGIL_EV_OPEN);
 	e->hdr.flags = hflags;
 	e->ret = ret;
-	e->open_flags = flags;
-	e->mode = mode;
+	e->open_flags = a.flags;
+	e->mode = a.mode;
 	e->access = want;
 	e->syscall = sc;
-	if (kernel_path) {
-		struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
-
+	if (f) {
 		e->path_source = FILE_PATH_KERNEL;
 		e->ino = BPF_CORE_READ(d, d_inode, i_ino);
-		e->dev = BPF_CORE_READ(d, d_inode, i_sb, s_dev);
+		e->dev = BPF_CORE_READ(d, d_sb, s_dev);
 		n = read_path(BPF_CORE_READ(f, f_path.mnt), d, e->path, sizeof(e->path),
 			      &e->hdr.flags);
 		if (n < 0)
@@ -389,7 +420,7 @@ static __always_inline void change_fd(struct file_event *e, long fd)
 	if (!f)
 		return;
 	d = BPF_CORE_READ(f, f_path.dentry);
-	if (!watched_dentry(d, FILE_WATCH_WRITE, false))
+	if (!(watched_dentry(d) & FILE_WATCH_WRITE))
 		return;
 	e->path_source = FILE_PATH_KERNEL;
 	if (read_path(BPF_CORE_READ(f, f_path.mnt), d, e->path, sizeof(e->path), &e->hdr.flags) < 0)
