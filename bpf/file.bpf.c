@@ -286,12 +286,22 @@ static __always_inline void open_args(struct open_args *a, enum vigil_syscall sc
 	}
 }
 
+/* The arguments: given (fexit), or read from the saved registers (tracepoints). */
+static __always_inline void get_args(struct open_args *a, enum vigil_syscall sc,
+				     const struct open_args *given)
+{
+	if (given)
+		*a = *given;
+	else
+		open_args(a, sc);
+}
+
 /*
  * A successful open is matched before anything else is read (the
  * arguments only once it is watched): most opens leave after the fd's
  * file, its dentry's parent and one lookup.
  */
-static __always_inline int open_exit(long ret, enum vigil_syscall sc)
+static __always_inline int open_done(long ret, enum vigil_syscall sc, struct open_args *args)
 {
 	struct open_args a;
 	struct file_scratch *s;
@@ -311,14 +321,14 @@ static __always_inline int open_exit(long ret, enum vigil_syscall sc)
 		watched = watched_dentry(d);
 		if (!watched && !match_all)
 			return 0;
-		open_args(&a, sc);
+		get_args(&a, sc, args);
 		want = open_access(a.flags);
 		/* a directory opened for a listing is not an access to its entries */
 		if (!match_all && (!(watched & want) || is_dir(d)))
 			return 0;
 		s = scratch();
 	} else {
-		open_args(&a, sc);
+		get_args(&a, sc, args);
 		want = open_access(a.flags);
 		s = scratch();
 		if (!s || (!watched_caller_path(s, a.dfd, a.upath, want, &hflags) && !match_all))
@@ -333,7 +343,7 @@ static __always_inline int open_exit(long ret, enum vigil_syscall sc)
 	e->open_flags = a.flags;
 	e->mode = a.mode;
 	e->access = want;
-	e->syscall = sc;
+	e->syscall = args ? current_syscall_nr() : sc;
 	if (f) {
 		e->path_source = FILE_PATH_KERNEL;
 		e->ino = BPF_CORE_READ(d, d_inode, i_ino);
@@ -359,7 +369,7 @@ static __always_inline int open_exit(long ret, enum vigil_syscall sc)
 	SEC("tracepoint/syscalls/sys_exit_" #name)			\
 	int file_##name##_exit(struct trace_event_raw_sys_exit *ctx)	\
 	{								\
-		return open_exit(ctx->ret, VIGIL_SYS_##name);		\
+		return open_done(ctx->ret, VIGIL_SYS_##name, NULL);	\
 	}
 
 OPEN_EXIT(openat)
@@ -368,6 +378,26 @@ OPEN_EXIT(openat2)
 OPEN_EXIT(open)
 OPEN_EXIT(creat)
 #endif
+
+/*
+ * Where fexit works (not here: EPERM), one program at the return of
+ * do_sys_openat2(), which open, openat, openat2 and creat all go through
+ * (fs/open.c, 5.6+): a trampoline instead of a tracepoint's perf record,
+ * and the open_how the kernel copied in.  The syscall is the one in the
+ * saved registers.
+ */
+SEC("fexit/do_sys_openat2")
+int BPF_PROG(file_open_fexit, int dfd, const char *filename, struct open_how *how, long ret)
+{
+	struct open_args a = {
+		.dfd = dfd,
+		.upath = filename,
+		.flags = BPF_CORE_READ(how, flags),
+		.mode = BPF_CORE_READ(how, mode),
+	};
+
+	return open_done(ret, 0, &a);
+}
 
 /* -- changes: rename, unlink, chmod, chown, truncate -------------------------------- */
 

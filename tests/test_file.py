@@ -186,6 +186,7 @@ def test_racing_thread_rewriting_the_path_reports_the_file_opened(tree):
         opened = dict(line.split(" ", 1) for line in proc.stdout.decode().splitlines())
         secret = [int(fd) for fd, path in opened.items() if path == str(tree / "secret")]
         assert secret  # the watched file was opened at least once
+
         def kept(evs):
             return [e for e in _opens(evs, pid) if str(e["ret"]) in opened]
 

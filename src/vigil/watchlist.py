@@ -99,9 +99,7 @@ def parse(patterns: Iterable[str]) -> list[Pattern]:
         if text.startswith("w:"):
             access, text = WRITE, text[2:]
         if text.startswith("~/"):
-            out.extend(
-                _one(raw, os.path.join(home, text[2:]), access) for home in _homes()
-            )
+            out.extend(_one(raw, os.path.join(home, text[2:]), access) for home in _homes())
             continue
         if not text.startswith("/"):
             raise ConfigError(f"watch pattern {raw!r}: not an absolute path (or ~/...)")
@@ -124,7 +122,9 @@ def _one(raw: str, text: str, access: int) -> Pattern:
 
 def _is_proc_glob(path: str) -> bool:
     parts = path.split("/")
-    return len(parts) == 4 and parts[1:3] == ["proc", "*"] and bool(parts[3]) and "*" not in parts[3]
+    return (
+        len(parts) == 4 and parts[1:3] == ["proc", "*"] and bool(parts[3]) and "*" not in parts[3]
+    )
 
 
 def _homes() -> list[str]:

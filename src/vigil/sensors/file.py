@@ -4,9 +4,11 @@ chmod, chown and truncation."""
 
 from __future__ import annotations
 
+import platform
+
 from .. import watchlist
 from ..encoding import display
-from . import Sensor, hook, register, result_text, tracepoint
+from . import Attach, Sensor, hook, register, result_text, tracepoint
 
 # include/uapi/asm-generic/fcntl.h (x86_64 and arm64 alike)
 O_FLAGS = {
@@ -86,14 +88,24 @@ def _exits(*calls: str, optional: bool = False):
     )
 
 
+# open and creat exist on x86_64 only (arm64 has openat and openat2)
+_OPEN_CALLS = ("openat", "openat2") + (("open", "creat") if platform.machine() == "x86_64" else ())
+
 OPEN = register(
     Sensor(
         name="open",
         object="file",
         kinds=("open",),
         summary="opens of watched paths (credentials, persistence, kernel memory): in-kernel match",
-        # open and creat: x86_64 only (optional); openat2 since 5.6
-        hooks=_exits("openat", "openat2") + _exits("open", "creat", optional=True),
+        hooks=(
+            hook(
+                "open",
+                # one trampoline for every open call (5.6+ kernels with fexit)
+                Attach("fentry", "do_sys_openat2", ("file_open_fexit",)),
+                # else each call's exit tracepoint, arguments from the saved registers
+                tracepoint("syscalls/sys_exit_openat", *(f"file_{c}_exit" for c in _OPEN_CALLS)),
+            ),
+        ),
         finish=_finish_open,
         describe=_describe_open,
         after_load=_load_watch,
