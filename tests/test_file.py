@@ -303,3 +303,11 @@ def test_bad_patterns_are_one_line_errors():
         with pytest.raises(ConfigError, match="watch pattern"):
             watchlist.parse([bad])
     assert watchlist.parse(["@default"]) == watchlist.parse(watchlist.DEFAULT_WATCH)
+
+
+def open_trigger():
+    """test_attach_modes: a child reads /etc/shadow (default watch list)."""
+    child = Child("vopen-mode", "open('/etc/shadow').read(1)\n")
+    return lambda ev: (
+        ev["kind"] == "open" and ev["pid"] == child.pid and ev["path"] == b"/etc/shadow"
+    )
