@@ -9,10 +9,11 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 
 import pytest
 
-from helpers import pump_until, start_agent
+from helpers import pump_until, start_agent, start_vigil, stop_vigil, vigil
 from test_capable import Child
 from vigil import sensors, watchlist
 
@@ -311,3 +312,55 @@ def open_trigger():
     return lambda ev: (
         ev["kind"] == "open" and ev["pid"] == child.pid and ev["path"] == b"/etc/shadow"
     )
+
+
+def test_bind_mount_alias_is_matched_by_inode(tree, tmp_path):
+    """Another name for a watched directory (a bind mount in a private mount
+    namespace) opens the same inode: seen, with the path through the alias."""
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    agent, sink = _agent(tree)
+    try:
+        code = (
+            "import subprocess\n"
+            f"subprocess.run(['mount', '--bind', {str(tree)!r}, {str(alias)!r}], check=True)\n"
+            f"open({str(alias / 'secret')!r}).read()\n"
+        )
+        argv = ["unshare", "-m", "--propagation", "private", *Child.argv("vopen-alias", code)]
+        proc = subprocess.run(argv, capture_output=True, timeout=60, check=True)
+        pid = int(proc.stderr.split()[-1])
+        events = pump_until(agent, sink, lambda evs: _opens(evs, pid))
+        (e,) = _opens(events, pid)
+        assert (e["path"], e["path_source"]) == (os.fsencode(alias / "secret"), "kernel")
+        assert e["ino"] == os.stat(tree / "secret").st_ino
+    finally:
+        agent.session.close()
+
+
+def test_opensnoop_columns_failed_only_and_watch_option(tree):
+    os.chmod(tree / "secret", 0o600)
+    proc = start_vigil("opensnoop", "-x", "-w", f"{tree}/secret")
+    try:
+        Child("vsnoop-ok", f"open({str(tree / 'secret')!r}).read()\n")
+        Child(
+            "vsnoop-denied",
+            AS_NOBODY + f"try:\n    open({str(tree / 'secret')!r})\nexcept OSError:\n    pass\n",
+        )
+        time.sleep(1.0)
+    finally:
+        out, _ = stop_vigil(proc)
+    lines = out.decode().splitlines()
+    assert lines[0].split() == ["PID", "COMM", "FD", "ERR", "PATH"]
+    rows = [line.split() for line in lines[1:]]
+    # -x: the successful open is not shown; the refused one is, as passed
+    assert [r[1:] for r in rows] == [
+        ["vsnoop-denied", "-1", "13", str(tree / "secret"), "(as", "passed)"]
+    ]
+
+
+def test_opensnoop_bad_watch_pattern_is_a_one_line_error():
+    res = vigil("opensnoop", "-w", "etc/shadow")
+    assert res.returncode != 0
+    assert res.stderr.decode().strip().splitlines() == [
+        "vigil: error: watch pattern 'etc/shadow': not an absolute path (or ~/...)"
+    ]
