@@ -25,7 +25,8 @@ enum vigil_event_kind {
 	VIGIL_EV_BIND = 8,
 	VIGIL_EV_LISTEN = 9,
 	VIGIL_EV_BASHREADLINE = 10,
-	/* 11 and 25-30: reserved for the file access sensor */
+	VIGIL_EV_OPEN = 11,
+	/* 26-30: reserved for the file access sensor */
 	VIGIL_EV_MODULE_LOAD = 12,
 	VIGIL_EV_MOUNT = 13,
 	VIGIL_EV_KILL = 14,
@@ -35,6 +36,7 @@ enum vigil_event_kind {
 	VIGIL_EV_CAPSET = 18,
 	VIGIL_EV_BPF = 19,
 	VIGIL_EV_MEMFD = 20,
+	VIGIL_EV_FILE = 25,	/* rename, unlink, chmod, chown, truncate (op) */
 };
 
 /* Bits of vigil_header.flags; user space reads the names from BTF. */

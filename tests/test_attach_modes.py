@@ -10,6 +10,7 @@ import pytest
 from helpers import pump_until, start_agent
 from test_bpf_memfd import bpf_trigger
 from test_capable import chown_trigger
+from test_file import open_trigger
 from test_listen import bind_trigger, listen_trigger
 from test_module import attempt_trigger
 from test_mount import mount_trigger
@@ -41,6 +42,7 @@ TRIGGERS = {
     ("kill", "kill"): kill_trigger,
     ("ptrace", "ptrace"): ptrace_trigger,
     ("bpf", "bpf"): bpf_trigger,
+    ("open", "open"): open_trigger,
 }
 
 

@@ -12,7 +12,17 @@ import sys
 import click
 import orjson
 
-from . import __version__, kernel, listeners, loader, recorder, sensors, summaries, tools
+from . import (
+    __version__,
+    kernel,
+    listeners,
+    loader,
+    recorder,
+    sensors,
+    summaries,
+    tools,
+    watchlist,
+)
 from . import options as opt
 from .agent import Agent, Batch
 from .detect import cli as detect_cli
@@ -131,6 +141,7 @@ def _describe(ev: dict) -> str:
     type=opt.INTERVAL,
     help="Seconds between counter flushes to the store.",
 )
+@watchlist.watch_options
 @live.ring_options
 def monitor(
     db_path,
@@ -150,10 +161,13 @@ def monitor(
     alert_window,
     baseline_learn,
     no_baseline,
+    watch,
+    watch_file,
     ring_mb,
     latency,
 ):
     """Run every sensor this kernel supports; store events and show them live."""
+    options = watchlist.sensor_options(watch, watch_file)
     names = list(sensor_names) or _available_sensors()
     specs = {} if no_summaries else summaries.parse_option(summary_specs)
     table = ProcessTable()
@@ -171,7 +185,11 @@ def monitor(
             sinks.append(summaries.SummarySink(store, specs, summary_interval))
         sinks.append(StoreSink(store))
         session = loader.Session(
-            names, ring_bytes=ring_mb << 20, monitor=True, skip_unloadable=True
+            names,
+            ring_bytes=ring_mb << 20,
+            monitor=True,
+            skip_unloadable=True,
+            sensor_options=options,
         )
         _say_skipped(session)
     except BaseException:

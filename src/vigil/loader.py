@@ -161,6 +161,8 @@ def _open_group(group: list[Sensor], rodata: dict, forced: dict, session: Sessio
         wanted.update({k: v for k, v in rodata.items() if k in declared})
         set_rodata(obj, wanted)
         obj.load()
+        for fill in dict.fromkeys(s.after_load for s in group if s.after_load):
+            fill(obj, session.sensor_options)
         for c in loaded.chosen:
             for name in c.programs:
                 loaded.links.append(attach(obj.program(name), c))
@@ -183,6 +185,7 @@ class Session:
         choices: dict[str, str] | None = None,
         monitor: bool = False,
         skip_unloadable: bool = False,
+        sensor_options: dict | None = None,
     ):
         """`rodata` goes to every object that declares the variable; with
         `monitor`, each sensor's own `monitor_rodata` goes to its object.
@@ -213,6 +216,7 @@ class Session:
         self.reader: bpf.RingReader | None = None
         self._epoll: select.epoll | None = None
         self._monitor = monitor
+        self.sensor_options = sensor_options or {}
         try:
             self._start(rodata or {}, choices or {})
         except BaseException:

@@ -73,6 +73,9 @@ class Sensor:
     # table adds that process's `<stem>_exe` and `<stem>_comm` (stem: the
     # name without `_pid`), as it adds `exe` for the event's own process.
     related_pids: tuple[str, ...] = ()
+    # Fills the object's maps once it is loaded, before anything is attached
+    # (the file sensor's watch tables), from the session's sensor options.
+    after_load: Callable[[object, dict], None] | None = None
 
 
 def result_text(ret: int) -> str:

@@ -94,6 +94,7 @@ def run_live(
     sinks: list | None = None,
     track_processes: bool = True,
     first: Callable[[ProcessTable], list[dict]] | None = None,
+    sensor_options: dict | None = None,
 ) -> dict:
     """Load `sensors`, print their events until Ctrl-C or `duration`.
 
@@ -115,6 +116,7 @@ def run_live(
         rodata=rodata,
         choices=choices,
         wakeup_bytes=min(64 << 10, ring // 4),
+        sensor_options=sensor_options,
     )
     with session:
         if callable(columns):

@@ -1,0 +1,586 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause
+/*
+ * File access to watched paths: opens (kind open), renames, unlinks,
+ * chmod/chown and truncation (kind file), at each syscall's exit.
+ *
+ * Matching is in the kernel and cheap for the opens nobody watches:
+ *   - a successful open (or an fd call: fchmod, fchown, ftruncate) is
+ *     matched on the opened dentry: its parent directory's inode in
+ *     file_dirs (one hash lookup: most opens leave here), then, for a
+ *     directory watched by name, (dir inode, name) in the file_names LPM
+ *     trie (exact names and name prefixes such as cron*).  Inodes, not
+ *     strings: a symlink, a relative path, a bind mount or a rewritten
+ *     path string all end at the same inode.  procfs files are matched by
+ *     name alone (/proc/PID/mem: dir key 0/0).  The path reported is
+ *     walked from the opened file (path.bpf.h), not what the caller passed.
+ *   - a failed open and the path calls (rename, unlink, chmod, chown,
+ *     truncate) have no file: the caller's string, read at exit (the
+ *     kernel has faulted it in), made absolute against the cwd or dirfd,
+ *     is matched in the file_paths LPM trie and reported as passed.
+ * User space fills the three maps from the watch list before attaching.
+ *
+ * Arguments are read at exit from the saved user registers: one program
+ * per call instead of an enter/exit pair (each costs every open).
+ */
+#include "common.bpf.h"
+#include "syscall.bpf.h"
+#include "path.bpf.h"
+#include <bpf/bpf_tracing.h>
+#include "file.h"
+
+VIGIL_RECORD(open_event);
+VIGIL_RECORD(file_event);
+enum file_path_source *__vigil_enum_file_path_source __attribute__((unused));
+enum file_op *__vigil_enum_file_op __attribute__((unused));
+enum file_watch_access *__vigil_enum_file_watch_access __attribute__((unused));
+
+#define PROC_SUPER_MAGIC 0x9fa0
+#define S_IFMT 00170000
+#define S_IFDIR 0040000
+#define O_ACCMODE 00000003
+#define O_RDONLY 00000000
+#define O_WRONLY 00000001
+#define O_CREAT 00000100
+#define O_TRUNC 00001000
+#define AT_FDCWD -100
+
+/* vigil opensnoop: -p (a process), --all (every open, no watch list) */
+const volatile __u32 targ_tgid = 0;
+const volatile __u32 match_all = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct file_dir_key);
+	__type(value, struct file_dir_value);
+} file_dirs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct file_name_key);
+	__type(value, __u32);	/* enum file_watch_access bits */
+} file_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct file_path_key);
+	__type(value, __u32);
+} file_paths SEC(".maps");
+
+/*
+ * A caller's path made absolute: the base (<= FILE_KEY_SIZE) then the
+ * string as passed (<= FILE_KEY_SIZE).  Starts like struct file_path_key:
+ * the trie reads its first FILE_KEY_SIZE bytes.
+ */
+struct caller_path {
+	__u32 prefixlen;
+	char path[2 * FILE_KEY_SIZE];
+	__u32 len;		/* strlen(path) */
+};
+
+/* Records and the caller's path: too big for the 512-byte stack. */
+struct file_scratch {
+	struct open_event open;
+	struct file_event file;
+	struct caller_path caller;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct file_scratch);
+} file_scratch SEC(".maps");
+
+static __always_inline struct file_scratch *scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&file_scratch, &zero);
+}
+
+static __always_inline struct pt_regs *user_regs(void)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
+/* Write, create or truncate: what the write watch list is for. */
+static __always_inline __u32 open_access(__u32 flags)
+{
+	if ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC)))
+		return FILE_WATCH_WRITE;
+	return FILE_WATCH_READ;
+}
+
+/*
+ * What dentry `d` is watched for (enum file_watch_access bits; 0: not
+ * watched).  The fast path: few reads, one hash lookup for a miss.
+ */
+static __always_inline __u32 watched_dentry(struct dentry *d)
+{
+	struct super_block *sb = BPF_CORE_READ(d, d_sb);
+	struct file_name_key nk = {};
+	struct file_dir_key k = {};
+	struct file_dir_value *v;
+	__u32 *access;
+	long n;
+
+	k.dev = BPF_CORE_READ(sb, s_dev);
+	k.ino = BPF_CORE_READ(d, d_parent, d_inode, i_ino);
+	v = bpf_map_lookup_elem(&file_dirs, &k);
+	if (v) {
+		if (v->how & FILE_DIR_ALL)
+			return v->access;	/* named entries of a tree add nothing */
+		nk.dev = k.dev;
+		nk.ino_lo = (__u32)k.ino;
+		nk.ino_hi = k.ino >> 32;
+	} else if (k.dev >> 20 ||
+		   BPF_CORE_READ(sb, s_magic) != PROC_SUPER_MAGIC) {
+		/* the common case; s_magic read only for anonymous devices (major 0) */
+		return 0;
+	}
+	/* a directory watched by name, or procfs (by name alone: dir key 0/0) */
+	n = bpf_probe_read_kernel_str(nk.name, sizeof(nk.name), BPF_CORE_READ(d, d_name.name));
+	if (n <= 0)
+		return 0;
+	nk.prefixlen = 96 + 8 * n;
+	access = bpf_map_lookup_elem(&file_names, &nk);
+	return access ? *access : 0;
+}
+
+static __always_inline bool is_dir(struct dentry *d)
+{
+	return (BPF_CORE_READ(d, d_inode, i_mode) & S_IFMT) == S_IFDIR;
+}
+
+/*
+ * The caller's path `upath` (relative to dirfd `dfd`, or absolute) as an
+ * absolute string in s->caller; true when it is watched for `want`.  Not
+ * normalised: "/etc/./shadow" or "../etc/shadow" does not match (only
+ * failed opens and path calls are matched this way).
+ */
+static __always_inline bool watched_caller_path(struct file_scratch *s, long dfd,
+						const char *upath, __u32 want, __u32 *flags)
+{
+	struct caller_path *c = &s->caller;
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+	__u32 len = 0, total, *access;
+	char first = 0;
+	long n;
+
+	c->path[0] = 0;
+	c->len = 0;
+	if (!upath || bpf_probe_read_user(&first, 1, upath))
+		return false;
+	if (first != '/') {
+		if ((int)dfd == AT_FDCWD) {
+			struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+			mnt = BPF_CORE_READ(task, fs, pwd.mnt);
+			dentry = BPF_CORE_READ(task, fs, pwd.dentry);
+		} else {
+			struct file *f = current_fd_file(dfd);
+
+			if (!f)
+				return false;
+			mnt = BPF_CORE_READ(f, f_path.mnt);
+			dentry = BPF_CORE_READ(f, f_path.dentry);
+		}
+		n = read_path(mnt, dentry, c->path, FILE_KEY_SIZE, flags);
+		if (n <= 0)
+			return false;
+		len = n - 1;
+		if (len == 0 || c->path[(len - 1) & (FILE_KEY_SIZE - 1)] != '/') {
+			c->path[len & (FILE_KEY_SIZE - 1)] = '/';
+			len++;
+		}
+	}
+	if (len > FILE_KEY_SIZE)
+		return false;
+	n = bpf_probe_read_user_str(&c->path[len], FILE_KEY_SIZE, upath);
+	if (n <= 0) {
+		*flags |= VIGIL_F_PARTIAL;
+		return false;
+	}
+	if (n == FILE_KEY_SIZE)
+		*flags |= VIGIL_F_TRUNCATED;
+	total = len + n;
+	c->len = total - 1;
+	c->prefixlen = 8 * (total < FILE_KEY_SIZE ? total : FILE_KEY_SIZE);
+	access = bpf_map_lookup_elem(&file_paths, c);
+	return access && (*access & want);
+}
+
+/* Send a record whose last member (a string) is cut after `len` bytes. */
+static __always_inline void emit_tail(struct vigil_header *hdr, __u32 fixed, __u32 len, __u32 max)
+{
+	/* the verifier needs the bound on the register the helper gets */
+	barrier_var(len);
+	if (len > max)
+		len = max;
+	barrier_var(len);
+	emit_record(hdr, fixed + (len & (FILE_PATH_SIZE - 1 | FILE_PATH_SIZE)));
+}
+
+/* -- opens ----------------------------------------------------------------------- */
+
+/* open_how.flags and .mode (include/uapi/linux/openat2.h) */
+struct user_open_how {
+	__u64 flags;
+	__u64 mode;
+};
+
+/* The arguments of an open call, from the caller's saved registers. */
+struct open_args {
+	long dfd;
+	const char *upath;
+	__u32 flags;
+	__u32 mode;
+};
+
+static __always_inline void open_args(struct open_args *a, enum vigil_syscall sc)
+{
+	struct pt_regs *regs = user_regs();
+	struct user_open_how how = {};
+
+	a->dfd = AT_FDCWD;
+	a->upath = NULL;
+	a->flags = 0;
+	a->mode = 0;
+	if (!regs)
+		return;
+	switch (sc) {
+	case VIGIL_SYS_openat:
+		a->dfd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+		a->upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs);
+		a->flags = PT_REGS_PARM3_CORE_SYSCALL(regs);
+		a->mode = PT_REGS_PARM4_CORE_SYSCALL(regs);
+		break;
+	case VIGIL_SYS_openat2:
+		a->dfd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+		a->upath = (const char *)PT_REGS_PARM2_CORE_SYSCALL(regs);
+		/* the kernel copied it in: paged in, like the path */
+		bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
+		a->flags = how.flags;
+		a->mode = how.mode;
+		break;
+#ifdef __TARGET_ARCH_x86
+	case VIGIL_SYS_open:
+		a->upath = (const char *)PT_REGS_PARM1_CORE_SYSCALL(regs);
+		a->flags = PT_REGS_PARM2_CORE_SYSCALL(regs);
+		a->mode = PT_REGS_PARM3_CORE_SYSCALL(regs);
+		break;
+	case VIGIL_SYS_creat:
+		a->upath = (const char *)PT_REGS_PARM1_CORE_SYSCALL(regs);
+		a->flags = O_CREAT | O_WRONLY | O_TRUNC;
+		a->mode = PT_REGS_PARM2_CORE_SYSCALL(regs);
+		break;
+#endif
+	default:
+		break;
+	}
+}
+
+/* The arguments: given (fexit), or read from the saved registers (tracepoints). */
+static __always_inline void get_args(struct open_args *a, enum vigil_syscall sc,
+				     const struct open_args *given)
+{
+	if (given)
+		*a = *given;
+	else
+		open_args(a, sc);
+}
+
+/*
+ * A successful open is matched before anything else is read (the
+ * arguments only once it is watched): most opens leave after the fd's
+ * file, its dentry's parent and one lookup.
+ */
+static __always_inline int open_done(long ret, enum vigil_syscall sc, struct open_args *args)
+{
+	struct open_args a;
+	struct file_scratch *s;
+	struct open_event *e;
+	struct dentry *d = NULL;
+	struct file *f = NULL;
+	__u32 watched = 0, want, hflags = 0, len;
+	long n;
+
+	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
+		return 0;
+	if (ret >= 0) {
+		f = current_fd_file(ret);
+		if (!f)
+			return 0;
+		d = BPF_CORE_READ(f, f_path.dentry);
+		watched = watched_dentry(d);
+		if (!watched && !match_all)
+			return 0;
+		get_args(&a, sc, args);
+		want = open_access(a.flags);
+		/* a directory opened for a listing is not an access to its entries */
+		if (!match_all && (!(watched & want) || is_dir(d)))
+			return 0;
+		s = scratch();
+	} else {
+		get_args(&a, sc, args);
+		want = open_access(a.flags);
+		s = scratch();
+		if (!s || (!watched_caller_path(s, a.dfd, a.upath, want, &hflags) && !match_all))
+			return 0;
+	}
+	if (!s)
+		return 0;
+	e = &s->open;
+	fill_header(&e->hdr, VIGIL_EV_OPEN);
+	e->hdr.flags = hflags;
+	e->ret = ret;
+	e->open_flags = a.flags;
+	e->mode = a.mode;
+	e->access = want;
+	e->syscall = args ? current_syscall_nr() : sc;
+	if (f) {
+		e->path_source = FILE_PATH_KERNEL;
+		e->ino = BPF_CORE_READ(d, d_inode, i_ino);
+		e->dev = BPF_CORE_READ(d, d_sb, s_dev);
+		n = read_path(BPF_CORE_READ(f, f_path.mnt), d, e->path, sizeof(e->path),
+			      &e->hdr.flags);
+		if (n < 0)
+			e->hdr.flags |= VIGIL_F_PARTIAL;
+		len = n > 0 ? n - 1 : 0;
+	} else {
+		e->path_source = FILE_PATH_CALLER;
+		e->ino = 0;
+		e->dev = 0;
+		bpf_probe_read_kernel(e->path, sizeof(e->path), s->caller.path);
+		len = s->caller.len;
+	}
+	/* the path is the record's tail: sent up to its NUL */
+	emit_tail(&e->hdr, offsetof(struct open_event, path), len, sizeof(e->path));
+	return 0;
+}
+
+#define OPEN_EXIT(name)							\
+	SEC("tracepoint/syscalls/sys_exit_" #name)			\
+	int file_##name##_exit(struct trace_event_raw_sys_exit *ctx)	\
+	{								\
+		return open_done(ctx->ret, VIGIL_SYS_##name, NULL);	\
+	}
+
+OPEN_EXIT(openat)
+OPEN_EXIT(openat2)
+#ifdef __TARGET_ARCH_x86
+OPEN_EXIT(open)
+OPEN_EXIT(creat)
+#endif
+
+/*
+ * Where fexit works (not here: EPERM), one program at the return of
+ * do_sys_openat2(), which open, openat, openat2 and creat all go through
+ * (fs/open.c, 5.6+): a trampoline instead of a tracepoint's perf record,
+ * and the open_how the kernel copied in.  The syscall is the one in the
+ * saved registers.
+ */
+SEC("fexit/do_sys_openat2")
+int BPF_PROG(file_open_fexit, int dfd, const char *filename, struct open_how *how, long ret)
+{
+	struct open_args a = {
+		.dfd = dfd,
+		.upath = filename,
+		.flags = BPF_CORE_READ(how, flags),
+		.mode = BPF_CORE_READ(how, mode),
+	};
+
+	return open_done(ret, 0, &a);
+}
+
+/* -- changes: rename, unlink, chmod, chown, truncate -------------------------------- */
+
+static __always_inline struct file_event *change_start(struct file_scratch *s, long ret,
+						       enum file_op op, enum vigil_syscall sc)
+{
+	struct file_event *e = &s->file;
+
+	e->hdr.flags = 0;
+	e->ret = ret;
+	e->op = op;
+	e->syscall = sc;
+	e->mode = 0;
+	e->owner_uid = (__u32)-1;
+	e->owner_gid = (__u32)-1;
+	e->call_flags = 0;
+	e->length = 0;
+	e->path[0] = 0;
+	e->path2[0] = 0;
+	return e;
+}
+
+static __always_inline void change_send(struct file_event *e, __u32 len2)
+{
+	__u32 flags = e->hdr.flags;
+
+	fill_header(&e->hdr, VIGIL_EV_FILE);
+	e->hdr.flags = flags;
+	/* path2 (a rename's destination) is the tail: sent up to its NUL */
+	emit_tail(&e->hdr, offsetof(struct file_event, path2), len2, sizeof(e->path2));
+}
+
+/* A path call on (dfd, upath): send `e` when the path is watched for writes. */
+static __always_inline void change_path(struct file_scratch *s, struct file_event *e, long dfd,
+					const char *upath)
+{
+	if (!watched_caller_path(s, dfd, upath, FILE_WATCH_WRITE, &e->hdr.flags))
+		return;
+	e->path_source = FILE_PATH_CALLER;
+	bpf_probe_read_kernel(e->path, sizeof(e->path), s->caller.path);
+	change_send(e, 0);
+}
+
+/* An fd call: the file itself, matched and named by the kernel's objects. */
+static __always_inline void change_fd(struct file_event *e, long fd)
+{
+	struct file *f = current_fd_file(fd);
+	struct dentry *d;
+
+	if (!f)
+		return;
+	d = BPF_CORE_READ(f, f_path.dentry);
+	if (!(watched_dentry(d) & FILE_WATCH_WRITE))
+		return;
+	e->path_source = FILE_PATH_KERNEL;
+	if (read_path(BPF_CORE_READ(f, f_path.mnt), d, e->path, sizeof(e->path), &e->hdr.flags) < 0)
+		e->hdr.flags |= VIGIL_F_PARTIAL;
+	change_send(e, 0);
+}
+
+static __always_inline void rename(struct file_scratch *s, long ret, enum vigil_syscall sc,
+				   long odfd, const char *old, long ndfd, const char *new,
+				   __u32 flags)
+{
+	struct file_event *e = change_start(s, ret, FILE_OP_RENAME, sc);
+	bool hit;
+
+	e->call_flags = flags;
+	e->path_source = FILE_PATH_CALLER;
+	hit = watched_caller_path(s, odfd, old, FILE_WATCH_WRITE, &e->hdr.flags);
+	bpf_probe_read_kernel(e->path, sizeof(e->path), s->caller.path);
+	hit |= watched_caller_path(s, ndfd, new, FILE_WATCH_WRITE, &e->hdr.flags);
+	bpf_probe_read_kernel(e->path2, sizeof(e->path2), s->caller.path);
+	if (hit)
+		change_send(e, s->caller.len);
+}
+
+#define ARG1 PT_REGS_PARM1_CORE_SYSCALL(regs)
+#define ARG2 PT_REGS_PARM2_CORE_SYSCALL(regs)
+#define ARG3 PT_REGS_PARM3_CORE_SYSCALL(regs)
+#define ARG4 PT_REGS_PARM4_CORE_SYSCALL(regs)
+#define ARG5 PT_REGS_PARM5_CORE_SYSCALL(regs)
+
+static __always_inline int change_exit(long ret, enum vigil_syscall sc)
+{
+	struct pt_regs *regs = user_regs();
+	struct file_scratch *s = scratch();
+	struct file_event *e;
+
+	if (!regs || !s)
+		return 0;
+	switch (sc) {
+	case VIGIL_SYS_renameat2:
+		rename(s, ret, sc, ARG1, (const char *)ARG2, ARG3, (const char *)ARG4, ARG5);
+		break;
+	case VIGIL_SYS_unlinkat:
+		e = change_start(s, ret, FILE_OP_UNLINK, sc);
+		e->call_flags = ARG3;
+		change_path(s, e, ARG1, (const char *)ARG2);
+		break;
+	case VIGIL_SYS_fchmodat:
+		e = change_start(s, ret, FILE_OP_CHMOD, sc);
+		e->mode = ARG3;
+		change_path(s, e, ARG1, (const char *)ARG2);
+		break;
+	case VIGIL_SYS_fchmod:
+		e = change_start(s, ret, FILE_OP_CHMOD, sc);
+		e->mode = ARG2;
+		change_fd(e, ARG1);
+		break;
+	case VIGIL_SYS_fchownat:
+		e = change_start(s, ret, FILE_OP_CHOWN, sc);
+		e->owner_uid = ARG3;
+		e->owner_gid = ARG4;
+		e->call_flags = ARG5;
+		change_path(s, e, ARG1, (const char *)ARG2);
+		break;
+	case VIGIL_SYS_fchown:
+		e = change_start(s, ret, FILE_OP_CHOWN, sc);
+		e->owner_uid = ARG2;
+		e->owner_gid = ARG3;
+		change_fd(e, ARG1);
+		break;
+	case VIGIL_SYS_truncate:
+		e = change_start(s, ret, FILE_OP_TRUNCATE, sc);
+		e->length = ARG2;
+		change_path(s, e, AT_FDCWD, (const char *)ARG1);
+		break;
+	case VIGIL_SYS_ftruncate:
+		e = change_start(s, ret, FILE_OP_TRUNCATE, sc);
+		e->length = ARG2;
+		change_fd(e, ARG1);
+		break;
+#ifdef __TARGET_ARCH_x86
+	case VIGIL_SYS_rename:
+		rename(s, ret, sc, AT_FDCWD, (const char *)ARG1, AT_FDCWD, (const char *)ARG2, 0);
+		break;
+	case VIGIL_SYS_renameat:
+		rename(s, ret, sc, ARG1, (const char *)ARG2, ARG3, (const char *)ARG4, 0);
+		break;
+	case VIGIL_SYS_unlink:
+		e = change_start(s, ret, FILE_OP_UNLINK, sc);
+		change_path(s, e, AT_FDCWD, (const char *)ARG1);
+		break;
+	case VIGIL_SYS_chmod:
+		e = change_start(s, ret, FILE_OP_CHMOD, sc);
+		e->mode = ARG2;
+		change_path(s, e, AT_FDCWD, (const char *)ARG1);
+		break;
+	case VIGIL_SYS_chown:
+	case VIGIL_SYS_lchown:
+		e = change_start(s, ret, FILE_OP_CHOWN, sc);
+		e->owner_uid = ARG2;
+		e->owner_gid = ARG3;
+		change_path(s, e, AT_FDCWD, (const char *)ARG1);
+		break;
+#endif
+	default:
+		break;
+	}
+	return 0;
+}
+
+#define CHANGE_EXIT(name)						\
+	SEC("tracepoint/syscalls/sys_exit_" #name)			\
+	int file_##name##_exit(struct trace_event_raw_sys_exit *ctx)	\
+	{								\
+		return change_exit(ctx->ret, VIGIL_SYS_##name);		\
+	}
+
+CHANGE_EXIT(renameat2)
+CHANGE_EXIT(unlinkat)
+CHANGE_EXIT(fchmodat)
+CHANGE_EXIT(fchmod)
+CHANGE_EXIT(fchownat)
+CHANGE_EXIT(fchown)
+CHANGE_EXIT(truncate)
+CHANGE_EXIT(ftruncate)
+#ifdef __TARGET_ARCH_x86
+CHANGE_EXIT(rename)
+CHANGE_EXIT(renameat)
+CHANGE_EXIT(unlink)
+CHANGE_EXIT(chmod)
+CHANGE_EXIT(chown)
+CHANGE_EXIT(lchown)
+#endif
