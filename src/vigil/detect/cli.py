@@ -9,6 +9,7 @@ import sys
 import click
 import orjson
 
+from .. import options as opt
 from ..encoding import from_json
 from ..errors import ConfigError
 from ..outputs.store import Store
@@ -38,7 +39,7 @@ def rules_options(f):
         "--alert-window",
         default=60.0,
         show_default=True,
-        type=click.FloatRange(0.001),
+        type=opt.seconds(0.001, opt.MAX_INTERVAL),
         help="Repeats of an alert within this many seconds are folded into it.",
     )(f)
     f = click.option("--strict", is_flag=True, help="Refuse to start if any rule is invalid.")(f)
@@ -84,7 +85,10 @@ def parse_duration(text: str) -> float:
     if not m:
         raise ConfigError(f"duration {text!r}: use 30s, 10m, 2h, 7d")
     unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-    return float(m.group(1)) * unit
+    seconds = float(m.group(1)) * unit
+    if not seconds <= opt.MAX_DURATION:  # also inf, from a long enough number
+        raise ConfigError(f"duration {text!r}: at most {opt.MAX_DURATION / 86400:.0f} days")
+    return seconds
 
 
 def make_baseline(store, learn: str, window: float):
@@ -246,7 +250,9 @@ def _events_from_db(db: str):
 @click.option("--events", "events_path", help="A recording (vigil record) or JSON event lines.")
 @click.option("--db", "db_path", help="An event store (vigil monitor --db).")
 @click.option("--json", "as_json", is_flag=True, help="Alerts as JSON (docs/alerts.md).")
-@click.option("--alert-window", default=60.0, show_default=True, type=click.FloatRange(0.001))
+@click.option(
+    "--alert-window", default=60.0, show_default=True, type=opt.seconds(0.001, opt.MAX_INTERVAL)
+)
 def test(rules, events_path, db_path, as_json, alert_window):
     """Backtest: what RULES would have raised on recorded or stored events."""
     from .stage import Detector
@@ -279,20 +285,20 @@ def test(rules, events_path, db_path, as_json, alert_window):
 
 @click.command("alerts")
 @click.option("--db", "db_path", default=DEFAULT_DB, show_default=True, help="Event store.")
-@click.option("--since", help="Only alerts seen since (10m, 2h, ISO time).")
+@click.option("--since", type=opt.SINCE, help="Only alerts seen since (10m, 2h, ISO time).")
 @click.option("--level", "levels", multiple=True, type=click.Choice(output.LEVELS))
-@click.option("--rule", "rule_ids", multiple=True, help="Only this rule id (repeatable).")
-@click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--rule", "rule_ids", multiple=True, type=opt.TEXT, help="Only this rule id (repeatable)."
+)
+@click.option("-n", "--limit", default=100, show_default=True, type=opt.COUNT)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines (docs/alerts.md).")
 def alerts_cmd(db_path, since, levels, rule_ids, limit, as_json):
     """Stored alerts, most recently seen first."""
-    from ..cli import parse_since
-
     store = Store(db_path, readonly=True)
     try:
         rows = output.query(
             store,
-            since_ns=parse_since(since) if since else None,
+            since_ns=since,
             levels=list(levels),
             rules=list(rule_ids),
             limit=limit,
