@@ -85,6 +85,8 @@ def run_host(extra: list[str]) -> dict:
     start = time.monotonic()
     with open(os.path.join(out, "console.log"), "w") as log:
         rc = subprocess.call(pytest_args(results, extra), cwd=ROOT, env=env, stdout=log, stderr=log)
+    with open(os.path.join(out, "rc"), "w") as f:
+        f.write(f"{rc}\n")
     return {
         "name": f"{os.uname().release} (host)",
         "rc": rc,
@@ -201,10 +203,10 @@ def print_matrix(runs: list[dict]) -> int:
     names = [r["name"] for r in runs]
     widths = [max(14, len(n)) for n in names]
     print()
-    print(f"{'SENSOR':<14} {'ATTACH':<44} " + " ".join(f"{n:<{w}}" for n, w in zip(names, widths)))
+    print(f"{'SENSOR':<20} {'ATTACH':<44} " + " ".join(f"{n:<{w}}" for n, w in zip(names, widths)))
     for (sensor, attach), per_kernel in sorted(cells.items()):
         row = " ".join(f"{cell(o):<{w}}" for o, w in zip(per_kernel, widths))
-        print(f"{sensor:<14} {attach[:44]:<44} {row}")
+        print(f"{sensor[:20]:<20} {attach[:44]:<44} {row}")
     print()
     total = {"passed": 0, "failed": 0, "skipped": 0}
     for run, results in zip(runs, all_results):
@@ -227,18 +229,39 @@ def print_matrix(runs: list[dict]) -> int:
         for test_id, rec in sorted(results.items()):
             if rec["outcome"] in ("failed", "error"):
                 print(f"    {rec['outcome'].upper()} {test_id}")
-    slow = {
-        t: r["reason"] for res in all_results for t, r in res.items() if r["outcome"] == "tcg_slow"
-    }
-    if slow:
-        print("\nleft out of the matrix (tcg_slow: timing only, the host suite runs them):")
-        for test_id, reason in sorted(slow.items()):
-            print(f"    {test_id}: {reason}")
+    slow: dict[str, list[str]] = defaultdict(list)  # reason -> tests
+    for test_id in sorted({t for res in all_results for t in res}):
+        rec = next(res[test_id] for res in all_results if test_id in res)
+        if rec["outcome"] == "tcg_slow":
+            slow[rec["reason"]].append(test_id)
+    for reason, tests in slow.items():
+        print(
+            f"\nleft out of the matrix (tcg_slow, timing only; the host suite runs them): {reason}"
+        )
+        for test_id in tests:
+            print(f"    {test_id}")
     bad_runs = [r for r in runs if r["rc"] != 0]
     print()
     print(f"{total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped")
     # an empty or crashed run (no results, pytest exit 5, a guest that never finished) fails too
     return 1 if total["failed"] or bad_runs or not all(all_results) else 0
+
+
+def last_runs(wanted: list[tuple[str, str]], host: bool) -> list[dict]:
+    """The runs left under OUT by earlier invocations (--report-only)."""
+    runs = []
+    for name, vmlinuz in ([("host", "")] if host else []) + wanted:
+        out = os.path.join(OUT, name)
+        if not os.path.exists(os.path.join(out, "results.jsonl")):
+            continue
+        try:
+            with open(os.path.join(out, "rc")) as f:
+                rc = int(f.read())
+        except (OSError, ValueError):
+            rc = -1
+        label = f"{os.uname().release} (host)" if name == "host" else os.path.basename(vmlinuz)
+        runs.append({"name": label.removeprefix("vmlinuz-"), "rc": rc, "dir": out, "time": 0.0})
+    return runs
 
 
 def main() -> int:
@@ -256,6 +279,9 @@ def main() -> int:
         help="Guests booted at once (default 2; each has 2 vCPUs).",
     )
     ap.add_argument("--out", help=f"Results and logs under this directory (default {OUT}).")
+    ap.add_argument(
+        "--report-only", action="store_true", help="Print the matrix of the last runs; run nothing."
+    )
     # anything else goes to pytest: test files, -k EXPR, -x ...
     args, extra = ap.parse_known_args()
     if args.out:
@@ -268,6 +294,8 @@ def main() -> int:
             sys.exit(f"kernel_matrix: no kernel {', '.join(sorted(unknown))} in the matrix")
         host = "host" in args.kernel
         wanted = [(n, v) for n, v in wanted if n in args.kernel]
+    if args.report_only:
+        return print_matrix(last_runs(wanted, host))
     runs = []
     if host:
         print(f"[matrix] host {os.uname().release}: pytest -m '{SELECTION}'", flush=True)
