@@ -12,9 +12,10 @@ import sys
 import click
 import orjson
 
-from . import __version__, kernel, listeners, loader, recorder, sensors, summaries, tools
+from . import __version__, config, kernel, listeners, loader, recorder, sensors, summaries, tools
 from . import options as opt
 from .agent import Agent, Batch
+from .config_cmd import config_cmd
 from .encoding import as_text, display, escape
 from .errors import StoreError, VigilError
 from .outputs import liveness
@@ -22,7 +23,7 @@ from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
 from .outputs.store import Store
 from .paths import DEFAULT_DB
 from .process import ProcessTable
-from .signals import STOP_GRACE_S, add_unread
+from .signals import add_unread
 from .table import Column, TablePrinter, clock_time
 from .tools import live
 
@@ -78,7 +79,8 @@ def _describe(ev: dict) -> str:
 
 
 @cli.command()
-@_db_option
+@config.config_option
+@config.option("store.path", "--db", "db_path")
 @click.option(
     "--sensor",
     "sensor_names",
@@ -88,13 +90,7 @@ def _describe(ev: dict) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 @click.option("-q", "--quiet", is_flag=True, help="Print no events (status lines only).")
-@click.option(
-    "--status-interval",
-    default=10.0,
-    show_default=True,
-    type=opt.INTERVAL,
-    help="Seconds between status lines on stderr.",
-)
+@config.option("status.interval", "--status-interval")
 @click.option("--duration", type=opt.DURATION, help="Stop after this many seconds.")
 @click.option(
     "--summary",
@@ -104,56 +100,44 @@ def _describe(ev: dict) -> str:
     help="An in-kernel counter to keep (an argdist -C spec; NAME= drops a default).",
 )
 @click.option("--no-summaries", is_flag=True, help="Keep no in-kernel counters.")
-@click.option(
-    "--store-backlog-mb",
-    default=64,
-    show_default=True,
-    type=click.IntRange(1, 1 << 16),
-    help="Memory for events waiting while the store cannot be written; past it the oldest "
-    "are dropped (counted).",
-)
-@click.option(
-    "--stop-grace",
-    default=STOP_GRACE_S,
-    show_default=True,
-    type=opt.seconds(0.0, 3600.0),
-    help="Longest a stop spends storing what was in the ring when it came, s "
-    "(what is left is counted as lost).",
-)
-@click.option(
-    "--summary-interval",
-    default=60.0,
-    show_default=True,
-    type=opt.INTERVAL,
-    help="Seconds between counter flushes to the store.",
-)
+@config.option("store.backlog_mb", "--store-backlog-mb")
+@config.option("log.stop_grace", "--stop-grace")
+@config.option("summaries.interval", "--summary-interval")
 @live.ring_options
-def monitor(
-    db_path,
-    sensor_names,
-    as_json,
-    quiet,
-    status_interval,
-    duration,
-    summary_specs,
-    no_summaries,
-    stop_grace,
-    summary_interval,
-    store_backlog_mb,
-    ring_mb,
-    latency,
-):
-    """Run every sensor this kernel supports; store events and show them live."""
-    names = list(sensor_names) or _available_sensors()
-    specs = {} if no_summaries else summaries.parse_option(summary_specs)
-    store = Store(db_path, max_pending_bytes=store_backlog_mb << 20)
+@click.pass_context
+def monitor(ctx, config_path, summary_specs, no_summaries, as_json, quiet, duration, **_given):
+    """Run every sensor this kernel supports; store events and show them live.
+
+    Settings come from the config file (--config, default
+    /etc/vigil/vigil.toml if it exists; see docs/config.md); options given
+    here override it.  SIGHUP re-reads the file."""
+    settings, explicit = config.load_for_command(ctx, config_path)
+    if no_summaries:
+        explicit["summaries.enabled"] = False
+    if summary_specs:  # pinned for the run: a reload keeps them
+        explicit["summaries.specs"] = {
+            **settings.summaries.specs,
+            **{n: s for n, _eq, s in (v.partition("=") for v in summary_specs)},
+        }
+    settings = config.overlay(settings, explicit)
+    specs = config.summary_specs(settings)
+    if summary_specs and not no_summaries:
+        specs = summaries.parse_option(summary_specs, base=specs)
+    db_path = settings.store.path
+    names = list(settings.sensors.enable) or _available_sensors()
+    store = Store(db_path, max_pending_bytes=settings.store.backlog_mb << 20)
     sinks = []
     try:
         # counters flush into the store: close them before it (sinks close in order)
-        if specs:
-            sinks.append(summaries.SummarySink(store, specs, summary_interval))
+        summary_sink = summaries.SummarySink(store, specs, settings.summaries.interval)
+        sinks.append(summary_sink)
         sinks.append(StoreSink(store))
-        session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=True)
+        session = loader.Session(
+            names,
+            ring_bytes=settings.ring.size_mb << 20,
+            monitor=True,
+            rodata=sensors_rodata(settings, names),
+        )
     except BaseException:
         for sink in sinks:
             sink.close()
@@ -163,10 +147,14 @@ def monitor(
     with session:
         if not quiet:
             sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
-        sinks.append(StatusLine(status_interval, store=store))
+        status_line = StatusLine(settings.status.interval, store=store)
+        sinks.append(status_line)
         table = ProcessTable()
         table.seed()
-        agent = Agent(session, sinks, processes=table, poll_interval=latency)
+        agent = Agent(session, sinks, processes=table, poll_interval=settings.ring.latency)
+        agent.on_reload(
+            _monitor_reloader(config_path, settings, explicit, status_line, summary_sink)
+        )
         # sockets already bound or listening: the picture from the first second
         snapshot_kinds = {"bind", "listen"} & {k for s in session.sensors for k in s.kinds}
         if snapshot_kinds:
@@ -174,12 +162,35 @@ def monitor(
         stats = agent.run(
             duration,
             on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}"),
-            stop_grace=stop_grace,
+            stop_grace=settings.log.stop_grace,
         )
     stored = sum(store.stored.values())
     click.echo(f"vigil: {stored} events stored in {db_path}", err=True)
     live.finish(stats)
     _store_accounts(store, db_path)
+
+
+def sensors_rodata(settings, names: list[str]) -> dict[str, int]:
+    """The per-sensor settings that are .rodata knobs, for the sensors loaded."""
+    out = {}
+    if "capable" in names:
+        out["unique"] = int(settings.sensors.capable.unique)
+    return out
+
+
+def _monitor_reloader(config_path, settings, explicit, status_line, summary_sink):
+    """SIGHUP: the status interval and the summaries change live."""
+    reloader = config.Reloader(config_path, settings, explicit)
+
+    def status(new) -> None:
+        status_line.set_interval(new.status.interval)
+
+    def counters(new) -> None:
+        summary_sink.reconfigure(config.summary_specs(new), new.summaries.interval)
+
+    reloader.apply("status", status)
+    reloader.apply("summaries", counters)
+    return reloader
 
 
 def _store_accounts(store: Store, db_path: str) -> None:
@@ -214,6 +225,7 @@ def _available_sensors() -> list[str]:
 
 # -- record / report ----------------------------------------------------------------
 @cli.command()
+@config.config_option
 @click.option("-o", "--output", "path", required=True, help="Recording file to write.")
 @click.option(
     "--sensor",
@@ -229,15 +241,25 @@ def _available_sensors() -> list[str]:
     help="Every event, as live tools see them (no monitor de-duplication, e.g. of capable).",
 )
 @live.ring_options
-def record(path, sensor_names, duration, all_events, ring_mb, latency):
-    """Record raw events to a file at the lowest cost; decode with `vigil report`."""
-    names = list(sensor_names) or _available_sensors()
-    session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=not all_events)
+@click.pass_context
+def record(ctx, config_path, path, duration, all_events, **_given):
+    """Record raw events to a file at the lowest cost; decode with `vigil report`.
+
+    Sensors, ring size and latency come from the config file (--config;
+    docs/config.md) unless given here."""
+    settings, _explicit = config.load_for_command(ctx, config_path)
+    names = list(settings.sensors.enable) or _available_sensors()
+    session = loader.Session(
+        names,
+        ring_bytes=settings.ring.size_mb << 20,
+        monitor=not all_events,
+        rodata=None if all_events else sensors_rodata(settings, names),
+    )
     with session:
         done = recorder.record(
             session,
             path,
-            latency,
+            settings.ring.latency,
             duration=duration,
             on_ready=lambda: live.ready(f"recording {', '.join(names)} into {path}"),
         )
@@ -524,6 +546,7 @@ def _alternatives(choice: loader.Choice) -> str:
 
 for _command in tools.commands():
     cli.add_command(_command)
+cli.add_command(config_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
