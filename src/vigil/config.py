@@ -86,6 +86,8 @@ def parse(data: bytes) -> tuple[Settings, list[str]]:
         return Settings(), [_toml_error(err)]
     except RecursionError:
         return Settings(), ["nested too deeply"]
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        return Settings(), [f"not TOML: {display(' '.join(str(err).split()))}"]
     problems: list[str] = []
     settings = _build(Settings, table, "", problems)
     return settings, problems
