@@ -406,7 +406,7 @@ class Reloader:
         self.explicit = explicit
         self.appliers: dict[str, Callable[[Settings], None]] = {}
         self.say = say or (lambda line: click.echo(line, err=True))
-        self.__qualname__ = f"config {_name(self.path)}"
+        self.__qualname__ = "config"  # how the SIGHUP line names this hook
 
     def apply(self, dotted_prefix: str, fn) -> None:
         """`fn(settings)` applies live settings under `dotted_prefix`."""
