@@ -212,7 +212,7 @@ class Session:
         unknown = set(rodata) - {k for o in self._objects for k in _rodata_vars(o)}
         if unknown:
             raise ConfigError(f"no loaded sensor takes {', '.join(sorted(unknown))}")
-        self.reader = bpf.RingReader(self._ring_fd, self.ring_bytes)
+        self.reader = bpf.ring_reader(self._ring_fd, self.ring_bytes)
         self._epoll = select.epoll()
         self._epoll.register(self._ring_fd, select.EPOLLIN)
 
