@@ -393,11 +393,12 @@ def _toml_value(value: Any) -> str:
 # -- SIGHUP ---------------------------------------------------------------------------------
 class Reloader:
     """A reload hook (Agent.on_reload): re-read the file, apply what can
-    change while running, and say in one line what needs a restart.  A
+    change while running, and return what changed and what needs a restart
+    (ServiceSignals puts it on its one SIGHUP line).  A
     broken file raises ConfigError; the signal handler's line then says the
     reload failed and the agent runs on with what it had."""
 
-    def __init__(self, path: str | None, running: Settings, explicit: dict[str, Any], say=None):
+    def __init__(self, path: str | None, running: Settings, explicit: dict[str, Any]):
         """`running`: the settings in force; `explicit`: the command line's
         options (load_for_command), kept over the file's on every reload."""
         self.path = path or st.DEFAULT_PATH
@@ -405,14 +406,13 @@ class Reloader:
         self.running = running
         self.explicit = explicit
         self.appliers: dict[str, Callable[[Settings], None]] = {}
-        self.say = say or (lambda line: click.echo(line, err=True))
         self.__qualname__ = "config"  # how the SIGHUP line names this hook
 
     def apply(self, dotted_prefix: str, fn) -> None:
         """`fn(settings)` applies live settings under `dotted_prefix`."""
         self.appliers[dotted_prefix] = fn
 
-    def __call__(self) -> None:
+    def __call__(self) -> str:
         new = read(self.path, missing_ok=self.missing_ok)
         new = overlay(new, self.explicit)
         diff = st.changed(self.running, new)
@@ -427,7 +427,7 @@ class Reloader:
         parts = [f"applied {', '.join(live)}" if live else "no live setting changed"]
         if later:
             parts.append(f"needs a restart: {', '.join(later)}")
-        self.say(f"vigil: {_name(self.path)}: {'; '.join(parts)}")
+        return f"{_name(self.path)}: {'; '.join(parts)}"  # on the SIGHUP line
 
     def _applier(self, dotted: str) -> str | None:
         for prefix in self.appliers:
