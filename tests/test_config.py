@@ -316,3 +316,61 @@ def _status_rows(db):
 
     res = vigil("status", "--db", str(db), "--json", check=True)
     return orjson.loads(res.stdout)["sensors"]
+
+
+# -- per-sensor settings and record ------------------------------------------------------------
+SETUIDS = """
+import ctypes, os
+ctypes.CDLL(None).prctl(15, {comm!r}, 0, 0, 0)  # PR_SET_NAME
+for _ in range(20):
+    os.setuid(0)
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("unique", [True, False])
+def test_capable_unique_comes_from_the_file(tmp_path, unique):
+    """sensors.capable.unique: the monitor's de-duplication of repeated
+    checks, on (one record per image and capability) or off (every check)."""
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text(
+        '[sensors]\nenable = ["capable"]\n[summaries]\nenabled = false\n'
+        f"[sensors.capable]\nunique = {str(unique).lower()}\n"
+    )
+    db = tmp_path / "v.db"
+    comm = f"vigil-u{int(unique)}-{os.getpid() % 1000}".encode()
+    proc = start_vigil("monitor", "--config", str(cfg), "--db", str(db), "-q")
+    try:
+        subprocess.run([sys.executable, "-c", SETUIDS.format(comm=comm)], check=True)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    res = vigil(
+        "events", "--db", str(db), "--kind", "capable", "--comm", comm, "--json", check=True
+    )
+    setuids = [x for x in res.stdout.splitlines() if b'"cap":7' in x]
+    assert len(setuids) == (1 if unique else 20)
+
+
+@pytest.mark.kernel
+def test_record_takes_sensors_ring_and_latency_from_the_file(tmp_path):
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text('[sensors]\nenable = ["exec"]\n[ring]\nsize_mb = 2\nlatency = 0.05\n')
+    out = tmp_path / "r.vrec"
+    res = vigil("record", "--config", str(cfg), "-o", str(out), "--duration", "0.5")
+    assert res.returncode == 0, res.stderr
+    assert b"recording exec into" in res.stderr
+    res = vigil(
+        "record", "--config", str(cfg), "-o", str(out), "--duration", "0", "--sensor", "fork"
+    )
+    assert b"recording fork into" in res.stderr  # the flag wins
+    cfg.write_text("[ring]\nsize_mb = 0\n")
+    res = vigil("record", "--config", str(cfg), "-o", str(out), "--duration", "0")
+    assert res.returncode == 1
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .endswith(b"ring.size_mb: 0 is not in the range 1<=x<=1024.")
+    )
