@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from . import options as opt
 from . import settings as st
 from . import summaries
 from .encoding import as_text, display
@@ -140,7 +141,7 @@ def _build(cls, table: dict, prefix: str, problems: list[str]):
             values[key] = _summary_specs(value, where, problems)
             continue
         try:
-            values[key] = _check_value(f, value, where)
+            values[key] = _check_value(f, value)
         except ValueError as err:
             problems.append(f"{where}: {err}")
     return cls(**values)
@@ -172,11 +173,16 @@ def _kind(value: Any) -> str:
     return type(value).__name__  # TOML dates and times
 
 
-def _check_value(f: dataclasses.Field, value: Any, where: str) -> Any:
+def _check_value(f: dataclasses.Field, value: Any) -> Any:
     kind = f.metadata["type"]
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"must be true or false, not {_kind(value)}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, not {_kind(value)}")
+        _utf8(value)
         return value
     if kind is st.STR_LIST:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -190,7 +196,7 @@ def _check_value(f: dataclasses.Field, value: Any, where: str) -> Any:
         raise ValueError(f"must be {_KINDS[type(default)]}, not {_kind(value)}")
     if isinstance(default, int) and not isinstance(value, int):
         raise ValueError(f"must be an integer, not {_kind(value)}")
-    if isinstance(default, float) and kind is not _age() and not isinstance(value, (int, float)):
+    if isinstance(default, float) and kind is not opt.AGE and not isinstance(value, (int, float)):
         raise ValueError(f"must be a number, not {_kind(value)}")
     if isinstance(default, str) and not isinstance(value, str):
         raise ValueError(f"must be a string, not {_kind(value)}")
@@ -202,12 +208,6 @@ def _check_value(f: dataclasses.Field, value: Any, where: str) -> Any:
         raise ValueError(_bad(err, value)) from None
     except OverflowError:  # an integer too big for a float comparison
         raise ValueError(f"{_short(value)} is out of range") from None
-
-
-def _age():
-    from .options import AGE
-
-    return AGE
 
 
 def _bad(err: click.BadParameter, value: Any) -> str:

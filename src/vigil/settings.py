@@ -102,7 +102,8 @@ class RetentionSettings:
 
 @dataclass
 class StoreSettings:
-    path: str = knob(DEFAULT_DB, opt.TEXT, "Event store (SQLite).")
+    # any path the file system takes (on the command line, bytes too)
+    path: str = knob(DEFAULT_DB, str, "Event store (SQLite).")
     backlog_mb: int = knob(
         64,
         click.IntRange(1, 1 << 16),
