@@ -34,10 +34,20 @@ def problems(text: str | bytes) -> list[str]:
 def test_a_good_file_and_the_shipped_example_are_clean():
     assert problems("") == []
     with open(EXAMPLE, "rb") as f:
-        assert problems(f.read()) == []
-    s, _ = config.parse(b'[ring]\nsize_mb = 64\n[store.retention]\nmax_age = "12h"\n')
-    assert s.ring.size_mb == 64 and s.store.retention.max_age == 12 * 3600
-    assert s.ring.latency == st.default("ring.latency")  # left out: the default
+        example, found = config.parse(f.read())
+    assert found == []
+    # the shipped example shows every default: it goes stale if one changes
+    assert example == st.Settings()
+    # and names every key, in its section
+    with open(EXAMPLE) as f:
+        text = f.read()
+    for dotted in st.leaves(st.DEFAULTS):
+        section, _, key = dotted.rpartition(".")
+        if dotted == "summaries.specs":
+            assert "[summaries.specs]" in text
+            continue
+        body = text.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0]
+        assert f"\n{key} = " in "\n" + body, dotted
 
 
 def test_each_bad_key_and_value_is_named_on_its_own_line():
