@@ -22,6 +22,7 @@
 #include "common.bpf.h"
 #include "core_fixes.bpf.h"
 #include "syscall.bpf.h"
+#include "path.bpf.h"
 #include <bpf/bpf_tracing.h>
 #include "capable.h"
 
@@ -98,6 +99,63 @@ static __always_inline bool repeated(struct task_struct *task, __u32 pid, int ca
 	return bpf_map_update_elem(&capable_seen, &key, &one, BPF_NOEXIST) != 0;
 }
 
+/* A record with `exe`: too big for the stack, built here and copied out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct capable_event);
+} capable_scratch SEC(".maps");
+
+#define CAPABLE_FIXED_SIZE offsetof(struct capable_event, exe)
+
+static __always_inline void fill(struct capable_event *e, struct task_struct *task,
+				 const struct cred *cred, struct user_namespace *target_ns,
+				 int cap, int ret, enum capable_audit audit, bool init_ns,
+				 int syscall_nr)
+{
+	fill_header(&e->hdr, VIGIL_EV_CAPABLE);
+	e->cap = cap;
+	e->ret = ret;
+	e->verdict = ret ? CAPABLE_VERDICT_DENIED : CAPABLE_VERDICT_ALLOWED;
+	e->audit = audit;
+	e->target_ns_inum = BPF_CORE_READ(target_ns, ns.inum);
+	e->cred_ns_inum = BPF_CORE_READ(cred, user_ns, ns.inum);
+	e->init_ns = init_ns;
+	/* the subjective creds (current_cred()) are what the task's own checks use */
+	e->other_cred = BPF_CORE_READ(task, cred) != cred;
+	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
+	e->syscall_nr = syscall_nr;
+	e->syscall = syscall_nr;
+}
+
+/*
+ * A check inside execve(): the record names its program itself (see
+ * capable.h).  Few checks run there, so the path walk costs little.
+ */
+static __always_inline int emit_in_exec(struct task_struct *task, const struct cred *cred,
+					struct user_namespace *target_ns, int cap, int ret,
+					enum capable_audit audit, bool init_ns, int syscall_nr)
+{
+	__u32 zero = 0;
+	struct capable_event *e = bpf_map_lookup_elem(&capable_scratch, &zero);
+	long len;
+
+	if (!e)
+		return 0;
+	fill(e, task, cred, target_ns, cap, ret, audit, init_ns, syscall_nr);
+	len = read_task_exe(task, e->exe, sizeof(e->exe), &e->hdr.flags);
+	if (len <= 0) {
+		e->hdr.flags |= VIGIL_F_PARTIAL;
+		stat_inc(VIGIL_EV_CAPABLE, VIGIL_STAT_PARTIAL);
+		len = 1;	/* "": user space falls back to the process table */
+	}
+	if (len > sizeof(e->exe))
+		len = sizeof(e->exe);
+	output_event(&e->hdr, CAPABLE_FIXED_SIZE + len);
+	return 0;
+}
+
 static __always_inline int emit(const struct cred *cred, struct user_namespace *target_ns,
 				int cap, int ret, enum capable_audit audit)
 {
@@ -116,23 +174,13 @@ static __always_inline int emit(const struct cred *cred, struct user_namespace *
 	if (unique &&
 	    repeated(task, bpf_get_current_pid_tgid() >> 32, cap, denied, init_ns, syscall_nr))
 		return 0;
-	e = reserve_event(VIGIL_EV_CAPABLE, sizeof(*e));
+	if (task_in_execve(task))
+		return emit_in_exec(task, cred, target_ns, cap, ret, audit, init_ns, syscall_nr);
+	e = reserve_event(VIGIL_EV_CAPABLE, CAPABLE_FIXED_SIZE);
 	if (!e)
 		return 0;
-	fill_header(&e->hdr, VIGIL_EV_CAPABLE);
-	e->cap = cap;
-	e->ret = ret;
-	e->verdict = denied ? CAPABLE_VERDICT_DENIED : CAPABLE_VERDICT_ALLOWED;
-	e->audit = audit;
-	e->target_ns_inum = BPF_CORE_READ(target_ns, ns.inum);
-	e->cred_ns_inum = BPF_CORE_READ(cred, user_ns, ns.inum);
-	e->init_ns = init_ns;
-	/* the subjective creds (current_cred()) are what the task's own checks use */
-	e->other_cred = BPF_CORE_READ(task, cred) != cred;
-	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
-	e->syscall_nr = syscall_nr;
-	e->syscall = syscall_nr;
-	submit_event(&e->hdr, sizeof(*e));
+	fill(e, task, cred, target_ns, cap, ret, audit, init_ns, syscall_nr);
+	submit_event(&e->hdr, CAPABLE_FIXED_SIZE);
 	return 0;
 }
 

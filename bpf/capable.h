@@ -23,6 +23,8 @@ enum capable_audit {
 	CAPABLE_AUDIT_UNKNOWN = 2,
 };
 
+#define CAPABLE_EXE_SIZE	512
+
 /*
  * One capability check by commoncap's cap_capable(), the answer of the
  * capability LSM (another LSM may still refuse what it allowed).  The
@@ -31,6 +33,14 @@ enum capable_audit {
  * on another task, has_capability(); a file opener's, file_ns_capable();
  * creds overridden by a kernel service...): then pid/comm name the checker,
  * not the holder.
+ *
+ * `exe` is set only for a check made inside execve(): the kernel switches
+ * comm and mm->exe_file together (begin_new_exec) long before the exec
+ * event that updates user space's process table, so only the record
+ * itself can say which program made the check.  It is mm->exe_file's path
+ * at the check (the old program before the point of no return, the new
+ * one after), as exec_event's exe.  Absent otherwise: the record ends
+ * before it, and the process table supplies exe.
  */
 struct capable_event {
 	struct vigil_header hdr;
@@ -52,6 +62,7 @@ struct capable_event {
 	 */
 	__s32 syscall_nr;
 	enum vigil_syscall syscall;
+	char exe[CAPABLE_EXE_SIZE];	/* last: only in execve, cut after its NUL */
 };
 
 #endif /* __VIGIL_CAPABLE_H */

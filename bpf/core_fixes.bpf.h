@@ -85,4 +85,17 @@ static __always_inline bool exit_group_dead_exact(void *ctx)
 	return bpf_core_field_exists(tp->group_dead);
 }
 
+/*
+ * Whether the task is inside execve(): set by bprm_execve() for the whole
+ * exec, old image and new.  A bitfield of task_struct since 2.6.30; read
+ * only where it exists (false elsewhere: the caller then knows less, no
+ * more).
+ */
+static __always_inline bool task_in_execve(struct task_struct *task)
+{
+	if (bpf_core_field_exists(task->in_execve))
+		return BPF_CORE_READ_BITFIELD_PROBED(task, in_execve);
+	return false;
+}
+
 #endif /* __VIGIL_CORE_FIXES_BPF_H */

@@ -490,3 +490,55 @@ def test_checks_carry_the_syscall_and_unique_keys_on_it(unique, tmp_path):
         assert sensors.get("capable").describe(mount) == "CAP_SYS_ADMIN allowed via mount"
     finally:
         agent.session.close()
+
+
+# -- checks made inside execve ------------------------------------------------------------
+SETUID_ROOT = "/usr/bin/passwd"
+SH = os.path.realpath("/bin/sh")
+
+
+def _exec_loop(n: int) -> subprocess.CompletedProcess:
+    """An unprivileged shell that execs a setuid-root binary n times."""
+    loop = f"i=0; while [ $i -lt {n} ]; do {SETUID_ROOT} --help >/dev/null 2>&1; i=$((i+1)); done"
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SH, "-c", loop],
+        check=True,
+    )
+
+
+@pytest.mark.parametrize("monitor", [True, False], ids=["monitor", "all-events"])
+def test_checks_inside_execve_name_the_program_that_made_them(monitor):
+    """comm and exe switch together in the kernel (begin_new_exec), long
+    before the exec event reaches the process table: a check made in
+    between must still carry the new program's exe, and one made before it
+    the old program's."""
+    n = 30
+    agent, sink = start_agent(("exec", "fork", "exit", "capable"), monitor=monitor)
+    with agent.session:
+        _exec_loop(n)
+        pump_until(
+            agent,
+            sink,
+            lambda evs: (
+                sum(e["kind"] == "exec" and e["filename"] == SETUID_ROOT.encode() for e in evs) >= n
+            ),
+        )
+        agent.step(0.2)
+    execs = [
+        e for e in sink.events if e["kind"] == "exec" and e["filename"] == SETUID_ROOT.encode()
+    ]
+    pids = {e["pid"] for e in execs}
+    checks = [e for e in sink.events if e["kind"] == "capable" and e["pid"] in pids]
+    new_image = [e for e in checks if e["comm"] == b"passwd"]
+    old_image = [e for e in checks if e["comm"] != b"passwd"]
+    assert len(new_image) >= n  # every exec makes checks as the new program
+    wrong = [e for e in checks if (e["comm"] == b"passwd") != (e["exe"] == SETUID_ROOT.encode())]
+    assert wrong == [], wrong[:3]
+    assert all(e["exe"] == SH.encode() for e in old_image)
+    # the exec event came after those checks: the table alone would have
+    # named the shell for each of them
+    first_exec = {}
+    for e in execs:
+        first_exec.setdefault(e["pid"], e["ts_ns"])
+    before_exec = [e for e in new_image if e["ts_ns"] < first_exec[e["pid"]]]
+    assert len(before_exec) >= n

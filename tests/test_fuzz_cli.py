@@ -144,6 +144,16 @@ def test_fuzz_top_level(store_dir, argv):
     assert_user_facing(run(argv))
 
 
+@FUZZ
+@given(
+    sub=st.sampled_from(["check", "show"]),
+    path=st.one_of(RAW, TEXT, st.sampled_from(["", ".", "/", "/dev/null", "/proc/self/mem"])),
+)
+def test_fuzz_config_paths(sub, path):
+    """`vigil config check|show PATH` (the files themselves: tests/test_config.py)."""
+    assert_user_facing(run(["config", sub, path]))
+
+
 def test_doctor_json_is_clean():
     res = run(["doctor", "--json"])
     assert_user_facing(res)
@@ -151,7 +161,7 @@ def test_doctor_json_is_clean():
 
 
 # -- commands that load BPF: parse their options, then their own parsers --------------------------
-LOADING = sorted(set(cli.cli.commands) - {"events", "status", "summaries", "doctor"})
+LOADING = sorted(set(cli.cli.commands) - {"events", "status", "summaries", "doctor", "config"})
 
 
 @pytest.mark.parametrize("name", LOADING)

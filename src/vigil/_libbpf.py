@@ -15,6 +15,7 @@ import errno
 import logging
 import mmap
 import os
+import platform
 import struct
 from collections import deque
 from collections.abc import Iterator
@@ -549,8 +550,9 @@ class RingReader:
     The kernel maps the data area twice back to back, so a record that wraps
     is contiguous.  Records are copied out (bytes) and the consumer position
     advanced once per drain: no per-record call into C.  This relies on x86's
-    total store order for the producer/record-header reads; other
-    architectures should use libbpf's ring_buffer__consume instead.
+    total store order for the producer/record-header reads (Python has no
+    acquire load): ring_reader() uses it only on x86 and LibbpfRingReader,
+    libbpf's ring_buffer__consume with its barriers, everywhere else.
     """
 
     def __init__(self, fd: int, size: int):
@@ -632,6 +634,72 @@ class RingReader:
 
 
 _LEN_HDR = struct.Struct("<I")
+_SAMPLE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+_rb_new = _fn("ring_buffer__new", c_void_p, c_int, _SAMPLE_FN, c_void_p, c_void_p)
+_rb_consume = _fn("ring_buffer__consume", c_int, c_void_p)
+_rb_free = _fn("ring_buffer__free", None, c_void_p)
+_STOP = -1024  # a callback's "enough for this drain" (no libbpf error is this)
+
+# Architectures whose memory model makes RingReader's plain loads safe.
+TSO_MACHINES = frozenset({"x86_64", "amd64", "i386", "i486", "i586", "i686"})
+
+
+class LibbpfRingReader(RingReader):
+    """RingReader's interface over libbpf's ring_buffer__consume, whose
+    acquire/release accesses are right on every architecture.  It costs a
+    call from C into Python per record, so it is the fallback, not the
+    default on x86.  drain_raw() rebuilds the ring's framing (an 8-byte
+    header per record, 8-byte aligned) so split_records and recordings see
+    the same bytes as from RingReader.  Positions are read as RingReader
+    reads them: for `until`, stop accounting and lag, never for data.
+    """
+
+    def __init__(self, fd: int, size: int):
+        super().__init__(fd, size)
+        self._out = bytearray()
+        self._limit = 0
+        self._until: int | None = None
+        self._rewind: int | None = None
+        self._callback = _SAMPLE_FN(self._sample)  # kept: C holds a pointer to it
+        self._rb = _check_ptr(_rb_new(fd, self._callback, None, None), "ring_buffer__new")
+
+    def _sample(self, _ctx, data: int, size: int) -> int:
+        # the consumer position is this record's own until the callback returns
+        if self._until is not None and self._cons[0] >= self._until:
+            self._rewind = self._cons[0]  # past `until`: leave it in the ring
+            return _STOP
+        out = self._out
+        out += _LEN_HDR.pack(size) + b"\0" * (_HDR - _LEN_HDR.size)
+        out += ctypes.string_at(data, size)
+        out += b"\0" * (-len(out) % 8)
+        return _STOP if len(out) >= self._limit else 0
+
+    def drain_raw(self, limit: int = 4 << 20, until: int | None = None) -> bytes:
+        self._out, self._limit, self._until, self._rewind = bytearray(), limit, until, None
+        rc = _rb_consume(self._rb)
+        if self._rewind is not None:
+            # libbpf consumed the record we refused: give it back (we are
+            # the only consumer; the producer only sees less free space)
+            self._cons[0] = self._rewind
+        if rc < 0 and rc != _STOP:
+            raise BpfError("ring_buffer__consume", -rc)
+        raw, self._out = bytes(self._out), bytearray()
+        return raw
+
+    def close(self) -> None:
+        if self._rb:
+            _rb_free(self._rb)
+            self._rb = None
+        super().close()
+
+
+def ring_reader(fd: int, size: int, machine: str | None = None) -> RingReader:
+    """The bulk reader on x86, libbpf's consumer elsewhere.  $VIGIL_RING_READER
+    = "libbpf" forces the fallback (tests run it on x86 with real events)."""
+    machine = (machine or platform.machine()).lower()
+    if os.environ.get("VIGIL_RING_READER") == "libbpf" or machine not in TSO_MACHINES:
+        return LibbpfRingReader(fd, size)
+    return RingReader(fd, size)
 
 
 def split_records(raw: bytes) -> list[bytes]:
@@ -656,7 +724,9 @@ __all__ = [
     "Map",
     "Object",
     "Program",
+    "LibbpfRingReader",
     "RingReader",
+    "ring_reader",
     "map_create",
     "map_delete",
     "map_keys",

@@ -14,6 +14,7 @@ import orjson
 
 from . import (
     __version__,
+    config,
     kernel,
     listeners,
     loader,
@@ -25,6 +26,7 @@ from . import (
 )
 from . import options as opt
 from .agent import Agent, Batch
+from .config_cmd import config_cmd
 from .detect import cli as detect_cli
 from .detect import output as detect_output
 from .encoding import as_text, display, escape
@@ -34,7 +36,7 @@ from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
 from .outputs.store import Store
 from .paths import DEFAULT_DB
 from .process import ProcessTable
-from .signals import STOP_GRACE_S, add_unread
+from .signals import add_unread
 from .table import Column, TablePrinter, clock_time
 from .tools import live
 
@@ -90,7 +92,8 @@ def _describe(ev: dict) -> str:
 
 
 @cli.command()
-@_db_option
+@config.config_option
+@config.option("store.path", "--db", "db_path")
 @click.option(
     "--sensor",
     "sensor_names",
@@ -100,13 +103,7 @@ def _describe(ev: dict) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 @click.option("-q", "--quiet", is_flag=True, help="Print no events (status lines only).")
-@click.option(
-    "--status-interval",
-    default=10.0,
-    show_default=True,
-    type=opt.INTERVAL,
-    help="Seconds between status lines on stderr.",
-)
+@config.option("status.interval", "--status-interval")
 @click.option("--duration", type=opt.DURATION, help="Stop after this many seconds.")
 @click.option(
     "--summary",
@@ -118,76 +115,60 @@ def _describe(ev: dict) -> str:
 @click.option("--no-summaries", is_flag=True, help="Keep no in-kernel counters.")
 @detect_cli.rules_options
 @detect_cli.baseline_options
-@click.option(
-    "--store-backlog-mb",
-    default=64,
-    show_default=True,
-    type=click.IntRange(1, 1 << 16),
-    help="Memory for events waiting while the store cannot be written; past it the oldest "
-    "are dropped (counted).",
-)
-@click.option(
-    "--stop-grace",
-    default=STOP_GRACE_S,
-    show_default=True,
-    type=opt.seconds(0.0, 3600.0),
-    help="Longest a stop spends storing what was in the ring when it came, s "
-    "(what is left is counted as lost).",
-)
-@click.option(
-    "--summary-interval",
-    default=60.0,
-    show_default=True,
-    type=opt.INTERVAL,
-    help="Seconds between counter flushes to the store.",
-)
 @watchlist.watch_options
+@config.option("store.backlog_mb", "--store-backlog-mb")
+@config.option("log.stop_grace", "--stop-grace")
+@config.option("summaries.interval", "--summary-interval")
 @live.ring_options
-def monitor(
-    db_path,
-    sensor_names,
-    as_json,
-    quiet,
-    status_interval,
-    duration,
-    summary_specs,
-    no_summaries,
-    stop_grace,
-    summary_interval,
-    store_backlog_mb,
-    rule_paths,
-    no_rules,
-    strict,
-    alert_window,
-    baseline_learn,
-    no_baseline,
-    watch,
-    watch_file,
-    ring_mb,
-    latency,
-):
-    """Run every sensor this kernel supports; store events and show them live."""
-    options = watchlist.sensor_options(watch, watch_file)
-    names = list(sensor_names) or _available_sensors()
-    specs = {} if no_summaries else summaries.parse_option(summary_specs)
+@click.pass_context
+def monitor(ctx, config_path, summary_specs, no_summaries, as_json, quiet, duration, **given):
+    """Run every sensor this kernel supports; store events and show them live.
+
+    Settings come from the config file (--config, default
+    /etc/vigil/vigil.toml if it exists; see docs/config.md); options given
+    here override it.  SIGHUP re-reads the file."""
+    settings, explicit = config.load_for_command(ctx, config_path)
+    if no_summaries:
+        explicit["summaries.enabled"] = False
+    if summary_specs:  # pinned for the run: a reload keeps them
+        explicit["summaries.specs"] = {
+            **settings.summaries.specs,
+            **{n: s for n, _eq, s in (v.partition("=") for v in summary_specs)},
+        }
+    settings = config.overlay(settings, explicit)
+    specs = config.summary_specs(settings)
+    if summary_specs and not no_summaries:
+        specs = summaries.parse_option(summary_specs, base=specs)
+    db_path = settings.store.path
+    names = list(settings.sensors.enable) or _available_sensors()
+    options = watchlist.sensor_options(tuple(settings.sensors.files.watch), given["watch_file"])
     table = ProcessTable()
-    detector = detect_cli.make_detector(rule_paths, no_rules, strict, alert_window, table)
-    store = Store(db_path, max_pending_bytes=store_backlog_mb << 20)
+    detector = detect_cli.make_detector(
+        tuple(settings.rules.paths),
+        given["no_rules"],
+        given["strict"],
+        given["alert_window"],
+        table,
+    )
+    store = Store(db_path, max_pending_bytes=settings.store.backlog_mb << 20)
     sinks = []
     try:
         stages = [detector] if detector is not None else []
-        if not no_baseline:
-            stages.append(detect_cli.make_baseline(store, baseline_learn, alert_window))
+        if not given["no_baseline"]:
+            stages.append(
+                detect_cli.make_baseline(store, given["baseline_learn"], given["alert_window"])
+            )
         if stages:
             sinks.append(detect_output.AlertStoreSink(store, stages))
         # counters flush into the store: close them before it (sinks close in order)
-        if specs:
-            sinks.append(summaries.SummarySink(store, specs, summary_interval))
+        summary_sink = summaries.SummarySink(store, specs, settings.summaries.interval)
+        sinks.append(summary_sink)
         sinks.append(StoreSink(store))
         session = loader.Session(
             names,
-            ring_bytes=ring_mb << 20,
+            ring_bytes=settings.ring.size_mb << 20,
             monitor=True,
+            rodata=sensors_rodata(settings, names),
             skip_unloadable=True,
             sensor_options=options,
         )
@@ -204,9 +185,15 @@ def monitor(
             sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
         if stages:
             sinks.append(detect_output.AlertPrinter(as_json))
-        sinks.append(StatusLine(status_interval, store=store))
+        status_line = StatusLine(settings.status.interval, store=store)
+        sinks.append(status_line)
         table.seed()
-        agent = Agent(session, sinks, processes=table, stages=stages, poll_interval=latency)
+        agent = Agent(
+            session, sinks, processes=table, stages=stages, poll_interval=settings.ring.latency
+        )
+        agent.on_reload(
+            _monitor_reloader(config_path, settings, explicit, status_line, summary_sink)
+        )
         for stage in stages:  # SIGHUP: rules and baselines reload at the next batch
             agent.on_reload(stage.request_reload)
         # sockets already bound or listening: the picture from the first second
@@ -216,12 +203,35 @@ def monitor(
         stats = agent.run(
             duration,
             on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}"),
-            stop_grace=stop_grace,
+            stop_grace=settings.log.stop_grace,
         )
     stored = sum(store.stored.values())
     click.echo(f"vigil: {stored} events stored in {db_path}", err=True)
     live.finish(stats)
     _store_accounts(store, db_path)
+
+
+def sensors_rodata(settings, names: list[str]) -> dict[str, int]:
+    """The per-sensor settings that are .rodata knobs, for the sensors loaded."""
+    out = {}
+    if "capable" in names:
+        out["unique"] = int(settings.sensors.capable.unique)
+    return out
+
+
+def _monitor_reloader(config_path, settings, explicit, status_line, summary_sink):
+    """SIGHUP: the status interval and the summaries change live."""
+    reloader = config.Reloader(config_path, settings, explicit)
+
+    def status(new) -> None:
+        status_line.set_interval(new.status.interval)
+
+    def counters(new) -> None:
+        summary_sink.reconfigure(config.summary_specs(new), new.summaries.interval)
+
+    reloader.apply("status", status)
+    reloader.apply("summaries", counters)
+    return reloader
 
 
 def _store_accounts(store: Store, db_path: str) -> None:
@@ -262,6 +272,7 @@ def _say_skipped(session: loader.Session) -> None:
 
 # -- record / report ----------------------------------------------------------------
 @cli.command()
+@config.config_option
 @click.option("-o", "--output", "path", required=True, help="Recording file to write.")
 @click.option(
     "--sensor",
@@ -277,11 +288,20 @@ def _say_skipped(session: loader.Session) -> None:
     help="Every event, as live tools see them (no monitor de-duplication, e.g. of capable).",
 )
 @live.ring_options
-def record(path, sensor_names, duration, all_events, ring_mb, latency):
-    """Record raw events to a file at the lowest cost; decode with `vigil report`."""
-    names = list(sensor_names) or _available_sensors()
+@click.pass_context
+def record(ctx, config_path, path, duration, all_events, **_given):
+    """Record raw events to a file at the lowest cost; decode with `vigil report`.
+
+    Sensors, ring size and latency come from the config file (--config;
+    docs/config.md) unless given here."""
+    settings, _explicit = config.load_for_command(ctx, config_path)
+    names = list(settings.sensors.enable) or _available_sensors()
     session = loader.Session(
-        names, ring_bytes=ring_mb << 20, monitor=not all_events, skip_unloadable=True
+        names,
+        ring_bytes=settings.ring.size_mb << 20,
+        monitor=not all_events,
+        rodata=None if all_events else sensors_rodata(settings, names),
+        skip_unloadable=True,
     )
     _say_skipped(session)
     names = [sensor.name for sensor in session.sensors]
@@ -289,7 +309,7 @@ def record(path, sensor_names, duration, all_events, ring_mb, latency):
         done = recorder.record(
             session,
             path,
-            latency,
+            settings.ring.latency,
             duration=duration,
             on_ready=lambda: live.ready(f"recording {', '.join(names)} into {path}"),
         )
@@ -596,6 +616,7 @@ def _alternatives(choice: loader.Choice) -> str:
 
 for _command in [*tools.commands(), *detect_cli.COMMANDS]:
     cli.add_command(_command)
+cli.add_command(config_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

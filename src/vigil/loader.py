@@ -26,7 +26,17 @@ from .errors import ConfigError, LayoutError, VigilError
 from .sensors import Attach, Sensor
 
 DEFAULT_RING_BYTES = 16 << 20
-STAT_NAMES = ("emitted", "lost", "partial")
+# enum vigil_stat (bpf/vigil.h): the counters each kind keeps in vigil_stats,
+# at slot kind * VIGIL_STAT_MAX + stat; read from the object's BTF.
+STAT_ENUM = "vigil_stat"
+STAT_PREFIX = "VIGIL_STAT_"
+
+
+def stat_slots(btf: bpf.Btf) -> tuple[int, dict[str, int]]:
+    """(slots per kind, {stat name: index}) from `enum vigil_stat`."""
+    values = dict(records.enum_values(btf, STAT_ENUM))
+    width = values.pop(f"{STAT_PREFIX}MAX")
+    return width, {n.removeprefix(STAT_PREFIX).lower(): v for n, v in values.items()}
 
 
 @dataclass(frozen=True)
@@ -246,7 +256,7 @@ class Session:
         unknown = set(rodata) - {k for o in self._objects for k in _rodata_vars(o)}
         if unknown:
             raise ConfigError(f"no loaded sensor takes {', '.join(sorted(unknown))}")
-        self.reader = bpf.RingReader(self._ring_fd, self.ring_bytes)
+        self.reader = bpf.ring_reader(self._ring_fd, self.ring_bytes)
         self._epoll = select.epoll()
         self._epoll.register(self._ring_fd, select.EPOLLIN)
 
@@ -344,11 +354,12 @@ class Session:
         for obj in self._objects:
             m = obj.map("vigil_stats")
             size = ((m.value_size + 7) // 8) * 8 * ncpu
+            width, stats = stat_slots(obj.btf())
             for kind in self._object_kinds[obj.name]:
                 kind_id = kind_ids[kind]
-                row = out.setdefault(kind, dict.fromkeys(STAT_NAMES, 0))
-                for i, stat in enumerate(STAT_NAMES):
-                    raw = bpf.map_lookup(m.fd, struct.pack("<I", kind_id * 4 + i), size)
+                row = out.setdefault(kind, dict.fromkeys(stats, 0))
+                for stat, i in stats.items():
+                    raw = bpf.map_lookup(m.fd, struct.pack("<I", kind_id * width + i), size)
                     if raw:
                         row[stat] += sum(v for (v,) in struct.iter_unpack("<Q", raw))
         return out

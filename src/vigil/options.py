@@ -139,3 +139,36 @@ class Since(click.ParamType):
 
 
 SINCE = Since()
+
+
+class Age(click.ParamType):
+    """A span of time: seconds as a number, or 90s, 10m, 12h, 30d, 2w;
+    0 means "no limit".  Returns seconds (finite, at most MAX_DURATION)."""
+
+    name = "age"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bool):
+            self.fail(f"{value!r} is not a time span (use 30d, 12h or seconds)", param, ctx)
+        if isinstance(value, (int, float)):
+            number = float(value)
+        else:
+            text = _surrogate_free(str(value), param, ctx).strip()
+            m = _AGO.fullmatch(text)
+            if m:
+                number = float(m.group(1)) * _UNITS[m.group(2)]
+            else:
+                try:
+                    number = float(text)
+                except ValueError:
+                    self.fail(
+                        f"'{display(text)}' is not a time span (use 30d, 12h or seconds)",
+                        param,
+                        ctx,
+                    )
+        if not math.isfinite(number) or not 0 <= number <= MAX_DURATION:
+            self.fail(f"{value!r} is not between 0 and {MAX_DURATION:.0f} s", param, ctx)
+        return number
+
+
+AGE = Age()

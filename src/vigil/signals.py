@@ -84,7 +84,7 @@ class ServiceSignals:
         self,
         *,
         on_stop: Callable[[int], None] | None = None,
-        reload_hooks: list[Callable[[], None]] | None = None,
+        reload_hooks: list[Callable[[], str | None]] | None = None,
         out: TextIO | None = None,
     ):
         self.on_stop = on_stop
@@ -143,17 +143,22 @@ class ServiceSignals:
         return self.stopping
 
     def _reload(self) -> None:
-        failed = []
+        failed, notes = [], []
         for hook in self.reload_hooks:
             try:
-                hook()
+                note = hook()  # a hook may say what it did (one line's worth)
             except Exception as err:  # a bad new config must not stop the agent
                 failed.append(f"{getattr(hook, '__qualname__', hook)}: {err}")
+                continue
+            if isinstance(note, str) and note:
+                notes.append(note)
         self.reloads += 1
         what = (
             f"{len(self.reload_hooks)} component(s)" if self.reload_hooks else "nothing to reload"
         )
         line = f"vigil: SIGHUP: configuration reloaded ({what})"
+        if notes:
+            line += ": " + "; ".join(notes)
         if failed:
             line = f"vigil: SIGHUP: reload failed, running on: {'; '.join(failed)}"
         self._say(line)

@@ -33,32 +33,46 @@ DEFAULT_SUMMARIES: dict[str, str] = {
 _NAME = re.compile(r"[\w.-]{1,64}")
 
 
-def parse_option(values: tuple[str, ...], defaults: bool = True) -> dict[str, str]:
-    """`--summary NAME=SPEC` values on top of the defaults (SPEC "" drops NAME).
+def parse_option(
+    values: tuple[str, ...], defaults: bool = True, base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """`--summary NAME=SPEC` values on top of the defaults, or of `base` (the
+    config file's summaries); SPEC "" drops NAME.
 
     Each SPEC given is parsed here, before anything is opened or loaded: a
     bad one is an error now, not a crash at the first flush."""
-    out = dict(DEFAULT_SUMMARIES) if defaults else {}
+    out = dict(base) if base is not None else dict(DEFAULT_SUMMARIES) if defaults else {}
     for value in values:
         name, sep, spec = value.partition("=")
         name, spec = name.strip(), spec.strip()
         if not sep or not name:
             raise ConfigError(f"--summary '{as_text(value)}': use NAME=SPEC (an argdist -C spec)")
-        if not _NAME.fullmatch(name):
-            raise ConfigError(
-                f"--summary '{as_text(name)}': a name is 1 to 64 letters, digits, '_', '.', '-'"
-            )
+        try:
+            check_name(name)
+        except ConfigError as err:
+            raise ConfigError(f"--summary '{as_text(name)}': {err}") from None
         if spec:
-            from .argdist import parse
-
             try:
-                parse(spec)
+                check_spec(spec)
             except ConfigError as err:
                 raise ConfigError(f"--summary {name}: {err}") from None
             out[name] = spec
         else:
             out.pop(name, None)
     return out
+
+
+def check_name(name: str) -> None:
+    """A summary name (the --summary option and the config file share it)."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError("a name is 1 to 64 letters, digits, '_', '.', '-'")
+
+
+def check_spec(spec: str) -> None:
+    """Parse an argdist -C spec as the monitor will; ConfigError if bad."""
+    from .argdist import parse
+
+    parse(spec)
 
 
 def _without_self(text: str, parse) -> str:
@@ -68,19 +82,36 @@ def _without_self(text: str, parse) -> str:
     return f"{text}&&{own}" if parse(text).filters else f"{text}:{own}"
 
 
+# A summary's own row in the per-kind stats (status line, store, exit line).
+LOSS_PREFIX = "summary:"
+
+
 class SummarySink:
-    """An agent sink that flushes in-kernel counters to the store each interval."""
+    """An agent sink that flushes in-kernel counters to the store each interval.
+
+    Counts the kernel could not make (the map was full, or a value could
+    not be read) are not silent: each summary with any is a row of the
+    per-kind stats, `summary:NAME`, whose `lost` is that count, so the
+    status line, the store's sensor_status and the exit line all show it.
+    """
 
     def __init__(self, store: Store, specs: dict[str, str], interval: float):
         self.store = store
         self.interval = interval
         self.aggregations = {}
-        self.specs = specs
+        self.specs: dict[str, str] = {}
+        self._start(specs)
+        self._last = time.time_ns()
+        self._next = time.monotonic() + interval
+
+    def _start(self, specs: dict[str, str]) -> None:
+        if not specs:
+            return
         try:
             from .argdist import Aggregation, parse
         except ImportError as err:  # an install without the argdist machinery
             log.warning("in-kernel summaries unavailable: %s", err)
-            specs = {}
+            return
         for name, text in specs.items():
             try:
                 agg = Aggregation(parse(_without_self(text, parse)))
@@ -90,8 +121,22 @@ class SummarySink:
                 log.warning("summary %s skipped: %s", name, err)
                 continue
             self.aggregations[name] = agg
-        self._last = time.time_ns()
-        self._next = time.monotonic() + interval
+            self.specs[name] = text
+
+    def reconfigure(self, specs: dict[str, str], interval: float) -> None:
+        """A reload: counters whose spec changed or went are flushed and
+        closed, new ones started; the others keep counting."""
+        keep = {n for n, t in specs.items() if self.specs.get(n) == t}
+        if set(self.specs) != keep:
+            self.flush()
+        for name in list(self.aggregations):
+            if name not in keep:
+                self.aggregations.pop(name).close()
+                self.specs.pop(name, None)
+        self._start({n: t for n, t in specs.items() if n not in keep})
+        if interval != self.interval:
+            self.interval = interval
+            self._next = time.monotonic() + interval
 
     def write(self, batch) -> None:
         pass
@@ -108,7 +153,22 @@ class SummarySink:
             self.store.add_summary(now, now - self._last, name, spec, rows)
         self._last = now
 
+    def losses(self) -> dict[str, int]:
+        """name -> counts the kernel could not make since the counter started."""
+        out = {}
+        for name, agg in self.aggregations.items():
+            try:
+                n = agg.lost + agg.errors
+            except VigilError as err:
+                log.error("summary %s: %s", name, err)
+                continue
+            if n:
+                out[name] = n
+        return out
+
     def status(self, stats: dict) -> None:
+        for name, n in self.losses().items():
+            stats[LOSS_PREFIX + name] = {"emitted": 0, "lost": n, "partial": 0, "rate": 0.0}
         if time.monotonic() >= self._next:
             self._next = time.monotonic() + self.interval
             self.flush()

@@ -122,6 +122,11 @@ class StatusLine:
         self.store = store
         self._next = time.monotonic() + interval
 
+    def set_interval(self, interval: float) -> None:
+        """A reload: the next line comes within the new interval."""
+        self.interval = interval
+        self._next = min(self._next, time.monotonic() + interval)
+
     def write(self, batch: Batch) -> None:
         pass
 

@@ -5,6 +5,9 @@ from . import Attach, Sensor, hook, register, tracepoint
 
 
 def _finish(ev: dict) -> None:
+    # set by the kernel only for a check made inside execve (bpf/capable.h);
+    # b"" otherwise, and the process table fills it in
+    ev["exe"] = ev["exe"].partition(b"\0")[0]
     ev["cap_name"] = caps.name(ev["cap"])
     ev["init_ns"] = bool(ev["init_ns"])
     ev["other_cred"] = bool(ev["other_cred"])

@@ -13,12 +13,27 @@ header is whatever task was on the CPU, rarely the socket's owner.
 from __future__ import annotations
 
 import errno
+import functools
 
 from ..errors import ConfigError
 from ..net import finish_sockaddrs, tcp_state
 from . import Attach, Sensor, hook, register, tracepoint
 
-PORTS_MAX = 8  # CONNECT_PORTS_MAX in bpf/connect.h
+
+@functools.cache
+def ports_max() -> int:
+    """How many ports connect's kernel filter holds: the length of its
+    `targ_ports` array (CONNECT_PORTS_MAX in bpf/connect.h), from BTF."""
+    from .. import _libbpf as bpf
+    from .. import paths, records
+
+    btf = bpf.Btf.from_file(paths.bpf_object("connect"))
+    try:
+        type_id, _off, _size = records.datasec(btf, ".rodata")["targ_ports"]
+        _elem, count = records.strip_qualifiers(btf, type_id).array()
+    finally:
+        btf.close()
+    return count
 
 
 def endpoint(addr: str, port: int) -> str:
@@ -29,16 +44,16 @@ def endpoint(addr: str, port: int) -> str:
 def connect_rodata(pid: int | None = None, ports: list[int] | tuple[int, ...] = ()) -> dict:
     """.rodata filters of the connect object: targ_pid, targ_ports, targ_nports.
 
-    targ_ports is a `__u16[8]` array, given as a list (unused slots are zero).
+    targ_ports is a `__u16[CONNECT_PORTS_MAX]` array, given as a list (unused slots are zero).
     """
     out: dict = {}
     if pid is not None:
         out["targ_pid"] = pid
     ports = list(dict.fromkeys(ports))
     if ports:
-        if len(ports) > PORTS_MAX:
-            raise ConfigError(f"at most {PORTS_MAX} ports can be filtered in the kernel")
-        out["targ_ports"] = ports  # a __u16[8]: the loader encodes arrays from BTF
+        if len(ports) > ports_max():
+            raise ConfigError(f"at most {ports_max()} ports can be filtered in the kernel")
+        out["targ_ports"] = ports  # a __u16 array: the loader encodes arrays from BTF
         out["targ_nports"] = len(ports)
     return out
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import click
 
-from .. import loader
+from .. import config, loader
 from .. import options as opt
 from .. import sensors as sensor_table
 from ..agent import Agent
@@ -24,21 +24,10 @@ PROCESS_SENSORS = ("exec", "fork", "exit")
 
 
 def ring_options(f):
-    """--ring-mb and --latency: every command that reads the event ring."""
-    f = click.option(
-        "--latency",
-        default=0.1,
-        show_default=True,
-        type=opt.seconds(0.001, 10),
-        help="Longest a quiet event waits before it is read, s.",
-    )(f)
-    return click.option(
-        "--ring-mb",
-        default=16,
-        show_default=True,
-        type=click.IntRange(1, 1024),
-        help="Ring buffer size, MiB (a power of two).",
-    )(f)
+    """--ring-mb and --latency: every command that reads the event ring
+    (defaults and bounds from vigil.settings, as the config file's)."""
+    f = config.option("ring.latency", "--latency")(f)
+    return config.option("ring.size_mb", "--ring-mb")(f)
 
 
 def live_options(f):

@@ -7,13 +7,13 @@ import time
 import click
 
 from .. import options as opt
-from ..sensors.tcp import PORTS_MAX, connect_rodata, result_text
+from ..sensors.tcp import connect_rodata, ports_max, result_text
 from ..table import Column
 from .live import live_options, run_live, time_columns
 
 
 def parse_ports(values: tuple[str, ...]) -> list[int]:
-    """-P 80 -P 443,8080 -> [80, 443, 8080]; at most PORTS_MAX (kernel filter)."""
+    """-P 80 -P 443,8080 -> [80, 443, 8080]; at most ports_max() (kernel filter)."""
     ports: list[int] = []
     for value in values:
         for part in value.split(","):
@@ -27,8 +27,8 @@ def parse_ports(values: tuple[str, ...]) -> list[int]:
                 raise click.BadParameter(f"{part!r} is not a port (1-65535)", param_hint="-P")
             ports.append(int(part))
     ports = list(dict.fromkeys(ports))
-    if len(ports) > PORTS_MAX:
-        raise click.BadParameter(f"at most {PORTS_MAX} ports", param_hint="-P")
+    if len(ports) > ports_max():
+        raise click.BadParameter(f"at most {ports_max()} ports", param_hint="-P")
     return ports
 
 
@@ -41,7 +41,8 @@ def parse_ports(values: tuple[str, ...]) -> list[int]:
     "--port",
     "ports",
     multiple=True,
-    help=f"Only these destination ports (in kernel): repeat or comma list, {PORTS_MAX} at most.",
+    help="Only these destination ports (in kernel): repeat or comma list, as many as"
+    " bpf/connect.h's CONNECT_PORTS_MAX.",
 )
 @live_options
 def tcpconnect(timestamp, clock, pid, ports, as_json, duration, ring_mb, latency):
