@@ -154,7 +154,9 @@ def test_monitor_stores_and_events_queries(tmp_path):
     status = orjson.loads(res.stdout)
     by_kind = {row["kind"]: row for row in status["sensors"]}
     assert {"exec", "fork", "exit"} <= set(by_kind)
-    assert all(row["lost"] == 0 for row in by_kind.values())
+    # the lifecycle kinds lose nothing (the ring's shares keep them whatever
+    # else the host floods; floodable kinds may be shed and are counted)
+    assert all(by_kind[k]["lost"] == 0 for k in ("exec", "fork", "exit")), by_kind
     assert by_kind["exec"]["stored"] >= 1
     res = vigil("status", "--db", db, check=True)
     assert b"EVENTS/S" in res.stdout

@@ -28,7 +28,7 @@ def _describe(ev: dict) -> str:
     if ev["other_cred"]:
         text += " (other cred)"
     # which call asked: a mount's CAP_SYS_ADMIN vs the one every exec makes
-    if ev["syscall"] is not None:
+    if ev.get("syscall") is not None:  # absent from events stored before it existed
         text += f" via {ev['syscall']}"
     return text
 

@@ -21,7 +21,7 @@ def _finish(ev: dict) -> None:
 
 def _describe(ev: dict) -> str:
     ret = "" if ev["ret"] == 0 else f"ret={ev['ret']} "
-    kind = ev["exe_kind"]
+    kind = ev.get("exe_kind")  # absent from events stored before it existed
     exe = f"[{kind}] " if kind in ("memfd", "deleted") else ""
     return f"{ret}{exe}{display(ev['filename'])}  {display_args(ev['args'])}"
 
