@@ -447,3 +447,52 @@ def test_bytes_that_are_not_utf8_match_in_escaped_form(tmp_path):
     ev = exe_event([b"/bin/x", b"\xff\xfe/dev/tcp/1.2.3.4/80"], exe="/usr/bin/x")
     assert fires(tmp_path, "sel:\n    CommandLine|contains: '/dev/tcp/'\ncondition: sel", ev)
     assert fires(tmp_path, "sel:\n    CommandLine|contains: '\\xff\\xfe/dev'\ncondition: sel", ev)
+
+
+# -- the later sensors' own categories ---------------------------------------------------
+def _later_event(kind: str, **fields) -> dict:
+    ev = exe_event(["/usr/bin/x"], exe="/usr/bin/x")
+    ev.update(kind=kind, **fields)
+    return ev
+
+
+@pytest.mark.parametrize(
+    "category, detection, hit, miss",
+    [
+        (
+            "signal",
+            "sel:\n  Signal: SIGKILL\n  TargetImage|endswith: /falco\ncondition: sel",
+            _later_event("kill", sig_name="SIGKILL", target_pid=7, target_exe=b"/usr/bin/falco"),
+            _later_event("kill", sig_name="SIGTERM", target_pid=7, target_exe=b"/usr/bin/falco"),
+        ),
+        (
+            "file_access",
+            "sel:\n  TargetFilename: /etc/shadow\n  Operation: open\ncondition: sel",
+            _later_event("open", path=b"/etc/shadow"),
+            _later_event("file", op="unlink", path=b"/etc/shadow"),
+        ),
+        (
+            "kernel_module",
+            "sel:\n  Operation: finit_module\ncondition: sel",
+            _later_event("module_load", op="finit_module", name=b"rootkit"),
+            _later_event("module_load", op="delete_module", name=b"rootkit"),
+        ),
+        (
+            "mount",
+            "sel:\n  FileSystemType: proc\n  MountTarget|startswith: /tmp/\ncondition: sel",
+            _later_event("mount", op="mount", fstype=b"proc", target=b"/tmp/p", source=b"none"),
+            _later_event("mount", op="mount", fstype=b"tmpfs", target=b"/tmp/p", source=b"none"),
+        ),
+        (
+            "identity_change",
+            "sel:\n  Kind: setuid\n  new_uid: 0\ncondition: sel",
+            _later_event("setuid", new_uid=0),
+            _later_event("setuid", new_uid=1000),
+        ),
+    ],
+)
+def test_later_sensors_have_their_own_categories(tmp_path, category, detection, hit, miss):
+    """Every sensor's events can be matched: its category's named fields and
+    its raw fields (docs/detection.md)."""
+    assert fires(tmp_path, detection, hit, category=category, product="vigil")
+    assert not fires(tmp_path, detection, miss, category=category, product="vigil")

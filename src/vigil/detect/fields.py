@@ -204,6 +204,86 @@ BASH_FIELDS: dict[str, Field] = {
 }
 
 
+def _own(**named: Field) -> dict[str, Field]:
+    """A Vigil category's fields: the process, the command, and its own."""
+    return {**PROCESS_FIELDS, "CommandName": _f(_get("comm", text), "`comm`"), **named}
+
+
+TARGET_FIELDS: dict[str, Field] = {
+    "TargetProcessId": _f(_get("target_pid"), "`target_pid` (host pid)"),
+    "TargetImage": _f(_get("target_exe", text), "`target_exe`, from the process table"),
+}
+
+# The sensors for what attackers do next (docs/events.md): each its own
+# category, its raw fields also by name.
+LATER_SENSORS = [
+    (
+        "file_access",
+        ("open", "file"),
+        "opens and changes of watched paths",
+        _own(
+            TargetFilename=_f(_get("path", text), "`path`: resolved by the kernel where it could"),
+            Operation=_f(lambda ev, ctx: ev.get("op", "open"), "`op` (`open` for an open)"),
+        ),
+    ),
+    (
+        "kernel_module",
+        ("module_load",),
+        "module loads and unloads, attempts included",
+        _own(
+            ModuleName=_f(_get("name", text), "`name`"),
+            Operation=_f(_get("op"), "`op` (`init_module`, `finit_module`, `delete_module`)"),
+        ),
+    ),
+    (
+        "mount",
+        ("mount",),
+        "mount, umount2, fsmount, move_mount",
+        _own(
+            Operation=_f(_get("op"), "`op`"),
+            MountSource=_f(_get("source", text), "`source`"),
+            MountTarget=_f(_get("target", text), "`target`"),
+            FileSystemType=_f(_get("fstype", text), "`fstype`"),
+        ),
+    ),
+    (
+        "signal",
+        ("kill",),
+        "signals sent to processes",
+        _own(Signal=_f(_get("sig_name"), "`sig_name` (`SIGKILL`, ...)"), **TARGET_FIELDS),
+    ),
+    (
+        "ptrace",
+        ("ptrace",),
+        "ptrace requests on another process",
+        _own(Request=_f(_get("request"), "`request`"), **TARGET_FIELDS),
+    ),
+    (
+        "identity_change",
+        ("setuid", "setgid", "capset"),
+        "uid, gid and capability changes",
+        _own(Kind=_f(_get("kind"), "`setuid`, `setgid` or `capset`")),
+    ),
+    (
+        "bpf",
+        ("bpf",),
+        "BPF program loads and attaches",
+        _own(
+            Operation=_f(_get("cmd"), "`cmd` (`prog_load`, ...)"),
+            ProgramType=_f(_get("prog_type"), "`prog_type`"),
+        ),
+    ),
+    (
+        "memfd",
+        ("memfd",),
+        "memfd_create (fileless execution starts here)",
+        _own(
+            Name=_f(_get("name", text), "`name`"),
+        ),
+    ),
+]
+
+
 def _exec_ok(ev: dict) -> bool:
     return ev.get("ret", 0) == 0
 
@@ -268,6 +348,19 @@ register(
         raw_fields=True,
     )
 )
+
+
+for _category, _kinds, _doc, _fields in LATER_SENSORS:
+    register(
+        LogSource(
+            _category,
+            "vigil",
+            _kinds,
+            _fields,
+            f"{_doc} (Vigil's own category; raw event fields also by name)",
+            raw_fields=True,
+        )
+    )
 
 
 def find(category: str | None, product: str | None, service: str | None) -> LogSource | None:
