@@ -309,13 +309,13 @@ def test_newer_schema_is_refused(tmp_path):
     db = str(tmp_path / "v.db")
     _store_with_pid(db, 1)
     with sqlite3.connect(db) as raw:
-        raw.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+        raw.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
     raw.close()
     for args in (["events"], ["status"], ["summaries"]):
         res = vigil(*args, "--db", db)
         err = res.stderr.decode().strip()
         assert res.returncode == 1 and len(err.splitlines()) == 1, err
-        assert "written by a newer Vigil (schema version 2" in err, err
+        assert "written by a newer Vigil (schema version 3" in err, err
     before = Path(db).read_bytes()
     with pytest.raises(StoreError, match="newer Vigil"):
         Store(db)

@@ -47,6 +47,25 @@ def event(data) -> dict | None:
     return ev
 
 
+def process(exe, ancestors) -> tuple[str, list] | None | bool:
+    """A `processes` row's (exe, ancestors JSON) -> (exe, ancestors), or
+    False when malformed (its events are skipped)."""
+    if type(exe) is not str or type(ancestors) is not str:
+        return False
+    try:
+        chain = orjson.loads(ancestors)
+    except orjson.JSONDecodeError:
+        return False
+    if type(chain) is not list:
+        return False
+    for entry in chain:
+        if type(entry) is not dict or not _int(entry.get("pid")):
+            return False
+        if type(entry.get("comm")) is not str or type(entry.get("exe")) is not str:
+            return False
+    return exe, chain
+
+
 _STATUS_COUNTS = ("updated_ns", "emitted", "lost", "partial", "stored", "dropped")
 
 
