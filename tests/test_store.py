@@ -34,39 +34,62 @@ def _event(i: int) -> dict:
     }
 
 
+# what `vigil events` is asked most, as CLI arguments and as Store.query arguments
+BIG_QUERIES = [
+    (["--kind", "exec", "-n", "20"], {"kinds": ["exec"], "limit": 20}),
+    (["--pid", "1234", "-n", "20"], {"pid": 1234, "limit": 20}),
+    (["--comm", "comm42", "-n", "20"], {"comm": "comm42", "limit": 20}),
+    (
+        ["--kind", "exit", "--since", "2023-11-14T22:13:20", "-n", "50"],
+        {"kinds": ["exit"], "since_ns": 1_700_000_000_000_000_000, "limit": 50},
+    ),
+    (["--kind", "exec", "--kind", "exit", "-n", "30"], {"kinds": ["exec", "exit"], "limit": 30}),
+    (["-n", "100"], {"limit": 100}),
+]
+
+
+def check_query_plans(store: Store) -> None:
+    """Every query walks an index in ts_ns order and stops at its limit:
+    none sorts (a temporary B-tree) or reads the whole table."""
+    for _args, q in BIG_QUERIES:
+        for plan in store.query_plan(**q):
+            assert "TEMP B-TREE" not in plan, (q, plan)
+            assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, (q, plan)
+
+
 def test_million_rows_query_fast(tmp_path):
     db = str(tmp_path / "big.db")
     store = Store(db)
     batch = 50_000
     for start in range(0, 1_000_000, batch):
-        events = [_event(i) for i in range(start, start + batch)]
-        store.add(events, [to_json(e) for e in events])
+        store.add([_event(i) for i in range(start, start + batch)])
         store.flush()
     store.close()
-    queries = [
-        ["--kind", "exec", "-n", "20"],
-        ["--pid", "1234", "-n", "20"],
-        ["--comm", "comm42", "-n", "20"],
-        ["--kind", "exit", "--since", "2023-11-14T22:13:20", "-n", "50"],
-        ["-n", "100"],
-    ]
-    for q in queries:
-        t = time.monotonic()
-        res = vigil("events", "--db", db, "--json", *q, check=True)
-        took = time.monotonic() - t
-        rows = [orjson.loads(line) for line in res.stdout.splitlines()]
-        assert rows, q
-        assert [r["ts_ns"] for r in rows] == sorted((r["ts_ns"] for r in rows), reverse=True)
-        assert took < 2.0, (q, took)  # process start included
-    assert all(
-        r["kind"] == "exec"
-        for r in [
-            orjson.loads(x)
-            for x in vigil(
-                "events", "--db", db, "--json", "--kind", "exec", "-n", "5"
-            ).stdout.splitlines()
-        ]
-    )
+    reader = Store(db, readonly=True)
+    check_query_plans(reader)
+    for args, q in BIG_QUERIES:
+        # timed in-process, best of three: a process start on a loaded
+        # 2-CPU host is noise (it made a 2 s limit with start-up flaky);
+        # the query itself must take milliseconds, and the plan above is
+        # what keeps it so at any size (bench/store_query: 10M rows)
+        took = []
+        for _ in range(3):
+            t = time.perf_counter()
+            rows = reader.query(**q)
+            took.append(time.perf_counter() - t)
+        assert min(took) < 0.25, (q, took)
+        assert len(rows) == q["limit"], q
+        res = vigil("events", "--db", db, "--json", *args, check=True)
+        shown = [orjson.loads(line) for line in res.stdout.splitlines()]
+        assert shown == [orjson.loads(r) for r in rows], args
+        assert [r["ts_ns"] for r in shown] == sorted((r["ts_ns"] for r in shown), reverse=True)
+        if "kinds" in q:
+            assert {r["kind"] for r in shown} <= set(q["kinds"]), args
+        if "pid" in q:
+            assert {r["pid"] for r in shown} == {q["pid"]}
+        if "comm" in q:
+            assert {r["comm"] for r in shown} == {q["comm"]}
+    reader.close()
 
 
 def test_failed_write_is_kept_and_retried(tmp_path):

@@ -48,7 +48,7 @@ from operator import itemgetter
 import orjson
 
 from .. import files
-from ..encoding import escape_cached, iso_time, textual
+from ..encoding import escape, escape_cached, iso_time
 from ..errors import StoreError, VigilError
 from ..paths import DEFAULT_DB
 from . import rows as checked
@@ -74,6 +74,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS processes (
     id INTEGER PRIMARY KEY,
     process_key TEXT NOT NULL,
+    parent_key TEXT NOT NULL,
+    host TEXT NOT NULL,
+    boot_id TEXT NOT NULL,
     exe TEXT NOT NULL,
     ancestors TEXT NOT NULL,
     last_ts_ns INTEGER NOT NULL
@@ -104,10 +107,10 @@ CREATE TABLE IF NOT EXISTS sensor_status (
 );
 """
 _INSERT = "INSERT INTO events (ts_ns, kind, pid, comm, proc, data) VALUES (?,?,?,?,?,?)"
-_INSERT_PROC = "INSERT INTO processes VALUES (?,?,?,?,?)"
+_INSERT_PROC = "INSERT INTO processes VALUES (?,?,?,?,?,?,?,?)"
 _TOUCH_PROC = "UPDATE processes SET last_ts_ns = max(last_ts_ns, ?) WHERE id = ?"
 # what a process row holds, or a reader makes: not in an event's stored JSON
-_JOINED = ("exe", "ancestors", "time")
+_JOINED = frozenset(("exe", "ancestors", "time", "host", "boot_id", "process_key", "parent_key"))
 # rows per DELETE: one such transaction takes a few ms, which ingestion can wait
 RETENTION_BATCH = 2000
 
@@ -135,6 +138,22 @@ def _where(since_ns: int | None, **columns) -> tuple[str, list]:
 ROW_OVERHEAD = 160
 # Files SQLite keeps beside the database.
 SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def _stored(ev: dict) -> dict:
+    """The event as stored: bytes as escaped text, without what its
+    process row holds (one pass; encoding.textual, minus _JOINED)."""
+    out = {}
+    for key, value in ev.items():
+        if key in _JOINED:
+            continue
+        kind = type(value)
+        if kind is bytes:
+            value = escape_cached(value)
+        elif kind is list and value and type(value[0]) is bytes:
+            value = [escape(v) for v in value]
+        out[key] = value
+    return out
 
 
 def _last_use(rows: list[tuple]) -> list[tuple[int, int]]:
@@ -368,6 +387,9 @@ class Store:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute(f"PRAGMA journal_size_limit={16 << 20}")
+                # four indexes take inserts all over their B-trees: keep
+                # their pages in memory rather than re-read them per batch
+                self.db.execute(f"PRAGMA cache_size=-{64 << 10}")
                 self.db.executescript(_SCHEMA)
             self._check_version()
             if not readonly:
@@ -473,9 +495,7 @@ class Store:
         rows = []
         size = 0
         for ev in events:
-            slim = textual(ev)
-            for name in _JOINED:
-                slim.pop(name, None)
+            slim = _stored(ev)
             data = orjson.dumps(slim).decode()
             size += len(data)
             rows.append(
@@ -504,7 +524,7 @@ class Store:
         if anc is None:
             anc = chains[id(chain)] = orjson.dumps(chain)
         exe = ev.get("exe", b"")
-        ident = (ev.get("process_key", ""), exe, anc)
+        ident = (ev.get("process_key", ""), ev.get("parent_key", ""), exe, anc)
         proc = self._proc_ids.get(ident)
         if proc is None:
             if len(self._proc_ids) > 1 << 17:
@@ -512,7 +532,9 @@ class Store:
             proc = self._proc_ids[ident] = self._next_proc
             self._next_proc += 1
             text = escape_cached(exe) if type(exe) is bytes else exe
-            self._pending_procs.append((proc, ident[0], text, anc.decode(), ev["ts_ns"]))
+            host, boot = ev.get("host", ""), ev.get("boot_id", "")
+            row = (proc, ident[0], ident[1], host, boot, text, anc.decode(), ev["ts_ns"])
+            self._pending_procs.append(row)
         return proc
 
     def _drop_oldest(self) -> None:
@@ -865,10 +887,39 @@ class Store:
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: query failed ({err})") from err
 
-    def _select(self, cols: str, since_ns: int | None, eq: dict, limit: int) -> list[tuple]:
+    def _select(
+        self, cols: str, since_ns: int | None, eq: dict, limit: int, plan: bool = False
+    ) -> list[tuple]:
         where, args = _where(since_ns, **eq)
         sql = f"SELECT {cols} FROM events{where} ORDER BY ts_ns DESC, id DESC LIMIT ?"
+        if plan:
+            sql = "EXPLAIN QUERY PLAN " + sql
         return self.db.execute(sql, [*args, limit]).fetchall()
+
+    def query_plan(
+        self,
+        *,
+        since_ns: int | None = None,
+        kinds: Iterable[str] = (),
+        pid: int | None = None,
+        comm: str | None = None,
+        limit: int = 100,
+    ) -> list[str]:
+        """SQLite's plan for each statement `query` runs with these
+        arguments (tests and benchmarks check that no query sorts or scans
+        the whole table)."""
+        eq = {k: v for k, v in {"pid": pid, "comm": comm}.items() if v is not None}
+        out = []
+        for kind in list(dict.fromkeys(kinds)) or [None]:
+            rows = self._select(
+                "ts_ns, id, data",
+                since_ns,
+                eq if kind is None else {**eq, "kind": kind},
+                limit,
+                True,
+            )
+            out.append("; ".join(r[-1] for r in rows))
+        return out
 
     def _joined(self, rows: list[tuple]) -> list[str]:
         """Stored rows with their process rows joined back: the full event."""
@@ -876,9 +927,12 @@ class Store:
         procs = {}
         for start in range(0, len(ids), 500):
             part = ids[start : start + 500]
-            sql = f"SELECT id, exe, ancestors FROM processes WHERE id IN ({','.join('?' * len(part))})"
-            for pid_, exe, anc in self.db.execute(sql, part):
-                procs[pid_] = checked.process(exe, anc)
+            sql = (
+                "SELECT id, exe, ancestors, process_key, parent_key, host, boot_id "
+                f"FROM processes WHERE id IN ({','.join('?' * len(part))})"
+            )
+            for row in self.db.execute(sql, part):
+                procs[row[0]] = checked.process(*row[1:])
         out = []
         for _ts, _id, data, proc in rows:
             ev = checked.event(data)
@@ -886,9 +940,10 @@ class Store:
             if ev is None or joined is False:
                 self.skipped += 1
                 continue
-            exe, ancestors = joined if joined is not None else ("", [])
-            ev.setdefault("exe", exe)
-            ev["ancestors"] = ancestors
+            if joined is None:  # its row is gone (an altered store): as an unknown process
+                joined = {"exe": "", "ancestors": []}
+            for name, value in joined.items():
+                ev.setdefault(name, value)
             ev["time"] = iso_time(ev["ts_ns"])
             out.append(orjson.dumps(ev).decode())
         return out
