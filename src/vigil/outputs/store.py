@@ -140,6 +140,57 @@ ROW_OVERHEAD = 160
 SIDECARS = ("-wal", "-shm", "-journal")
 
 
+def _rank(value) -> int:
+    """SQLite's order of storage classes: NULL, numbers, text, blobs."""
+    if value is None:
+        return 0
+    if type(value) is str:
+        return 2
+    return 3 if type(value) is bytes else 1
+
+
+def _sql_order(row: tuple) -> tuple:
+    """(ts_ns, id) as SQLite orders them, whatever an altered store holds."""
+    return (_rank(row[0]), row[0], _rank(row[1]), row[1])
+
+
+class _Shapes:
+    """The stored JSON of events, made by one plan per (kind, field count):
+    which fields to keep and which hold bytes, learnt from the first such
+    event, so that each later one is a dict comprehension and a few
+    escapes rather than a loop over every field.  An event the plan does
+    not fit (a missing field, bytes where the first had none) takes the
+    general path."""
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple[str, int], tuple[tuple, tuple, tuple]] = {}
+
+    def dumps(self, ev: dict) -> str:
+        plan = self._plans.get((ev["kind"], len(ev)))
+        if plan is not None:
+            keep, texts, lists = plan
+            try:
+                out = {k: ev[k] for k in keep}
+                for k in texts:
+                    v = out[k]
+                    if type(v) is bytes:
+                        out[k] = escape_cached(v)
+                for k in lists:
+                    v = out[k]
+                    if v and type(v[0]) is bytes:
+                        out[k] = [escape(x) for x in v]
+                return orjson.dumps(out).decode()
+            except (KeyError, TypeError):
+                pass
+        out = _stored(ev)
+        if plan is None and len(self._plans) < 256:
+            keep = tuple(out)
+            texts = tuple(k for k in keep if type(ev[k]) is bytes)
+            lists = tuple(k for k in keep if type(ev[k]) is list)
+            self._plans[(ev["kind"], len(ev))] = (keep, texts, lists)
+        return orjson.dumps(out).decode()
+
+
 def _stored(ev: dict) -> dict:
     """The event as stored: bytes as escaped text, without what its
     process row holds (one pass; encoding.textual, minus _JOINED)."""
@@ -356,6 +407,7 @@ class Store:
         # process rows: identity -> id, and the rows not yet written
         self._proc_ids: dict[tuple, int] = {}
         self._pending_procs: list[tuple] = []
+        self._shapes = _Shapes()
         self._next_proc = 1
         self._pending: deque[tuple] = deque()
         self.skipped = 0  # rows read back in a shape the agent never writes
@@ -494,16 +546,17 @@ class Store:
         chains: dict[int, bytes] = {}  # id(ancestors list) -> its JSON: lists are shared
         rows = []
         size = 0
+        dumps = self._shapes.dumps
         for ev in events:
-            slim = _stored(ev)
-            data = orjson.dumps(slim).decode()
+            data = dumps(ev)
             size += len(data)
+            comm = ev["comm"]
             rows.append(
                 (
                     ev["ts_ns"],
                     ev["kind"],
                     ev["pid"],
-                    slim["comm"],
+                    escape_cached(comm) if type(comm) is bytes else comm,
                     proc_of(ev, chains),
                     data,
                 )
@@ -878,7 +931,7 @@ class Store:
                 self._select(cols, since_ns, eq if kind is None else {**eq, "kind": kind}, limit)
                 for kind in (kinds or [None])
             ]
-            rows = list(islice(heapq.merge(*parts, reverse=True), limit))
+            rows = list(islice(heapq.merge(*parts, key=_sql_order, reverse=True), limit))
             if self.version == "1":
                 return self._checked(
                     r[2] if checked.event(r[2]) is not None else None for r in rows
