@@ -73,10 +73,12 @@ class Proc:
             return True
         if self.start:
             return False
-        if self.ticks >= 0 and start // _TICK_NS == self.ticks:
+        if self.ticks < 0 or start // _TICK_NS == self.ticks:
+            # to the tick, or nothing known (a recording's start-up table):
+            # the first event that names it teaches its start
             self.start = start
             return True
-        return self.ticks < 0  # nothing known to tell them apart
+        return False
 
 
 def read_proc(pid: int) -> Proc | None:
