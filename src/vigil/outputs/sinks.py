@@ -36,7 +36,9 @@ class StoreSink:
         self._stats: dict[str, dict] = {}
 
     def write(self, batch: Batch) -> None:
-        self.store.add(batch.events, batch.lines)
+        # not batch.lines: the store makes its own, smaller JSON (no ancestry),
+        # and asking for the lines would make every event's full JSON too
+        self.store.add(batch.events)
         now = time.monotonic()
         if now >= self._next_flush or self.store.pending >= self.flush_rows:
             self.store.flush(self.flush_budget)
