@@ -8,6 +8,7 @@ hand it out again through /proc/sys/kernel/ns_last_pid).
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 from collections import defaultdict
@@ -118,6 +119,16 @@ def test_seq_is_not_reused_by_a_later_run():
 
 
 # -- pid reuse -------------------------------------------------------------------------
+def _free_pid() -> int:
+    """A pid no process holds now, well inside pid_max."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        top = int(f.read())
+    while True:
+        pid = random.randrange(300, top - 1)
+        if not os.path.exists(f"/proc/{pid}"):
+            return pid
+
+
 def _spawn_at(pid: int, argv: list[str]) -> subprocess.Popen | None:
     """Start `argv` as process `pid` (the kernel gives out ns_last_pid + 1
     next; another process on the host may take it first: None then)."""
@@ -136,7 +147,7 @@ def test_a_recycled_pid_starts_a_new_lineage():
     with agent.session:
         pid = 0
         for _ in range(50):
-            pid = pid or (os.getpid() + 5000) % 4_000_000 + 300
+            pid = pid or _free_pid()
             first = _spawn_at(pid, ["/bin/sh", "-c", f"{TRUE} {marker.decode()}-a"])
             if first is None:
                 pid = 0

@@ -72,7 +72,8 @@ class Proc:
         if not start or self.start == start:
             return True
         if self.start:
-            return False
+            # a child seeded from /proc knows its parent's start to the tick
+            return start % _TICK_NS == 0 and start // _TICK_NS == self.start // _TICK_NS
         if self.ticks < 0 or start // _TICK_NS == self.ticks:
             # to the tick, or nothing known (a recording's start-up table):
             # the first event that names it teaches its start
