@@ -243,9 +243,9 @@ class ProcessTable:
             start = ev.get("start_time")
             if start is None:  # made in user space: the table's start
                 proc = self.get(ev["pid"])
-                start = ev["start_time"] = _start_of(proc)
+                start = ev["start_time"] = start_of(proc)
                 parent = self.get(ev["ppid"]) if ev["ppid"] else None
-                ev["parent_start_time"] = _start_of(parent)
+                ev["parent_start_time"] = start_of(parent)
                 ev.setdefault("seq", 0)
                 ev.setdefault("cpu", 0)
             # `exe` is the process's executable at the event: a successful
@@ -266,7 +266,8 @@ class ProcessTable:
                 ev["child_key"] = key(ev["child_pid"], ev["child_start_time"])
 
 
-def _start_of(proc: Proc | None) -> int:
+def start_of(proc: Proc | None) -> int:
+    """A process's start in boot ns: exact once an event gave it, else to the tick."""
     if proc is None:
         return 0
     return proc.start or (proc.ticks * _TICK_NS if proc.ticks >= 0 else 0)
