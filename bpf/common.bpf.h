@@ -12,6 +12,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include "vigil.h"
+#include "core_fixes.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -27,6 +28,37 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } vigil_stats SEC(".maps");
+
+/*
+ * Record numbers, one counter per CPU (vigil_header.seq).  Created once by
+ * user space and shared by every object, like the ring, and seeded there
+ * with CLOCK_BOOTTIME ns.  Per CPU rather than one global counter: a
+ * global atomic is a cache line every CPU fights over on every event of a
+ * storm; a per-CPU one is never contended.  A number is taken as the
+ * record is queued (or fails to be), so within one CPU the numbers follow
+ * ring order and a missing one is a record the ring lost.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} vigil_seq SEC(".maps");
+
+static __always_inline __u64 next_seq(void)
+{
+	__u32 zero = 0;
+	__u64 *v = bpf_map_lookup_elem(&vigil_seq, &zero);
+
+	/* atomic although per CPU: a preempted program may share the slot */
+	return v ? __sync_fetch_and_add(v, 1) : 0;
+}
+
+static __always_inline void stamp_seq(struct vigil_header *hdr)
+{
+	hdr->cpu = bpf_get_smp_processor_id();
+	hdr->seq = next_seq();
+}
 
 /*
  * Wake the reader only when the pending data crosses this many bytes; below
@@ -74,7 +106,10 @@ static __always_inline void fill_header(struct vigil_header *hdr, __u32 kind)
 	hdr->ppid = BPF_CORE_READ(task, real_parent, tgid);
 	hdr->uid = (__u32)ugid;
 	hdr->gid = ugid >> 32;
-	hdr->__pad = 0;
+	hdr->cpu = 0;
+	hdr->seq = 0;	/* taken when the record is queued (stamp_seq) */
+	hdr->start_time = task_start_boottime(BPF_CORE_READ(task, group_leader));
+	hdr->parent_start_time = task_start_boottime(BPF_CORE_READ(task, real_parent, group_leader));
 	bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
 }
 
@@ -129,8 +164,10 @@ static __always_inline void *reserve_event_class(__u32 kind, __u64 size,
 
 	if (ring_admits(cls, size))
 		e = bpf_ringbuf_reserve(&events, size, 0);
-	if (!e)
+	if (!e) {
 		stat_inc(kind, VIGIL_STAT_LOST);
+		next_seq();	/* the lost record's number: a gap the reader sees */
+	}
 	return e;
 }
 
@@ -145,6 +182,7 @@ static __always_inline void submit_event(struct vigil_header *hdr, __u64 size)
 	/* the reserved record already counts as pending */
 	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 
+	stamp_seq(hdr);
 	bpf_ringbuf_submit(hdr, submit_flags(pending, size));
 	stat_inc(kind, VIGIL_STAT_EMITTED);
 }
@@ -155,6 +193,7 @@ static __always_inline void output_event_class(struct vigil_header *hdr, __u64 s
 {
 	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size;
 
+	stamp_seq(hdr);	/* a failed output leaves its number unused: a gap */
 	if (!ring_admits(cls, size) ||
 	    bpf_ringbuf_output(&events, hdr, size, submit_flags(pending, size)))
 		stat_inc(hdr->kind, VIGIL_STAT_LOST);

@@ -29,6 +29,7 @@ static __always_inline int emit_fork(struct task_struct *child)
 	fill_header(&e->hdr, VIGIL_EV_FORK);
 	e->child_pid = pid;
 	e->__pad = 0;
+	e->child_start_time = task_start_boottime(child);
 	submit_event(&e->hdr, sizeof(*e));
 	return 0;
 }

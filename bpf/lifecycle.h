@@ -9,6 +9,7 @@ struct fork_event {
 	struct vigil_header hdr;
 	__u32 child_pid;
 	__u32 __pad;
+	__u64 child_start_time;	/* the child's start, CLOCK_BOOTTIME ns (its process key) */
 };
 
 /* The last thread of a process exited.  The header is the process. */

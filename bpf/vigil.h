@@ -73,8 +73,18 @@ struct vigil_header {
 	__u32 ppid;		/* real parent's pid */
 	__u32 uid;
 	__u32 gid;
-	__u32 __pad;
+	__u32 cpu;		/* CPU that queued the record: `seq` counts per CPU */
 	__u64 cgroup_id;	/* cgroup v2 id of the task */
+	/*
+	 * The record's number in its CPU's sequence, taken when it is queued
+	 * (a record the ring could not take burns its number: a gap is a loss).
+	 * The counters start at CLOCK_BOOTTIME ns when the agent loads, so no
+	 * two runs of one boot reuse a number: (boot_id, cpu, seq) is unique.
+	 */
+	__u64 seq;
+	/* process start, CLOCK_BOOTTIME ns: with boot_id and pid, the process key */
+	__u64 start_time;
+	__u64 parent_start_time;	/* the same for the real parent (ppid) */
 	char comm[VIGIL_COMM_LEN];
 };
 

@@ -348,7 +348,17 @@ COUNTS = st.one_of(
 
 
 _COLUMNS = {
-    "events": ("ts_ns", "kind", "pid", "ppid", "uid", "comm", "data"),
+    "events": ("ts_ns", "kind", "pid", "comm", "proc", "data"),
+    "processes": (
+        "id",
+        "process_key",
+        "parent_key",
+        "host",
+        "boot_id",
+        "exe",
+        "ancestors",
+        "last_ts_ns",
+    ),
     "sensor_status": ("kind", "updated_ns", "emitted", "lost", "partial", "stored", "rate"),
     "summaries": ("ts_ns", "interval_ns", "name", "spec", "counts"),
 }
@@ -362,15 +372,27 @@ def _loose(schema: str) -> str:
 @given(
     strict=st.booleans(),
     blobs_as_text=st.booleans(),
-    events=st.lists(st.tuples(CELLS, CELLS | KINDS, CELLS, CELLS, CELLS, CELLS, DATA), max_size=5),
+    events=st.lists(
+        st.tuples(CELLS, CELLS | KINDS, CELLS, CELLS, CELLS | st.integers(1, 3), DATA), max_size=5
+    ),
+    procs=st.lists(
+        st.tuples(
+            st.integers(1, 3) | CELLS, *[CELLS | TEXT] * 5, JSONS.map(json.dumps) | CELLS, CELLS
+        ),
+        max_size=3,
+    ),
     status=st.lists(st.tuples(CELLS | KINDS, *[CELLS] * 7), max_size=3),
     sums=st.lists(st.tuples(CELLS, CELLS, CELLS | st.just("execs"), CELLS, COUNTS), max_size=3),
     filters=st.lists(
-        st.sampled_from([["--kind", "exec"], ["--pid", "5"], ["--since", "1h"], ["-n", "3"]]),
+        st.sampled_from(
+            [["--kind", "exec"], ["--kind", "fork"], ["--pid", "5"], ["--since", "1h"], ["-n", "3"]]
+        ),
         max_size=2,
     ),
 )
-def test_fuzz_tampered_store(store_dir, strict, blobs_as_text, events, status, sums, filters):
+def test_fuzz_tampered_store(
+    store_dir, strict, blobs_as_text, events, procs, status, sums, filters
+):
     path = os.path.join(store_dir, "tampered.db")
     if strict:
         shutil.copy(os.path.join(store_dir, "good.db"), path)
@@ -386,8 +408,9 @@ def test_fuzz_tampered_store(store_dir, strict, blobs_as_text, events, status, s
     db.execute("PRAGMA synchronous=OFF")
     try:
         for sql, rows in (
-            ("INSERT INTO events (ts_ns, kind, pid, ppid, uid, comm, data) VALUES (?,?,?,?,?,?,?)",
+            ("INSERT INTO events (ts_ns, kind, pid, comm, proc, data) VALUES (?,?,?,?,?,?)",
              events),
+            ("INSERT OR REPLACE INTO processes VALUES (?,?,?,?,?,?,?,?)", procs),
             ("INSERT OR REPLACE INTO sensor_status VALUES (?,?,?,?,?,?,?,?)", status),
             ("INSERT INTO summaries (ts_ns, interval_ns, name, spec, counts) VALUES (?,?,?,?,?)",
              sums),

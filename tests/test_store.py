@@ -34,39 +34,62 @@ def _event(i: int) -> dict:
     }
 
 
+# what `vigil events` is asked most, as CLI arguments and as Store.query arguments
+BIG_QUERIES = [
+    (["--kind", "exec", "-n", "20"], {"kinds": ["exec"], "limit": 20}),
+    (["--pid", "1234", "-n", "20"], {"pid": 1234, "limit": 20}),
+    (["--comm", "comm42", "-n", "20"], {"comm": "comm42", "limit": 20}),
+    (
+        ["--kind", "exit", "--since", "2023-11-14T22:13:20", "-n", "50"],
+        {"kinds": ["exit"], "since_ns": 1_700_000_000_000_000_000, "limit": 50},
+    ),
+    (["--kind", "exec", "--kind", "exit", "-n", "30"], {"kinds": ["exec", "exit"], "limit": 30}),
+    (["-n", "100"], {"limit": 100}),
+]
+
+
+def check_query_plans(store: Store) -> None:
+    """Every query walks an index in ts_ns order and stops at its limit:
+    none sorts (a temporary B-tree) or reads the whole table."""
+    for _args, q in BIG_QUERIES:
+        for plan in store.query_plan(**q):
+            assert "TEMP B-TREE" not in plan, (q, plan)
+            assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, (q, plan)
+
+
 def test_million_rows_query_fast(tmp_path):
     db = str(tmp_path / "big.db")
     store = Store(db)
     batch = 50_000
     for start in range(0, 1_000_000, batch):
-        events = [_event(i) for i in range(start, start + batch)]
-        store.add(events, [to_json(e) for e in events])
+        store.add([_event(i) for i in range(start, start + batch)])
         store.flush()
     store.close()
-    queries = [
-        ["--kind", "exec", "-n", "20"],
-        ["--pid", "1234", "-n", "20"],
-        ["--comm", "comm42", "-n", "20"],
-        ["--kind", "exit", "--since", "2023-11-14T22:13:20", "-n", "50"],
-        ["-n", "100"],
-    ]
-    for q in queries:
-        t = time.monotonic()
-        res = vigil("events", "--db", db, "--json", *q, check=True)
-        took = time.monotonic() - t
-        rows = [orjson.loads(line) for line in res.stdout.splitlines()]
-        assert rows, q
-        assert [r["ts_ns"] for r in rows] == sorted((r["ts_ns"] for r in rows), reverse=True)
-        assert took < 2.0, (q, took)  # process start included
-    assert all(
-        r["kind"] == "exec"
-        for r in [
-            orjson.loads(x)
-            for x in vigil(
-                "events", "--db", db, "--json", "--kind", "exec", "-n", "5"
-            ).stdout.splitlines()
-        ]
-    )
+    reader = Store(db, readonly=True)
+    check_query_plans(reader)
+    for args, q in BIG_QUERIES:
+        # timed in-process, best of three: a process start on a loaded
+        # 2-CPU host is noise (it made a 2 s limit with start-up flaky);
+        # the query itself must take milliseconds, and the plan above is
+        # what keeps it so at any size (bench/store_query: 10M rows)
+        took = []
+        for _ in range(3):
+            t = time.perf_counter()
+            rows = reader.query(**q)
+            took.append(time.perf_counter() - t)
+        assert min(took) < 0.25, (q, took)
+        assert len(rows) == q["limit"], q
+        res = vigil("events", "--db", db, "--json", *args, check=True)
+        shown = [orjson.loads(line) for line in res.stdout.splitlines()]
+        assert shown == [orjson.loads(r) for r in rows], args
+        assert [r["ts_ns"] for r in shown] == sorted((r["ts_ns"] for r in shown), reverse=True)
+        if "kinds" in q:
+            assert {r["kind"] for r in shown} <= set(q["kinds"]), args
+        if "pid" in q:
+            assert {r["pid"] for r in shown} == {q["pid"]}
+        if "comm" in q:
+            assert {r["comm"] for r in shown} == {q["comm"]}
+    reader.close()
 
 
 def test_failed_write_is_kept_and_retried(tmp_path):
@@ -309,13 +332,13 @@ def test_newer_schema_is_refused(tmp_path):
     db = str(tmp_path / "v.db")
     _store_with_pid(db, 1)
     with sqlite3.connect(db) as raw:
-        raw.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+        raw.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
     raw.close()
     for args in (["events"], ["status"], ["summaries"]):
         res = vigil(*args, "--db", db)
         err = res.stderr.decode().strip()
         assert res.returncode == 1 and len(err.splitlines()) == 1, err
-        assert "written by a newer Vigil (schema version 2" in err, err
+        assert "written by a newer Vigil (schema version 3" in err, err
     before = Path(db).read_bytes()
     with pytest.raises(StoreError, match="newer Vigil"):
         Store(db)
@@ -417,3 +440,160 @@ def test_reopening_in_the_same_process_is_not_another_agent(tmp_path, caplog):
     assert "ended uncleanly" not in caplog.text
     second.close()
     first.store.db.close()
+
+
+# -- schema 2: processes once, retention ---------------------------------------------
+class _Lines:
+    """The JSON lines `--json` would print for every event (full shape)."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def write(self, batch) -> None:
+        self.lines.extend(batch.lines)
+
+    def status(self, stats) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.kernel
+def test_processes_stored_once_and_events_read_back_in_the_documented_shape(tmp_path):
+    from helpers import TRUE, pump_until, start_agent, unique_marker
+    from vigil.outputs.sinks import StoreSink
+
+    db = str(tmp_path / "v.db")
+    store = Store(db)
+    lines = _Lines()
+    agent, sink = start_agent(sinks=[lines, StoreSink(store)])
+    marker = unique_marker()
+    with agent.session:
+        for _ in range(40):
+            subprocess.run(["/bin/sh", "-c", f"{TRUE} {marker.decode()}"], check=True)
+        pump_until(agent, sink, lambda evs: sum(marker in e.get("args", ()) for e in evs) >= 40)
+        for s in agent.sinks:
+            s.close()
+    live = {(e["cpu"], e["seq"]): e for e in map(orjson.loads, lines.lines)}
+    res = vigil("events", "--db", db, "--json", "-n", "1000000", check=True)
+    stored = {(e["cpu"], e["seq"]): e for e in map(orjson.loads, res.stdout.splitlines())}
+    assert stored.keys() == live.keys()
+    for key, ev in live.items():
+        assert stored[key] == ev, key  # every field, exe and ancestors included
+    raw = sqlite3.connect(db)
+    n_events = raw.execute("SELECT count(*) FROM events").fetchone()[0]
+    procs = raw.execute("SELECT process_key, exe, ancestors FROM processes").fetchall()
+    assert (
+        raw.execute("SELECT count(*) FROM events WHERE data LIKE '%\"ancestors\"%'").fetchone()[0]
+        == 0
+    )
+    raw.close()
+    assert len(procs) == len(set(procs))  # each image and ancestry once
+    assert len(procs) < n_events / 2  # 40 shells: fork, exec, exec, exit... share rows
+
+
+def _aged(i: int, ts_ns: int) -> dict:
+    ev = _event(i)
+    ev["ts_ns"] = ts_ns
+    ev["process_key"] = f"boot:{i % 50}:{1000 + i % 50}"
+    ev["exe"] = b"/bin/x%d" % (i % 50)
+    ev["ancestors"] = [{"pid": 1, "comm": "init", "exe": "/sbin/init"}]
+    return ev
+
+
+def test_age_retention_deletes_old_rows_in_slices_while_ingestion_goes_on(tmp_path):
+    db = str(tmp_path / "r.db")
+    store = Store(db, retention_age_s=3600, retention_bytes=None)
+    old_ts = time.time_ns() - 7200 * 10**9
+    old = [_aged(i, old_ts + i) for i in range(30_000)]
+    store.add(old)
+    store.flush()
+    added, slices, longest = 0, 0, 0.0
+    while True:
+        now = time.time_ns()
+        fresh = [_aged(i, now + i) for i in range(added, added + 500)]
+        store.add(fresh)
+        added += len(fresh)
+        assert store.flush() == 500  # ingestion is not held up by the deletes
+        t = time.monotonic()
+        store.enforce_retention(budget_s=0.005)
+        longest = max(longest, time.monotonic() - t)
+        slices += 1
+        left = store.db.execute("SELECT count(*) FROM events WHERE ts_ns < ?", (now - 3600e9,))
+        if left.fetchone()[0] == 0:
+            break
+        assert slices < 1000
+    assert slices > 1  # in slices, with events stored between them
+    assert longest < 1.0  # one budget plus one small transaction, on a loaded host
+    assert store.count() == added  # every new event kept
+    assert store.deleted == 30_000
+    store.close()
+    # process rows no event names any more went too; the others stayed
+    raw = sqlite3.connect(db)
+    orphans = raw.execute(
+        "SELECT count(*) FROM processes WHERE id NOT IN (SELECT proc FROM events)"
+    ).fetchone()[0]
+    raw.close()
+    assert orphans == 0
+    res = vigil("events", "--db", db, "--json", "-n", "5", check=True)
+    assert all(orjson.loads(x)["exe"].startswith("/bin/x") for x in res.stdout.splitlines())
+
+
+def test_size_retention_keeps_the_file_under_its_bound(tmp_path):
+    db = str(tmp_path / "s.db")
+    bound = 4 << 20
+    store = Store(db, retention_age_s=None, retention_bytes=bound)
+    now = time.time_ns()
+    total = 0
+    for start in range(0, 60_000, 1000):
+        store.add([_aged(i, now + i) for i in range(start, start + 1000)])
+        store.flush()
+        store.enforce_retention(budget_s=1.0)
+        total += 1000
+        assert os.path.getsize(db) <= bound, (start, os.path.getsize(db))
+    assert store.deleted > 0 and store.count() == total - store.deleted
+    # the oldest went, the newest stayed
+    newest = store.db.execute("SELECT max(ts_ns), min(ts_ns) FROM events").fetchone()
+    assert newest[0] == now + 59_999 and newest[1] > now
+    store.close()
+
+
+def test_schema_1_store_is_read_but_not_written(tmp_path):
+    db = str(tmp_path / "old.db")
+    raw = sqlite3.connect(db)
+    raw.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE events (id INTEGER PRIMARY KEY, ts_ns INTEGER NOT NULL,
+            kind TEXT NOT NULL, pid INTEGER NOT NULL, ppid INTEGER NOT NULL,
+            uid INTEGER NOT NULL, comm TEXT NOT NULL, data TEXT NOT NULL);
+        CREATE TABLE sensor_status (kind TEXT PRIMARY KEY, updated_ns INTEGER NOT NULL,
+            emitted INTEGER NOT NULL, lost INTEGER NOT NULL, partial INTEGER NOT NULL,
+            stored INTEGER NOT NULL, dropped INTEGER NOT NULL, rate REAL NOT NULL);
+        """
+    )
+    ev = {
+        "kind": "exit",
+        "ts_ns": 5,
+        "pid": 7,
+        "ppid": 1,
+        "comm": "x",
+        "exe": "/x",
+        "ancestors": [],
+        "exit_code": 0,
+        "signal": 0,
+        "duration_ns": 1,
+    }
+    raw.execute(
+        "INSERT INTO events VALUES (1, 5, 'exit', 7, 1, 0, 'x', ?)", (orjson.dumps(ev).decode(),)
+    )
+    raw.commit()
+    raw.close()
+    res = vigil("events", "--db", db, "--json", check=True)
+    assert orjson.loads(res.stdout) == ev
+    before = Path(db).read_bytes()
+    with pytest.raises(StoreError, match="older Vigil's store .*move it aside"):
+        Store(db)
+    assert Path(db).read_bytes() == before

@@ -173,7 +173,7 @@ def test_end_to_end_as_a_user_runs_them(tmp_path):
 
 
 # -- tampered store rows: JSONDecodeError, KeyError, TypeError -----------------------------
-_EVENT_SQL = "INSERT INTO events (ts_ns, kind, pid, ppid, uid, comm, data) VALUES (?,?,?,?,?,?,?)"
+_EVENT_SQL = "INSERT INTO events (ts_ns, kind, pid, comm, proc, data) VALUES (?,?,?,?,?,?)"
 _HOSTILE_DATA = [
     "not json",  # JSONDecodeError
     "{}",  # KeyError
@@ -191,12 +191,11 @@ _HOSTILE_DATA = [
 
 def test_tampered_event_rows_are_skipped_and_counted(db):
     rows = [
-        (2_000_000_000_000_000_000 + i, "exec", 1, 1, 0, "x", d)
-        for i, d in enumerate(_HOSTILE_DATA)
+        (2_000_000_000_000_000_000 + i, "exec", 1, "x", 1, d) for i, d in enumerate(_HOSTILE_DATA)
     ]
     # header right, the kind's own fields wrong: DETAIL cannot be described
     bad_detail = '{"kind":"exec","ts_ns":3,"pid":1,"ppid":1,"comm":"x","args":5}'
-    rows.append((3_000_000_000_000_000_000, "exec", 1, 1, 0, "x", bad_detail))
+    rows.append((3_000_000_000_000_000_000, "exec", 1, "x", 1, bad_detail))
     tamper(db, _EVENT_SQL, rows)
     res = run(["events", "--db", db, "-n", "1000", "--json"])
     assert_user_facing(res)
@@ -345,8 +344,8 @@ def test_text_that_is_not_utf8_fails_one_row_not_the_query(db):
 
     con = sqlite3.connect(db)
     con.execute(
-        "INSERT INTO events (ts_ns, kind, pid, ppid, uid, comm, data)"
-        " VALUES (9e18, 'exec', 1, 1, 0, 'x', CAST(x'7b22ff' AS TEXT))"
+        "INSERT INTO events (ts_ns, kind, pid, comm, proc, data)"
+        " VALUES (9e18, 'exec', 1, 'x', 1, CAST(x'7b22ff' AS TEXT))"
     )
     con.execute("INSERT INTO sensor_status VALUES (CAST(x'ff' AS TEXT), 1, 1, 1, 1, 1, 1, 1.0)")
     con.commit()

@@ -150,7 +150,13 @@ def monitor(ctx, config_path, summary_specs, no_summaries, as_json, quiet, durat
         given["alert_window"],
         table,
     )
-    store = Store(db_path, max_pending_bytes=settings.store.backlog_mb << 20)
+    retention = settings.store.retention
+    store = Store(
+        db_path,
+        max_pending_bytes=settings.store.backlog_mb << 20,
+        retention_age_s=retention.max_age,
+        retention_bytes=retention.max_size_mb << 20,
+    )
     sinks = []
     try:
         stages = [detector] if detector is not None else []

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 import psutil
 
 from . import kernel, sensors
-from .process import ProcessTable, read_proc
+from .process import ProcessTable, read_proc, start_of
 
 __all__ = ["snapshot_events"]
 
@@ -107,7 +107,11 @@ def _event(kind: str, now: int, pid: int, conn, processes: ProcessTable | None) 
         "ppid": proc.ppid if proc else 0,
         "uid": uid,
         "gid": gid,
+        "cpu": 0,
         "cgroup_id": _cgroup_id(pid),
+        "seq": 0,  # no kernel counter numbered it (docs/events.md)
+        "start_time": start_of(proc),
+        "parent_start_time": proc.pstart if proc else 0,
         "comm": proc.comm if proc else b"",
         "family": family,
         "protocol": socket.IPPROTO_TCP if conn.type == socket.SOCK_STREAM else socket.IPPROTO_UDP,

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import _libbpf as bpf
-from . import kernel, paths, records, sensors
+from . import identity, kernel, paths, records, sensors
 from .errors import ConfigError, LayoutError, VigilError
 from .sensors import Attach, Sensor
 
@@ -162,6 +162,7 @@ def _open_group(group: list[Sensor], rodata: dict, forced: dict, session: Sessio
         for prog in obj.programs():
             prog.autoload = prog.name in names
         obj.map("events").reuse_fd(session._ring_fd)
+        obj.map("vigil_seq").reuse_fd(session._seq_fd)
         wanted = {"wakeup_bytes": session.wakeup_bytes}
         for s in group:
             wanted.update({k: v() if callable(v) else v for k, v in s.rodata.items()})
@@ -223,6 +224,7 @@ class Session:
         self._links: list[bpf.Link] = []
         self._finish = {}
         self._ring_fd = -1
+        self._seq_fd = -1
         self.reader: bpf.RingReader | None = None
         self._epoll: select.epoll | None = None
         self._monitor = monitor
@@ -243,6 +245,7 @@ class Session:
         self._ring_fd = bpf.map_create(
             bpf.BPF_MAP_TYPE_RINGBUF, "vigil_events", 0, 0, self.ring_bytes
         )
+        self._seq_fd = identity.create_seq_map()
         for group in by_object.values():
             if self.skip_unloadable:
                 self._load_what_loads(group, rodata, forced)
@@ -380,6 +383,9 @@ class Session:
         if self._ring_fd >= 0:
             os.close(self._ring_fd)
             self._ring_fd = -1
+        if self._seq_fd >= 0:
+            os.close(self._seq_fd)
+            self._seq_fd = -1
 
     def __enter__(self) -> Session:
         return self

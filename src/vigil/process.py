@@ -6,6 +6,15 @@ short-lived processes are known even when /proc never saw them.  Exited
 processes stay a while (bounded) because their children and late events
 still name them.
 
+A process is (pid, start time), never a pid alone: every record's header
+carries the process's and its parent's start (CLOCK_BOOTTIME ns, read in
+the kernel), a fork the child's, so a recycled pid starts a new lineage and
+an event of the old holder (late in the ring, or its orphaned child's
+ancestry) still finds the old one.  /proc gives the start only in clock
+ticks (field 22 of stat): a process seeded from there matches the kernel's
+start to the tick, and takes the kernel's exact value the first time an
+event names it.
+
 /proc is read directly rather than through psutil: psutil decodes names and
 paths to str, and Vigil keeps them as the kernel's bytes.
 """
@@ -13,14 +22,16 @@ paths to str, and Vigil keeps them as the kernel's bytes.
 from __future__ import annotations
 
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from .encoding import escape_cached
+from .identity import Keys, host_name
 from .sensors import related_pid_fields
 
 MAX_ANCESTORS = 16
 KEEP_EXITED = 8192
+_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(slots=True)
@@ -32,6 +43,10 @@ class Proc:
     args: list[bytes]
     exited: bool = False
     _brief: dict | None = None
+    start: int = 0  # CLOCK_BOOTTIME ns; 0: known only to the tick (`ticks`) or not at all
+    pstart: int = 0  # the parent's start, as `start`
+    ticks: int = -1  # start in clock ticks, from /proc (-1: not read there)
+    exec_gen: int = 0  # successful execs Vigil saw this process make
 
     def brief(self) -> dict:
         """{pid, comm, exe} for ancestry, as escaped text (docs/events.md).
@@ -49,7 +64,23 @@ class Proc:
 
     def update(self, ppid: int, comm: bytes, exe: bytes, args: list[bytes]) -> None:
         self.ppid, self.comm, self.exe, self.args = ppid, comm, exe, args
+        self.exec_gen += 1
         self._brief = None
+
+    def started(self, start: int) -> bool:
+        """Is this the process that started at `start` (0: unknown, any)?
+        A /proc-seeded process learns its exact start here."""
+        if not start or self.start == start:
+            return True
+        if self.start:
+            # a child seeded from /proc knows its parent's start to the tick
+            return start % _TICK_NS == 0 and start // _TICK_NS == self.start // _TICK_NS
+        if self.ticks < 0 or start // _TICK_NS == self.ticks:
+            # to the tick, or nothing known (a recording's start-up table):
+            # the first event that names it teaches its start
+            self.start = start
+            return True
+        return False
 
 
 def read_proc(pid: int) -> Proc | None:
@@ -63,7 +94,9 @@ def read_proc(pid: int) -> Proc | None:
     # comm may hold spaces and parentheses: it ends at the last ')'
     lpar, rpar = stat.find(b"("), stat.rfind(b")")
     comm = stat[lpar + 1 : rpar]
-    ppid = int(stat[rpar + 2 :].split(None, 2)[1])
+    fields = stat[rpar + 2 :].split()
+    ppid = int(fields[1])
+    ticks = int(fields[19])  # field 22: starttime, clock ticks after boot
     try:
         exe = os.readlink(base + b"/exe")
     except OSError:
@@ -74,7 +107,7 @@ def read_proc(pid: int) -> Proc | None:
         args = raw.split(b"\0")[:-1] if raw else []
     except OSError:
         args = []
-    return Proc(pid, ppid, comm, exe, args)
+    return Proc(pid, ppid, comm, exe, args, ticks=ticks)
 
 
 class ProcessTable:
@@ -83,13 +116,19 @@ class ProcessTable:
         max_ancestors: int = MAX_ANCESTORS,
         keep_exited: int = KEEP_EXITED,
         read_proc: bool = True,
+        keys: Keys | None = None,
+        host: str | None = None,
     ):
         """`read_proc=False` never looks in /proc (replaying a recording)."""
-        self.procs: dict[int, Proc] = {}
+        self.procs: dict[int, Proc] = {}  # pid -> its present (or last) holder
+        # earlier holders of a recycled pid, (pid, start) -> Proc, bounded
+        self.earlier: OrderedDict[tuple[int, int], Proc] = OrderedDict()
         self._read_proc = read_proc
         self.max_ancestors = max_ancestors
-        self._exited: deque[int] = deque()
+        self._exited: deque[Proc] = deque()
         self._keep_exited = keep_exited
+        self.keys = keys or Keys()
+        self.host = host_name() if host is None else host
 
     def seed(self) -> int:
         """Load every process now in /proc; returns how many."""
@@ -98,84 +137,123 @@ class ProcessTable:
                 proc = read_proc(int(name))
                 if proc is not None:
                     self.procs.setdefault(proc.pid, proc)
+        for proc in self.procs.values():
+            parent = self.procs.get(proc.ppid)
+            if parent is not None and parent.ticks >= 0:
+                proc.pstart = parent.ticks * _TICK_NS  # to the tick; exact once seen
         return len(self.procs)
 
-    def get(self, pid: int) -> Proc | None:
+    def get(self, pid: int, start: int = 0) -> Proc | None:
+        """The process `pid` that started at `start` (0: whoever holds it)."""
         proc = self.procs.get(pid)
-        if proc is None and pid > 0 and self._read_proc:
-            proc = read_proc(pid)
-            if proc is not None:
-                self.procs[pid] = proc
-        return proc
+        if proc is not None:
+            if proc.started(start):
+                return proc
+            earlier = self.earlier.get((pid, start))
+            if earlier is not None or start < proc.start:
+                return earlier  # an older holder of the pid (None: forgotten)
+        if pid > 0 and self._read_proc:
+            fresh = read_proc(pid)
+            if fresh is not None and fresh.started(start):
+                self._hold(fresh)
+                return fresh
+        return None
+
+    def _hold(self, proc: Proc) -> None:
+        """`proc` now holds its pid; an earlier holder is kept aside."""
+        old = self.procs.get(proc.pid)
+        if old is not None and old is not proc and old.start:
+            self.earlier[(old.pid, old.start)] = old
+            while len(self.earlier) > self._keep_exited:
+                self.earlier.popitem(last=False)
+        self.procs[proc.pid] = proc
 
     def _forget_exited(self) -> None:
         while len(self._exited) > self._keep_exited:
-            pid = self._exited.popleft()
-            proc = self.procs.get(pid)
-            if proc is not None and proc.exited:
-                del self.procs[pid]
+            proc = self._exited.popleft()
+            if self.procs.get(proc.pid) is proc:
+                del self.procs[proc.pid]
+            else:
+                self.earlier.pop((proc.pid, proc.start), None)
 
     # -- kept current by events ---------------------------------------------------
     def on_fork(self, ev: dict) -> None:
-        parent = self.procs.get(ev["pid"])
+        parent = self.get(ev["pid"], ev.get("start_time", 0))
+        start = ev.get("child_start_time", 0)
         if parent is not None:
             child = Proc(ev["child_pid"], ev["pid"], parent.comm, parent.exe, parent.args)
         else:
             child = Proc(ev["child_pid"], ev["pid"], ev["comm"], b"", [])
-        self.procs[child.pid] = child  # replaces an exited holder of a reused pid
+        child.start, child.pstart = start, ev.get("start_time", 0)
+        self._hold(child)  # a recycled pid: the exited holder is kept aside
 
     def on_exec(self, ev: dict) -> None:
         if ev["ret"] != 0:
             return
         exe = ev.get("exe") or ev["filename"]
-        proc = self.procs.get(ev["pid"])
+        start = ev.get("start_time", 0)
+        proc = self.get(ev["pid"], start)
         if proc is None or proc.exited:
-            self.procs[ev["pid"]] = Proc(ev["pid"], ev["ppid"], ev["comm"], exe, ev["args"])
+            proc = Proc(ev["pid"], ev["ppid"], ev["comm"], exe, ev["args"], start=start)
+            self._hold(proc)
         else:
             proc.update(ev["ppid"], ev["comm"], exe, ev["args"])
+        proc.pstart = ev.get("parent_start_time", 0) or proc.pstart
 
     def on_exit(self, ev: dict) -> None:
-        proc = self.procs.get(ev["pid"])
-        if proc is not None:
+        proc = self.get(ev["pid"], ev.get("start_time", 0))
+        if proc is not None and not proc.exited:
             proc.exited = True
-            self._exited.append(proc.pid)
+            self._exited.append(proc)
             self._forget_exited()
 
     _UPDATES = {"fork": on_fork, "exec": on_exec, "exit": on_exit}
 
     # -- enrichment ------------------------------------------------------------------
-    def ancestors(self, ppid: int) -> list[dict]:
+    def ancestors(self, ppid: int, pstart: int = 0) -> list[dict]:
         """The parent, its parent, ... up to pid 1 or the bound."""
         out: list[dict] = []
-        pid, seen = ppid, set()
+        pid, start, seen = ppid, pstart, set()
         while pid > 0 and pid not in seen and len(out) < self.max_ancestors:
             seen.add(pid)
-            proc = self.get(pid)
+            proc = self.get(pid, start)
             if proc is None:
                 out.append({"pid": pid, "comm": "", "exe": ""})
                 break
             out.append(proc.brief())
-            pid = proc.ppid
+            pid, start = proc.ppid, proc.pstart
         return out
 
     def enrich(self, events: list[dict]) -> None:
-        """Update the table from each event, then add `exe` and `ancestors`.
+        """Update the table from each event, then add `exe`, `ancestors`
+        and the identities (`host`, `boot_id`, `process_key`, `parent_key`;
+        `seq` and `cpu` come from the kernel, 0 for events made here).
 
         Events are handled in ring order, so a process's fork and exec are
         known before its later events are enriched.
         """
         updates = self._UPDATES
         related = related_pid_fields()
-        lineage: dict[int, list[dict]] = {}  # ppid -> ancestry, within this batch
+        key = self.keys.key
+        host, boot = self.host, self.keys.boot
+        lineage: dict[tuple[int, int], list[dict]] = {}  # parent -> ancestry, in this batch
         for ev in events:
             update = updates.get(ev["kind"])
             if update is not None:
                 update(self, ev)
                 lineage.clear()  # the table changed: recompute
+            start = ev.get("start_time")
+            if start is None:  # made in user space: the table's start
+                proc = self.get(ev["pid"])
+                start = ev["start_time"] = start_of(proc)
+                parent = self.get(ev["ppid"]) if ev["ppid"] else None
+                ev["parent_start_time"] = start_of(parent)
+                ev.setdefault("seq", 0)
+                ev.setdefault("cpu", 0)
             # `exe` is the process's executable at the event: a successful
             # exec brings its own (kernel-resolved); others take the table's
             if not ev.get("exe"):
-                proc = self.get(ev["pid"])
+                proc = self.get(ev["pid"], start)
                 ev["exe"] = proc.exe if proc is not None else b""
             # another process the event names (a signal's target): who it is
             for pid_field, exe_field, comm_field in related.get(ev["kind"], ()):
@@ -183,8 +261,21 @@ class ProcessTable:
                 proc = self.get(other) if other > 0 else None
                 ev[exe_field] = proc.exe if proc is not None else b""
                 ev[comm_field] = proc.comm if proc is not None else b""
-            ppid = ev["ppid"]
-            chain = lineage.get(ppid)
+            ppid, pstart = ev["ppid"], ev["parent_start_time"]
+            chain = lineage.get((ppid, pstart))
             if chain is None:
-                chain = lineage[ppid] = self.ancestors(ppid)
+                chain = lineage[(ppid, pstart)] = self.ancestors(ppid, pstart)
             ev["ancestors"] = chain
+            ev["host"] = host
+            ev["boot_id"] = boot
+            ev["process_key"] = key(ev["pid"], start)
+            ev["parent_key"] = key(ppid, pstart) if ppid else ""
+            if "child_start_time" in ev:
+                ev["child_key"] = key(ev["child_pid"], ev["child_start_time"])
+
+
+def start_of(proc: Proc | None) -> int:
+    """A process's start in boot ns: exact once an event gave it, else to the tick."""
+    if proc is None:
+        return 0
+    return proc.start or (proc.ticks * _TICK_NS if proc.ticks >= 0 else 0)

@@ -47,6 +47,33 @@ def event(data) -> dict | None:
     return ev
 
 
+def process(exe, ancestors, process_key, parent_key, host, boot_id) -> dict | bool:
+    """A `processes` row -> the event fields it holds, or False when
+    malformed (its events are skipped)."""
+    texts = (exe, ancestors, process_key, parent_key, host, boot_id)
+    if any(type(t) is not str for t in texts):
+        return False
+    try:
+        chain = orjson.loads(ancestors)
+    except orjson.JSONDecodeError:
+        return False
+    if type(chain) is not list:
+        return False
+    for entry in chain:
+        if type(entry) is not dict or not _int(entry.get("pid")):
+            return False
+        if type(entry.get("comm")) is not str or type(entry.get("exe")) is not str:
+            return False
+    return {
+        "exe": exe,
+        "ancestors": chain,
+        "process_key": process_key,
+        "parent_key": parent_key,
+        "host": host,
+        "boot_id": boot_id,
+    }
+
+
 _STATUS_COUNTS = ("updated_ns", "emitted", "lost", "partial", "stored", "dropped")
 
 

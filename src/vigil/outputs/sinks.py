@@ -24,17 +24,21 @@ class StoreSink:
         flush_interval: float = 0.5,
         flush_rows: int = 20_000,
         flush_budget: float = 0.25,
+        retention_budget: float = 0.05,
     ):
         self.store = store
         self.agent = AgentRecord(store)  # says if the previous run ended uncleanly
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
         self.flush_budget = flush_budget
+        self.retention_budget = retention_budget
         self._next_flush = time.monotonic() + flush_interval
         self._stats: dict[str, dict] = {}
 
     def write(self, batch: Batch) -> None:
-        self.store.add(batch.events, batch.lines)
+        # not batch.lines: the store makes its own, smaller JSON (no ancestry),
+        # and asking for the lines would make every event's full JSON too
+        self.store.add(batch.events)
         now = time.monotonic()
         if now >= self._next_flush or self.store.pending >= self.flush_rows:
             self.store.flush(self.flush_budget)
@@ -53,6 +57,8 @@ class StoreSink:
         self._stats = stats
         self.agent.update(stats, format_status(stats, self.store))
         self.store.flush(self.flush_budget)
+        # a small slice per tick: retention never holds ingestion up for long
+        self.store.enforce_retention(self.retention_budget)
         self._count(stats)
 
     def close(self) -> None:

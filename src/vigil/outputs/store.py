@@ -1,9 +1,16 @@
 """The embedded event store: SQLite in WAL mode.
 
 Each event is one row: a few indexed columns for the queries `vigil events`
-runs (time, kind, pid, comm) and the event itself as the same JSON that
-`--json` prints (docs/events.md), so the store, live tools and queries share
-one schema.  Rows are inserted in batched transactions.
+runs (time, kind, pid, comm), the id of its process's row, and the event
+itself as JSON (docs/events.md) without what its process row holds: `exe`
+and `ancestors` are stored once per process image (table `processes`), not
+copied into every event, and `time` is made from `ts_ns` when read.  The
+readers join them back, so `vigil events --json` prints the documented
+shape.  Rows are inserted in batched transactions.
+
+Retention (age and size) is enforced by `enforce_retention`, called on a
+timer: small DELETE transactions within a time budget, so ingestion, which
+shares the connection, never waits long.
 
 If a write fails (disk full, read-only, locked by someone else), the rows
 wait in memory and are retried in transactions of a few rows at first, then
@@ -26,6 +33,7 @@ characters.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import sqlite3
@@ -40,14 +48,18 @@ from operator import itemgetter
 import orjson
 
 from .. import files
-from ..encoding import escape_cached
+from ..encoding import escape, escape_cached, iso_time
 from ..errors import StoreError, VigilError
 from ..paths import DEFAULT_DB
 from . import rows as checked
 
 log = logging.getLogger("vigil.store")
 
-SCHEMA_VERSION = "1"  # a database of a newer schema is refused, not misread
+SCHEMA_VERSION = "2"  # a database of a newer schema is refused, not misread
+# 1: every event's JSON whole, ancestry copied into each row (read, not written)
+READABLE_VERSIONS = ("1", SCHEMA_VERSION)
+DEFAULT_RETENTION_AGE_S = 14 * 86400.0
+DEFAULT_RETENTION_BYTES = 2 << 30
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -55,11 +67,21 @@ CREATE TABLE IF NOT EXISTS events (
     ts_ns INTEGER NOT NULL,
     kind TEXT NOT NULL,
     pid INTEGER NOT NULL,
-    ppid INTEGER NOT NULL,
-    uid INTEGER NOT NULL,
     comm TEXT NOT NULL,
+    proc INTEGER NOT NULL,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS processes (
+    id INTEGER PRIMARY KEY,
+    process_key TEXT NOT NULL,
+    parent_key TEXT NOT NULL,
+    host TEXT NOT NULL,
+    boot_id TEXT NOT NULL,
+    exe TEXT NOT NULL,
+    ancestors TEXT NOT NULL,
+    last_ts_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS processes_last ON processes (last_ts_ns);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ns);
 CREATE INDEX IF NOT EXISTS events_kind_ts ON events (kind, ts_ns);
 CREATE INDEX IF NOT EXISTS events_pid_ts ON events (pid, ts_ns);
@@ -84,7 +106,13 @@ CREATE TABLE IF NOT EXISTS sensor_status (
     rate REAL NOT NULL
 );
 """
-_INSERT = "INSERT INTO events (ts_ns, kind, pid, ppid, uid, comm, data) VALUES (?,?,?,?,?,?,?)"
+_INSERT = "INSERT INTO events (ts_ns, kind, pid, comm, proc, data) VALUES (?,?,?,?,?,?)"
+_INSERT_PROC = "INSERT INTO processes VALUES (?,?,?,?,?,?,?,?)"
+_TOUCH_PROC = "UPDATE processes SET last_ts_ns = max(last_ts_ns, ?) WHERE id = ?"
+# what a process row holds, or a reader makes: not in an event's stored JSON
+_JOINED = frozenset(("exe", "ancestors", "time", "host", "boot_id", "process_key", "parent_key"))
+# rows per DELETE: one such transaction takes a few ms, which ingestion can wait
+RETENTION_BATCH = 2000
 
 
 def _where(since_ns: int | None, **columns) -> tuple[str, list]:
@@ -110,6 +138,83 @@ def _where(since_ns: int | None, **columns) -> tuple[str, list]:
 ROW_OVERHEAD = 160
 # Files SQLite keeps beside the database.
 SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def _rank(value) -> int:
+    """SQLite's order of storage classes: NULL, numbers, text, blobs."""
+    if value is None:
+        return 0
+    if type(value) is str:
+        return 2
+    return 3 if type(value) is bytes else 1
+
+
+def _sql_order(row: tuple) -> tuple:
+    """(ts_ns, id) as SQLite orders them, whatever an altered store holds."""
+    return (_rank(row[0]), row[0], _rank(row[1]), row[1])
+
+
+class _Shapes:
+    """The stored JSON of events, made by one plan per (kind, field count):
+    which fields to keep and which hold bytes, learnt from the first such
+    event, so that each later one is a dict comprehension and a few
+    escapes rather than a loop over every field.  An event the plan does
+    not fit (a missing field, bytes where the first had none) takes the
+    general path."""
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple[str, int], tuple[tuple, tuple, tuple]] = {}
+
+    def dumps(self, ev: dict) -> str:
+        plan = self._plans.get((ev["kind"], len(ev)))
+        if plan is not None:
+            keep, texts, lists = plan
+            try:
+                out = {k: ev[k] for k in keep}
+                for k in texts:
+                    v = out[k]
+                    if type(v) is bytes:
+                        out[k] = escape_cached(v)
+                for k in lists:
+                    v = out[k]
+                    if v and type(v[0]) is bytes:
+                        out[k] = [escape(x) for x in v]
+                return orjson.dumps(out).decode()
+            except (KeyError, TypeError):
+                pass
+        out = _stored(ev)
+        if plan is None and len(self._plans) < 256:
+            keep = tuple(out)
+            texts = tuple(k for k in keep if type(ev[k]) is bytes)
+            lists = tuple(k for k in keep if type(ev[k]) is list)
+            self._plans[(ev["kind"], len(ev))] = (keep, texts, lists)
+        return orjson.dumps(out).decode()
+
+
+def _stored(ev: dict) -> dict:
+    """The event as stored: bytes as escaped text, without what its
+    process row holds (one pass; encoding.textual, minus _JOINED)."""
+    out = {}
+    for key, value in ev.items():
+        if key in _JOINED:
+            continue
+        kind = type(value)
+        if kind is bytes:
+            value = escape_cached(value)
+        elif kind is list and value and type(value[0]) is bytes:
+            value = [escape(v) for v in value]
+        out[key] = value
+    return out
+
+
+def _last_use(rows: list[tuple]) -> list[tuple[int, int]]:
+    """(newest ts_ns, process row id) per process row named by `rows`."""
+    last: dict[int, int] = {}
+    for row in rows:
+        proc, ts = row[4], row[0]
+        if last.get(proc, -1) < ts:
+            last[proc] = ts
+    return [(ts, proc) for proc, ts in last.items()]
 
 
 def _reason(err: sqlite3.Error) -> str:
@@ -287,9 +392,23 @@ class Store:
         max_pending_bytes: int = 64 << 20,
         chunk_rows: int = 4096,
         retry_interval: float = 0.5,
+        retention_age_s: float | None = DEFAULT_RETENTION_AGE_S,
+        retention_bytes: int | None = DEFAULT_RETENTION_BYTES,
     ):
+        """`retention_age_s`: events older than this are deleted; and the
+        oldest go once the database would pass `retention_bytes` (None or 0:
+        no bound), both by `enforce_retention`."""
         self.path = path
         self.readonly = readonly
+        self.retention_age_s = retention_age_s or None
+        self.retention_bytes = retention_bytes or None
+        self.deleted = 0  # events retention deleted, this run
+        self.version = SCHEMA_VERSION
+        # process rows: identity -> id, and the rows not yet written
+        self._proc_ids: dict[tuple, int] = {}
+        self._pending_procs: list[tuple] = []
+        self._shapes = _Shapes()
+        self._next_proc = 1
         self._pending: deque[tuple] = deque()
         self.skipped = 0  # rows read back in a shape the agent never writes
         self._pending_bytes = 0
@@ -314,12 +433,21 @@ class Store:
             if readonly:
                 self.db.text_factory = _text_or_bytes
             else:
-                self._check_before_writing()
+                new = self._check_before_writing()
+                if new:  # so that size retention can give pages back to the disk
+                    self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute(f"PRAGMA journal_size_limit={16 << 20}")
+                # four indexes take inserts all over their B-trees: keep
+                # their pages in memory rather than re-read them per batch
+                self.db.execute(f"PRAGMA cache_size=-{64 << 10}")
                 self.db.executescript(_SCHEMA)
             self._check_version()
+            if not readonly:
+                self._next_proc = self.db.execute(
+                    "SELECT ifnull(max(id), 0) + 1 FROM processes"
+                ).fetchone()[0]
             if not readonly:
                 _tighten(os.path.abspath(path))
         except sqlite3.Error as err:
@@ -347,16 +475,18 @@ class Store:
             return StoreError(f"{self.path}: cannot write: read-only ({err})")
         return StoreError(f"{self.path}: cannot open the store: {_reason(err)}")
 
-    def _check_before_writing(self) -> None:
-        """Touch nothing in a database that is not ours or not of our schema."""
+    def _check_before_writing(self) -> bool:
+        """Touch nothing in a database that is not ours or not of our schema;
+        True for a new (empty) one."""
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
         if not tables:
-            return  # new
+            return True
         if "meta" not in tables:
             raise StoreError(
                 f"{self.path}: not a Vigil database (it has other tables); refusing to write to it"
             )
         self._check_version()
+        return False
 
     def _check_version(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -365,7 +495,8 @@ class Store:
                 raise StoreError(f"{self.path}: not a usable Vigil database (no schema version)")
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
             return
-        if row[0] == SCHEMA_VERSION:
+        if row[0] == SCHEMA_VERSION or (self.readonly and row[0] in READABLE_VERSIONS):
+            self.version = row[0]
             return
         try:
             newer = int(row[0]) > int(SCHEMA_VERSION)
@@ -378,7 +509,12 @@ class Store:
                 f"{self.path}: written by a newer Vigil (schema version {row[0]}; this Vigil "
                 f"reads {SCHEMA_VERSION}): upgrade Vigil to read it"
             )
-        raise StoreError(f"{self.path}: schema version {row[0]}, this Vigil reads {SCHEMA_VERSION}")
+        raise StoreError(
+            f"{self.path}: an older Vigil's store (schema version {row[0]}; this Vigil writes "
+            f"{SCHEMA_VERSION}, with processes stored once instead of in every event): "
+            "`vigil events` still reads it; move it aside (or point --db elsewhere) to start "
+            "a new one"
+        )
 
     def close(self) -> None:
         if not self.readonly:
@@ -401,34 +537,64 @@ class Store:
         return row[0] if row else None
 
     # -- writing --------------------------------------------------------------------
-    def add(self, events: list[dict], lines: list[bytes]) -> None:
-        """Queue events (with their JSON lines) for the next flush; past
-        `max_pending_bytes` waiting, the oldest are dropped and counted."""
-        rows = [
-            (
-                ev["ts_ns"],
-                ev["kind"],
-                ev["pid"],
-                ev["ppid"],
-                ev["uid"],
-                escape_cached(ev["comm"]),
-                line.decode(),
+    def add(self, events: list[dict], lines: list[bytes] | None = None) -> None:
+        """Queue enriched events for the next flush; past `max_pending_bytes`
+        waiting, the oldest are dropped and counted.  (`lines`, the full
+        JSON a console sink made, is not what is stored: the stored JSON
+        leaves out what the event's process row holds.)"""
+        proc_of = self._proc_of
+        chains: dict[int, bytes] = {}  # id(ancestors list) -> its JSON: lists are shared
+        rows = []
+        size = 0
+        dumps = self._shapes.dumps
+        for ev in events:
+            data = dumps(ev)
+            size += len(data)
+            comm = ev["comm"]
+            rows.append(
+                (
+                    ev["ts_ns"],
+                    ev["kind"],
+                    ev["pid"],
+                    escape_cached(comm) if type(comm) is bytes else comm,
+                    proc_of(ev, chains),
+                    data,
+                )
             )
-            for ev, line in zip(events, lines)
-        ]
         self._pending.extend(rows)
-        self._pending_bytes += sum(map(len, lines)) + ROW_OVERHEAD * len(rows)
+        self._pending_bytes += size + ROW_OVERHEAD * len(rows)
         kinds = Counter(map(itemgetter(1), rows))
         self.accepted.update(kinds)
         self.waiting.update(kinds)
         if self._pending_bytes > self.max_pending_bytes:
             self._drop_oldest()
 
+    def _proc_of(self, ev: dict, chains: dict[int, bytes]) -> int:
+        """The id of the event's process row (its image and ancestry), made
+        the first time that image is seen."""
+        chain = ev.get("ancestors") or []
+        anc = chains.get(id(chain))
+        if anc is None:
+            anc = chains[id(chain)] = orjson.dumps(chain)
+        exe = ev.get("exe", b"")
+        ident = (ev.get("process_key", ""), ev.get("parent_key", ""), exe, anc)
+        proc = self._proc_ids.get(ident)
+        if proc is None:
+            if len(self._proc_ids) > 1 << 17:
+                self._proc_ids.clear()  # a row made again costs a row, not a wrong answer
+            proc = self._proc_ids[ident] = self._next_proc
+            self._next_proc += 1
+            text = escape_cached(exe) if type(exe) is bytes else exe
+            host, boot = ev.get("host", ""), ev.get("boot_id", "")
+            row = (proc, ident[0], ident[1], host, boot, text, anc.decode(), ev["ts_ns"])
+            self._pending_procs.append(row)
+        return proc
+
     def _drop_oldest(self) -> None:
         pending = self._pending
         while self._pending_bytes > self.max_pending_bytes and pending:
             row = pending.popleft()
-            self._pending_bytes -= len(row[6]) + ROW_OVERHEAD
+            self._pending_bytes -= len(row[5]) + ROW_OVERHEAD
             self.dropped[row[1]] += 1
             self.waiting[row[1]] -= 1
 
@@ -449,9 +615,13 @@ class Store:
             self._checkpoint()
         while self._pending:
             rows = list(islice(self._pending, min(self._chunk, len(self._pending))))
+            procs = self._pending_procs
             try:
                 self.db.execute("BEGIN")
+                if procs:  # before the events that name them
+                    self.db.executemany(_INSERT_PROC, procs)
                 self.db.executemany(_INSERT, rows)
+                self.db.executemany(_TOUCH_PROC, _last_use(rows))
                 self.db.execute("COMMIT")
             except sqlite3.Error as err:
                 self._rollback()
@@ -467,9 +637,11 @@ class Store:
                         continue
                 self._failed(err)
                 return written
+            if procs:
+                self._pending_procs = []
             for _ in range(len(rows)):
                 self._pending.popleft()
-            self._pending_bytes -= sum(len(r[6]) for r in rows) + ROW_OVERHEAD * len(rows)
+            self._pending_bytes -= sum(len(r[5]) for r in rows) + ROW_OVERHEAD * len(rows)
             kinds = Counter(map(itemgetter(1), rows))
             self.stored.update(kinds)
             self.waiting.subtract(kinds)
@@ -539,6 +711,112 @@ class Store:
         )
         self.error = None
         self.failing_since_ns = 0
+
+    # -- retention --------------------------------------------------------------------
+    def enforce_retention(self, budget_s: float = 0.05, now_ns: int | None = None) -> int:
+        """Delete events past the age bound, then the oldest while the
+        database is past its size bound, then process rows no event names
+        any more; in transactions of RETENTION_BATCH rows, until done or
+        `budget_s` is spent (call it again on the next tick).  Returns how
+        many events were deleted.  Ingestion shares this connection: it
+        waits at most one small transaction."""
+        if self.readonly or self.error is not None:
+            return 0
+        deadline = time.monotonic() + budget_s
+        deleted = 0
+        try:
+            if self.retention_age_s is not None:
+                now_ns = time.time_ns() if now_ns is None else now_ns
+                cutoff = now_ns - int(self.retention_age_s * 1e9)
+                deleted += self._delete_oldest(deadline, "WHERE ts_ns < ?", (cutoff,))
+            if self.retention_bytes is not None:
+                deleted += self._shrink(deadline)
+            if deleted or time.monotonic() < deadline:
+                self._forget_processes(deadline)
+        except sqlite3.Error as err:
+            self._rollback()
+            log.warning("store %s: retention: %s", self.path, _reason(err))
+        self.deleted += deleted
+        return deleted
+
+    def _delete_oldest(self, deadline: float, where: str, args: tuple, limit: int = -1) -> int:
+        """Delete the oldest events matching `where`, a batch per
+        transaction, at most `limit` (-1: all) or until the deadline."""
+        deleted = 0
+        while limit < 0 or deleted < limit:
+            n = RETENTION_BATCH if limit < 0 else min(RETENTION_BATCH, limit - deleted)
+            cur = self.db.execute(
+                f"DELETE FROM events WHERE id IN (SELECT id FROM events {where} "
+                "ORDER BY ts_ns LIMIT ?)",
+                (*args, n),
+            )
+            deleted += cur.rowcount
+            if cur.rowcount < n or time.monotonic() >= deadline:
+                break
+        return deleted
+
+    def _pages(self) -> tuple[int, int, int]:
+        """(pages, free pages, page size) of the database file."""
+        db = self.db
+        return (
+            db.execute("PRAGMA page_count").fetchone()[0],
+            db.execute("PRAGMA freelist_count").fetchone()[0],
+            db.execute("PRAGMA page_size").fetchone()[0],
+        )
+
+    def _shrink(self, deadline: float) -> int:
+        """Keep the database under `retention_bytes`: the oldest events go
+        while the pages in use pass 90% of it (the rest is room for the
+        next interval's rows, in pages the deletes freed), and free pages
+        past the bound go back to the file system."""
+        deleted = 0
+        bound = self.retention_bytes
+        while time.monotonic() < deadline:
+            pages, free, size = self._pages()
+            used = (pages - free) * size
+            if used <= bound * 0.9:
+                break
+            rows = self.db.execute("SELECT max(id) - min(id) + 1 FROM events").fetchone()[0]
+            if not rows:
+                break
+            # the share of rows to go, from the bytes over: at least a batch
+            over = (used - bound * 0.85) / max(used, 1)
+            n = self._delete_oldest(deadline, "", (), max(RETENTION_BATCH, int(rows * over)))
+            deleted += n
+            if not n:
+                break
+        pages, free, size = self._pages()
+        if free and pages * size > bound:
+            self.db.execute(f"PRAGMA incremental_vacuum({free})").fetchall()
+        return deleted
+
+    def _forget_processes(self, deadline: float) -> None:
+        """Process rows whose last event is older than every stored event
+        go (none that a waiting event names)."""
+        oldest = self.db.execute("SELECT min(ts_ns) FROM events").fetchone()[0]
+        if oldest is None:
+            return
+        waiting = {row[4] for row in self._pending} | {p[0] for p in self._pending_procs}
+        while time.monotonic() < deadline:
+            ids = [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT id FROM processes WHERE last_ts_ns < ? LIMIT ?",
+                    (oldest, RETENTION_BATCH),
+                )
+                if r[0] not in waiting
+            ]
+            if not ids:
+                return
+            self.db.execute("BEGIN")
+            self.db.executemany("DELETE FROM processes WHERE id = ?", [(i,) for i in ids])
+            self.db.execute("COMMIT")
+            gone = set(ids)
+            for ident, proc in list(self._proc_ids.items()):
+                if proc in gone:
+                    del self._proc_ids[ident]
+            if len(ids) < RETENTION_BATCH:
+                return
 
     @property
     def pending(self) -> int:
@@ -639,22 +917,89 @@ class Store:
         comm: str | None = None,
         limit: int = 100,
     ) -> list[str]:
-        """Events as their JSON text, newest first (malformed rows skipped and
-        counted in `skipped`)."""
-        eq = {"pid": pid, "comm": comm}
-        where, args = _where(
-            since_ns, kind=list(kinds), **{k: v for k, v in eq.items() if v is not None}
-        )
-        sql = f"SELECT data FROM events{where}"
-        sql += " ORDER BY ts_ns DESC, id DESC LIMIT ?"
-        args.append(limit)
+        """Events as their JSON text (docs/events.md), newest first
+        (malformed rows skipped and counted in `skipped`).
+
+        Each kind of several is its own query, merged here: `kind IN (..)`
+        would read every row of those kinds to sort them, one kind walks
+        its (kind, ts_ns) index backwards and stops at `limit`."""
+        kinds = list(dict.fromkeys(kinds))
+        eq = {k: v for k, v in {"pid": pid, "comm": comm}.items() if v is not None}
+        cols = "ts_ns, id, data" + (", proc" if self.version != "1" else "")
         try:
-            return self._checked(
-                row[0] if checked.event(row[0]) is not None else None
-                for row in self.db.execute(sql, args)
-            )
+            parts = [
+                self._select(cols, since_ns, eq if kind is None else {**eq, "kind": kind}, limit)
+                for kind in (kinds or [None])
+            ]
+            rows = list(islice(heapq.merge(*parts, key=_sql_order, reverse=True), limit))
+            if self.version == "1":
+                return self._checked(
+                    r[2] if checked.event(r[2]) is not None else None for r in rows
+                )
+            return self._joined(rows)
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: query failed ({err})") from err
+
+    def _select(
+        self, cols: str, since_ns: int | None, eq: dict, limit: int, plan: bool = False
+    ) -> list[tuple]:
+        where, args = _where(since_ns, **eq)
+        sql = f"SELECT {cols} FROM events{where} ORDER BY ts_ns DESC, id DESC LIMIT ?"
+        if plan:
+            sql = "EXPLAIN QUERY PLAN " + sql
+        return self.db.execute(sql, [*args, limit]).fetchall()
+
+    def query_plan(
+        self,
+        *,
+        since_ns: int | None = None,
+        kinds: Iterable[str] = (),
+        pid: int | None = None,
+        comm: str | None = None,
+        limit: int = 100,
+    ) -> list[str]:
+        """SQLite's plan for each statement `query` runs with these
+        arguments (tests and benchmarks check that no query sorts or scans
+        the whole table)."""
+        eq = {k: v for k, v in {"pid": pid, "comm": comm}.items() if v is not None}
+        out = []
+        for kind in list(dict.fromkeys(kinds)) or [None]:
+            rows = self._select(
+                "ts_ns, id, data",
+                since_ns,
+                eq if kind is None else {**eq, "kind": kind},
+                limit,
+                True,
+            )
+            out.append("; ".join(r[-1] for r in rows))
+        return out
+
+    def _joined(self, rows: list[tuple]) -> list[str]:
+        """Stored rows with their process rows joined back: the full event."""
+        ids = list({r[3] for r in rows})
+        procs = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            sql = (
+                "SELECT id, exe, ancestors, process_key, parent_key, host, boot_id "
+                f"FROM processes WHERE id IN ({','.join('?' * len(part))})"
+            )
+            for row in self.db.execute(sql, part):
+                procs[row[0]] = checked.process(*row[1:])
+        out = []
+        for _ts, _id, data, proc in rows:
+            ev = checked.event(data)
+            joined = procs.get(proc)
+            if ev is None or joined is False:
+                self.skipped += 1
+                continue
+            if joined is None:  # its row is gone (an altered store): as an unknown process
+                joined = {"exe": "", "ancestors": []}
+            for name, value in joined.items():
+                ev.setdefault(name, value)
+            ev["time"] = iso_time(ev["ts_ns"])
+            out.append(orjson.dumps(ev).decode())
+        return out
 
     def status(self) -> list[dict]:
         try:
