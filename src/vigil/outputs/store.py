@@ -406,7 +406,10 @@ class Store:
         self.version = SCHEMA_VERSION
         # process rows: identity -> id, and the rows not yet written
         self._proc_ids: dict[tuple, int] = {}
-        self._pending_procs: list[tuple] = []
+        # process rows not yet written, by id: each goes in with the first
+        # chunk of events that names it (all at once would make a transaction
+        # a full disk can never take)
+        self._pending_procs: dict[int, tuple] = {}
         self._shapes = _Shapes()
         self._next_proc = 1
         self._pending: deque[tuple] = deque()
@@ -587,7 +590,7 @@ class Store:
             text = escape_cached(exe) if type(exe) is bytes else exe
             host, boot = ev.get("host", ""), ev.get("boot_id", "")
             row = (proc, ident[0], ident[1], host, boot, text, anc.decode(), ev["ts_ns"])
-            self._pending_procs.append(row)
+            self._pending_procs[proc] = row
         return proc
 
     def _drop_oldest(self) -> None:
@@ -597,6 +600,17 @@ class Store:
             self._pending_bytes -= len(row[5]) + ROW_OVERHEAD
             self.dropped[row[1]] += 1
             self.waiting[row[1]] -= 1
+        # the dropped events' process rows, unless a waiting event names them
+        # (they are not in the byte bound: keep them from growing without one)
+        if len(self._pending_procs) > len(pending):
+            named = {row[4] for row in pending}
+            gone = {p for p in self._pending_procs if p not in named}
+            for proc in gone:
+                del self._pending_procs[proc]
+            # a later event of such a process makes its row again
+            for ident, proc in list(self._proc_ids.items()):
+                if proc in gone:
+                    del self._proc_ids[ident]
 
     def flush(self, budget: float | None = None, force: bool = False) -> int:
         """Write waiting rows in transactions of at most `chunk_rows`, until
@@ -615,7 +629,8 @@ class Store:
             self._checkpoint()
         while self._pending:
             rows = list(islice(self._pending, min(self._chunk, len(self._pending))))
-            procs = self._pending_procs
+            waiting_procs = self._pending_procs
+            procs = sorted(waiting_procs[i] for i in {r[4] for r in rows} if i in waiting_procs)
             try:
                 self.db.execute("BEGIN")
                 if procs:  # before the events that name them
@@ -637,8 +652,8 @@ class Store:
                         continue
                 self._failed(err)
                 return written
-            if procs:
-                self._pending_procs = []
+            for proc in procs:
+                del waiting_procs[proc[0]]
             for _ in range(len(rows)):
                 self._pending.popleft()
             self._pending_bytes -= sum(len(r[5]) for r in rows) + ROW_OVERHEAD * len(rows)
@@ -796,7 +811,7 @@ class Store:
         oldest = self.db.execute("SELECT min(ts_ns) FROM events").fetchone()[0]
         if oldest is None:
             return
-        waiting = {row[4] for row in self._pending} | {p[0] for p in self._pending_procs}
+        waiting = {row[4] for row in self._pending} | set(self._pending_procs)
         while time.monotonic() < deadline:
             ids = [
                 r[0]
