@@ -1,4 +1,4 @@
-"""The pipeline: drain -> decode -> enrich -> (filter) -> sinks.
+"""The pipeline: drain -> decode -> stages (enrich -> detect -> filter) -> sinks.
 
 One loop, one thread.  Each turn drains everything pending in the ring
 (the kernel only wakes us past a fill threshold, and the poll timeout
@@ -22,10 +22,15 @@ from .signals import STOP_GRACE_S, ServiceSignals, StopDrain, add_unread
 
 
 class Batch:
-    """Events of one drain; their JSON lines are made once, if a sink asks."""
+    """Events of one drain; their JSON lines are made once, if a sink asks.
+
+    `alerts` holds what the detection stage raised or updated in this batch
+    (vigil.detect.alerts.Alert): alerts survive the filter stage, events may not.
+    """
 
     def __init__(self, events: list[dict]):
         self.events = events
+        self.alerts: list = []
 
     @cached_property
     def lines(self) -> list[bytes]:
@@ -34,6 +39,32 @@ class Batch:
             ev["time"] = iso_time(ev["ts_ns"])
             out.append(to_json(ev))
         return out
+
+
+class Stage(Protocol):
+    """One step between decode and the sinks; may edit batch.events/alerts."""
+
+    def process(self, batch: Batch) -> None: ...
+
+
+class Enrich:
+    """The process table: `exe` and `ancestors` on every event."""
+
+    def __init__(self, processes: ProcessTable):
+        self.processes = processes
+
+    def process(self, batch: Batch) -> None:
+        self.processes.enrich(batch.events)
+
+
+class Filter:
+    """Keeps the events `keep` accepts (after detection saw them all)."""
+
+    def __init__(self, keep: Callable[[dict], bool]):
+        self.keep = keep
+
+    def process(self, batch: Batch) -> None:
+        batch.events = [ev for ev in batch.events if self.keep(ev)]
 
 
 class Sink(Protocol):
@@ -50,6 +81,7 @@ class Agent:
         *,
         processes: ProcessTable | None = None,
         keep: Callable[[dict], bool] | None = None,
+        stages: Iterable[Stage] = (),
         poll_interval: float = 0.1,
         status_interval: float = 1.0,
     ):
@@ -57,6 +89,12 @@ class Agent:
         self.sinks = list(sinks)
         self.processes = processes
         self.keep = keep
+        # enrich -> the given stages (detect) -> filter, in this order
+        self.stages: list[Stage] = [
+            *([Enrich(processes)] if processes is not None else []),
+            *stages,
+            *([Filter(keep)] if keep is not None else []),
+        ]
         self.poll_interval = poll_interval
         self.status_interval = status_interval
         self.received: dict[str, int] = dict.fromkeys(
@@ -92,20 +130,18 @@ class Agent:
         return self.inject(events)
 
     def inject(self, events: list[dict]) -> int:
-        """Enrich, filter and emit events made in user space (a start-up
-        snapshot) exactly as kernel ones; returns how many were emitted."""
-        if self.processes is not None:
-            self.processes.enrich(events)
-        if self.keep is not None:
-            events = [ev for ev in events if self.keep(ev)]
-        if events:
-            batch = Batch(events)
+        """Run the stages over events and emit them; also for events made in
+        user space (a start-up snapshot).  Returns how many were emitted."""
+        batch = Batch(events)
+        for stage in self.stages:
+            stage.process(batch)
+        if batch.events or batch.alerts:
             for sink in list(self.sinks):
                 try:
                     sink.write(batch)
                 except BrokenPipeError:
                     self._output_closed(sink)
-        return len(events)
+        return len(batch.events)
 
     def _output_closed(self, sink: Sink) -> None:
         """The console's reader went away (`| head`): stop as on SIGPIPE, and

@@ -15,6 +15,8 @@ import orjson
 from . import __version__, kernel, listeners, loader, recorder, sensors, summaries, tools
 from . import options as opt
 from .agent import Agent, Batch
+from .detect import cli as detect_cli
+from .detect import output as detect_output
 from .encoding import as_text, display, escape
 from .errors import StoreError, VigilError
 from .outputs import liveness
@@ -104,6 +106,8 @@ def _describe(ev: dict) -> str:
     help="An in-kernel counter to keep (an argdist -C spec; NAME= drops a default).",
 )
 @click.option("--no-summaries", is_flag=True, help="Keep no in-kernel counters.")
+@detect_cli.rules_options
+@detect_cli.baseline_options
 @click.option(
     "--store-backlog-mb",
     default=64,
@@ -140,15 +144,28 @@ def monitor(
     stop_grace,
     summary_interval,
     store_backlog_mb,
+    rule_paths,
+    no_rules,
+    strict,
+    alert_window,
+    baseline_learn,
+    no_baseline,
     ring_mb,
     latency,
 ):
     """Run every sensor this kernel supports; store events and show them live."""
     names = list(sensor_names) or _available_sensors()
     specs = {} if no_summaries else summaries.parse_option(summary_specs)
+    table = ProcessTable()
+    detector = detect_cli.make_detector(rule_paths, no_rules, strict, alert_window, table)
     store = Store(db_path, max_pending_bytes=store_backlog_mb << 20)
     sinks = []
     try:
+        stages = [detector] if detector is not None else []
+        if not no_baseline:
+            stages.append(detect_cli.make_baseline(store, baseline_learn, alert_window))
+        if stages:
+            sinks.append(detect_output.AlertStoreSink(store, stages))
         # counters flush into the store: close them before it (sinks close in order)
         if specs:
             sinks.append(summaries.SummarySink(store, specs, summary_interval))
@@ -163,10 +180,13 @@ def monitor(
     with session:
         if not quiet:
             sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
+        if stages:
+            sinks.append(detect_output.AlertPrinter(as_json))
         sinks.append(StatusLine(status_interval, store=store))
-        table = ProcessTable()
         table.seed()
-        agent = Agent(session, sinks, processes=table, poll_interval=latency)
+        agent = Agent(session, sinks, processes=table, stages=stages, poll_interval=latency)
+        for stage in stages:  # SIGHUP: rules and baselines reload between batches
+            agent.on_reload(stage.request_reload)
         # sockets already bound or listening: the picture from the first second
         snapshot_kinds = {"bind", "listen"} & {k for s in session.sensors for k in s.kinds}
         if snapshot_kinds:
@@ -252,8 +272,9 @@ def record(path, sensor_names, duration, all_events, ring_mb, latency):
 @click.argument("path")
 @click.option("--kind", "kinds", multiple=True, type=opt.TEXT, help="Only this kind (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines (docs/events.md).")
-def report(path, kinds, as_json):
-    """Decode a recording made by `vigil record`.
+@detect_cli.rules_options
+def report(path, kinds, as_json, rule_paths, no_rules, strict, alert_window):
+    """Decode a recording made by `vigil record` (and detect, as monitor does).
 
     Exit status: 0 when the whole recording was read; 1 on an error (one
     line, nothing decoded) or when the recording is damaged: every complete,
@@ -262,16 +283,22 @@ def report(path, kinds, as_json):
     """
     table = recorder.report_table()
     wanted = set(kinds)
+    detector = detect_cli.make_detector(rule_paths, no_rules, strict, alert_window, table)
     replay = recorder.replay(path, table)
     batches = iter(replay)
     first = next(batches, [])  # a bad file fails here, before any output
-    sink = JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS))
+    sinks = [JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS))]
+    if detector is not None:
+        sinks.append(detect_output.AlertPrinter(as_json))
     for events in itertools.chain([first], batches):
+        batch = Batch(events)
         table.enrich(events)
+        if detector is not None:
+            detector.process(batch)
         if wanted:
-            events = [ev for ev in events if ev["kind"] in wanted]
-        if events:
-            sink.write(Batch(events))
+            batch.events = [ev for ev in batch.events if ev["kind"] in wanted]
+        for sink in sinks:
+            sink.write(batch)
     said = replay.damage.summary()
     if said:
         level = "warning" if replay.damage.damaged else "note"
@@ -522,7 +549,7 @@ def _alternatives(choice: loader.Choice) -> str:
     return ", ".join(others)
 
 
-for _command in tools.commands():
+for _command in [*tools.commands(), *detect_cli.COMMANDS]:
     cli.add_command(_command)
 
 

@@ -80,7 +80,8 @@ class JsonSink:
         self.fd = self.out.fileno()
 
     def write(self, batch: Batch) -> None:
-        write_all(self.fd, b"\n".join(batch.lines) + b"\n")
+        if batch.events:  # a batch may carry only alerts
+            write_all(self.fd, b"\n".join(batch.lines) + b"\n")
 
     def status(self, stats: dict[str, dict]) -> None:
         pass
@@ -98,6 +99,8 @@ class TableSink:
             printer.header()
 
     def write(self, batch: Batch) -> None:
+        if not batch.events:  # a batch may carry only alerts
+            return
         self.printer.out.flush()
         write_all(self.printer.out.fileno(), self.printer.format_rows(batch.events).encode())
 

@@ -1,0 +1,291 @@
+"""Sigma logsources and fields -> Vigil events: the one mapping table.
+
+Each logsource names the event kinds it is evaluated on, a guard that
+picks the events of those kinds it covers (a failed exec creates no
+process), and its fields, one entry each: a Sigma field name -> a function
+of the event (and the process table) giving the value, or None when the
+field is absent from that event.  A field a logsource does not list is one
+Vigil cannot know: rules that need it are *degraded* or *never fire*
+(compile.py), never silently evaluated against something else.
+
+docs/detection.md prints this table; a later sensor adds its own category
+with `register()` (one `LogSource`, fields as data).
+"""
+
+from __future__ import annotations
+
+import pwd
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from ..encoding import escape_cached
+
+# ev -> value; `ctx` gives what an event does not carry (the parent's argv)
+Getter = Callable[[dict, "Context"], object]
+
+
+class Context:
+    """What field getters may consult besides the event: the process table."""
+
+    def __init__(self, processes=None):
+        self.processes = processes
+
+    def parent_args(self, ev: dict) -> list | None:
+        if self.processes is None:
+            return None
+        proc = self.processes.procs.get(ev["ppid"])
+        return proc.args if proc is not None and proc.args else None
+
+
+@dataclass(frozen=True)
+class Field:
+    getter: Getter
+    doc: str  # what it is, for docs/detection.md
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """A Sigma logsource Vigil evaluates rules on."""
+
+    category: str | None
+    product: str | None
+    kinds: tuple[str, ...]
+    fields: dict[str, Field]
+    doc: str
+    service: str | None = None
+    # which events of `kinds` belong here (None: all of them)
+    accepts: Callable[[dict], bool] | None = None
+    # vigil's own categories: the raw event fields are also available by name
+    raw_fields: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def text(value) -> str:
+    """Bytes from the kernel -> escaped text (docs/events.md, Strings); text as is."""
+    return escape_cached(value) if type(value) is bytes else value
+
+
+def _joined(args) -> str | None:
+    if not args:
+        return None
+    return " ".join(escape_cached(a) if type(a) is bytes else a for a in args)
+
+
+@lru_cache(maxsize=4096)
+def user_name(uid: int) -> str:
+    """The account name of `uid` on this host, or the number as text."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return str(uid)
+
+
+_DELETED = " (deleted)"
+
+
+def image(path) -> str | None:
+    """An executable's path for matching: the file it was, even when it was
+    unlinked before it ran (fexecve of a deleted file: `/tmp/nc (deleted)`
+    must still end with `/nc`).  The event keeps the suffix."""
+    if path is None:
+        return None
+    s = text(path)
+    return s[: -len(_DELETED)] if s.endswith(_DELETED) else s
+
+
+def _parent(ev: dict) -> dict | None:
+    anc = ev.get("ancestors")
+    return anc[0] if anc else None
+
+
+def _parent_image(ev, ctx):
+    p = _parent(ev)
+    return image(p["exe"]) or None if p is not None else None
+
+
+def _parent_cmdline(ev, ctx):
+    args = ctx.parent_args(ev)
+    if args is None:
+        args = ev.get("parent_args")  # events replayed from a store may carry it
+    return _joined(args)
+
+
+def _f(getter: Getter, doc: str) -> Field:
+    return Field(getter, doc)
+
+
+def _get(name: str, convert=None) -> Getter:
+    if convert is None:
+        return lambda ev, ctx: ev.get(name)
+    return lambda ev, ctx: None if (v := ev.get(name)) is None else convert(v)
+
+
+# Fields of the process behind any event.
+PROCESS_FIELDS: dict[str, Field] = {
+    "Image": _f(
+        _get("exe", image),
+        "`exe`: the process's executable (for scripts, the interpreter; "
+        "a ` (deleted)` suffix is not part of it)",
+    ),
+    "ProcessId": _f(_get("pid"), "`pid`"),
+    "ParentProcessId": _f(_get("ppid"), "`ppid`"),
+    "ParentImage": _f(_parent_image, "`ancestors[0].exe` (without ` (deleted)`)"),
+    "User": _f(lambda ev, ctx: user_name(ev["uid"]), "name of the real `uid` on this host"),
+}
+
+PROCESS_CREATION_FIELDS: dict[str, Field] = {
+    **PROCESS_FIELDS,
+    "CommandLine": _f(lambda ev, ctx: _joined(ev.get("args")), "`args` joined by spaces"),
+    "ParentCommandLine": _f(
+        _parent_cmdline, "the parent's argv from the process table, joined by spaces"
+    ),
+    "OriginalFileName": _f(
+        lambda ev, ctx: None, "never known: Linux executables carry no original name"
+    ),
+    "LogonId": _f(_get("auid"), "`auid`, the audit login uid (4294967295 when unset)"),
+    "CommandName": _f(_get("comm", text), "`comm`"),
+    "EffectiveUserId": _f(_get("euid"), "`euid` (0: runs as root)"),
+    "EffectiveGroupId": _f(_get("egid"), "`egid`"),
+}
+# OriginalFileName is listed so that `rules check` says why it cannot fire.
+UNKNOWABLE = {"OriginalFileName"}
+
+
+def _initiated(ev, ctx):
+    return "true" if ev["kind"] == "connect" else "false"
+
+
+def _local_remote(local: bool, port: bool, ev: dict):
+    return ev["lport" if port else "laddr"] if local else ev["rport" if port else "raddr"]
+
+
+def _side(source: bool, port: bool) -> Getter:
+    # connect: we are the source; accept: the peer is (it initiated)
+    def get(ev, ctx):
+        local = (ev["kind"] == "connect") == source
+        return _local_remote(local, port, ev)
+
+    return get
+
+
+NETWORK_FIELDS: dict[str, Field] = {
+    **PROCESS_FIELDS,
+    "Initiated": _f(_initiated, "`'true'` for connect, `'false'` for accept"),
+    "DestinationIp": _f(_side(False, False), "connect: `raddr`; accept: `laddr`"),
+    "DestinationPort": _f(_side(False, True), "connect: `rport`; accept: `lport`"),
+    "SourceIp": _f(_side(True, False), "connect: `laddr`; accept: `raddr` (the peer)"),
+    "SourcePort": _f(_side(True, True), "connect: `lport`; accept: `rport`"),
+    "Protocol": _f(lambda ev, ctx: "tcp", "`tcp` (the sensors see TCP only)"),
+    "CommandName": _f(_get("comm", text), "`comm`"),
+}
+
+CAPABILITY_FIELDS: dict[str, Field] = {
+    **PROCESS_FIELDS,
+    "Capability": _f(_get("cap_name"), "`cap_name` (`CAP_SYS_ADMIN`, ...)"),
+    "CapabilityNumber": _f(_get("cap"), "`cap`"),
+    "Verdict": _f(_get("verdict"), "`verdict` (`allowed`, `denied`)"),
+    "CommandName": _f(_get("comm", text), "`comm`"),
+}
+
+LISTEN_FIELDS: dict[str, Field] = {
+    **PROCESS_FIELDS,
+    "Kind": _f(_get("kind"), "`bind` or `listen`"),
+    "LocalIp": _f(_get("laddr"), "`laddr`"),
+    "LocalPort": _f(_get("lport"), "`lport`"),
+    "Protocol": _f(_get("proto"), "`proto` (`tcp`, `udp`, ...)"),
+    "CommandName": _f(_get("comm", text), "`comm`"),
+}
+
+BASH_FIELDS: dict[str, Field] = {
+    **PROCESS_FIELDS,
+    "CommandLine": _f(_get("line", text), "`line`, the line typed"),
+    "CommandName": _f(_get("comm", text), "`comm`"),
+}
+
+
+def _exec_ok(ev: dict) -> bool:
+    return ev.get("ret", 0) == 0
+
+
+LOGSOURCES: list[LogSource] = []
+
+
+def register(source: LogSource) -> LogSource:
+    key = (source.category, source.product, source.service)
+    if any((s.category, s.product, s.service) == key for s in LOGSOURCES):
+        raise ValueError(f"logsource {key} registered twice")
+    LOGSOURCES.append(source)
+    return source
+
+
+register(
+    LogSource(
+        "process_creation",
+        "linux",
+        ("exec",),
+        PROCESS_CREATION_FIELDS,
+        "successful exec (a failed exec creates no process)",
+        accepts=_exec_ok,
+    )
+)
+register(
+    LogSource(
+        "network_connection",
+        "linux",
+        ("connect", "accept"),
+        NETWORK_FIELDS,
+        "TCP connect (Initiated 'true') and accept (Initiated 'false')",
+    )
+)
+register(
+    LogSource(
+        "capability",
+        "vigil",
+        ("capable",),
+        CAPABILITY_FIELDS,
+        "capability checks (Vigil's own category; raw event fields also by name)",
+        raw_fields=True,
+    )
+)
+register(
+    LogSource(
+        "network_listen",
+        "vigil",
+        ("bind", "listen"),
+        LISTEN_FIELDS,
+        "sockets bound and listening (Vigil's own category; raw event fields also by name)",
+        raw_fields=True,
+    )
+)
+register(
+    LogSource(
+        "bash_command",
+        "vigil",
+        ("bashreadline",),
+        BASH_FIELDS,
+        "lines typed into interactive bash (Vigil's own category; raw fields also by name)",
+        raw_fields=True,
+    )
+)
+
+
+def find(category: str | None, product: str | None, service: str | None) -> LogSource | None:
+    """The logsource a rule's logsource selects.  product `linux` and
+    `vigil` are one host here: Vigil's categories take either."""
+    for s in LOGSOURCES:
+        if s.category != category or s.service != service:
+            continue
+        if product is None or product == s.product or product in ("linux", "vigil"):
+            return s
+    return None
+
+
+def getter(source: LogSource, name: str) -> Getter | None:
+    """How to read field `name` on `source`'s events; None when Vigil cannot know it."""
+    f = source.fields.get(name)
+    if f is not None:
+        return None if name in UNKNOWABLE else f.getter
+    if source.raw_fields:
+        return lambda ev, ctx: None if (v := ev.get(name)) is None else text(v)
+    return None
