@@ -12,18 +12,17 @@ import sys
 import click
 import orjson
 
-from . import __version__, kernel, listeners, loader, recorder, sensors, summaries, tools
+from . import __version__, kernel, loader, pipeline, recorder, sensors, summaries, tools
 from . import options as opt
-from .agent import Agent, Batch
+from .agent import Batch
 from .detect import cli as detect_cli
 from .detect import output as detect_output
 from .encoding import as_text, display, escape
 from .errors import StoreError, VigilError
 from .outputs import liveness
-from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
+from .outputs.sinks import JsonSink, TableSink
 from .outputs.store import Store
 from .paths import DEFAULT_DB
-from .process import ProcessTable
 from .signals import STOP_GRACE_S, add_unread
 from .table import Column, TablePrinter, clock_time
 from .tools import live
@@ -125,6 +124,20 @@ def _describe(ev: dict) -> str:
     "(what is left is counted as lost).",
 )
 @click.option(
+    "--log-dir",
+    type=opt.TEXT,
+    help="The event log capture writes and the analysis follows (default: the store's "
+    "path + .log).",
+)
+@click.option(
+    "--log-budget-mb",
+    default=pipeline.DEFAULTS["log_budget_mb"],
+    show_default=True,
+    type=click.IntRange(8, 1 << 22),
+    help="Disk for the event log; past it the oldest segment is deleted, its unanalysed "
+    "events counted as lost per kind.",
+)
+@click.option(
     "--summary-interval",
     default=60.0,
     show_default=True,
@@ -150,56 +163,47 @@ def monitor(
     alert_window,
     baseline_learn,
     no_baseline,
+    log_dir,
+    log_budget_mb,
     ring_mb,
     latency,
 ):
-    """Run every sensor this kernel supports; store events and show them live."""
+    """Run every sensor this kernel supports; store events and show them live.
+
+    Capture copies the ring to the event log (--log-dir); the analysis, a
+    lower-priority process, decodes, detects and stores behind it (lag in
+    the status line and `vigil status`)."""
     names = list(sensor_names) or _available_sensors()
     specs = {} if no_summaries else summaries.parse_option(summary_specs)
-    table = ProcessTable()
-    detector = detect_cli.make_detector(rule_paths, no_rules, strict, alert_window, table)
-    store = Store(db_path, max_pending_bytes=store_backlog_mb << 20)
-    sinks = []
-    try:
-        stages = [detector] if detector is not None else []
-        if not no_baseline:
-            stages.append(detect_cli.make_baseline(store, baseline_learn, alert_window))
-        if stages:
-            sinks.append(detect_output.AlertStoreSink(store, stages))
-        # counters flush into the store: close them before it (sinks close in order)
-        if specs:
-            sinks.append(summaries.SummarySink(store, specs, summary_interval))
-        sinks.append(StoreSink(store))
-        session = loader.Session(names, ring_bytes=ring_mb << 20, monitor=True)
-    except BaseException:
-        for sink in sinks:
-            sink.close()
-        if not any(isinstance(sink, StoreSink) for sink in sinks):
-            store.close()
-        raise
-    with session:
-        if not quiet:
-            sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
-        if stages:
-            sinks.append(detect_output.AlertPrinter(as_json))
-        sinks.append(StatusLine(status_interval, store=store))
-        table.seed()
-        agent = Agent(session, sinks, processes=table, stages=stages, poll_interval=latency)
-        for stage in stages:  # SIGHUP: rules and baselines reload between batches
-            agent.on_reload(stage.request_reload)
-        # sockets already bound or listening: the picture from the first second
-        snapshot_kinds = {"bind", "listen"} & {k for s in session.sensors for k in s.kinds}
-        if snapshot_kinds:
-            agent.inject(listeners.snapshot_events(snapshot_kinds, processes=table))
-        stats = agent.run(
-            duration,
-            on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}"),
-            stop_grace=stop_grace,
-        )
-    stored = sum(store.stored.values())
-    click.echo(f"vigil: {stored} events stored in {db_path}", err=True)
-    live.finish(stats)
-    _store_accounts(store, db_path)
+    Store(db_path).close()  # a store that cannot be opened fails here, before capture
+    settings = {
+        "sensors": names,
+        "db": db_path,
+        "log_dir": log_dir,
+        "log_budget_mb": log_budget_mb,
+        "ring_mb": ring_mb,
+        "latency": latency,
+        "status_interval": status_interval,
+        "stop_grace": stop_grace,
+        "quiet": quiet,
+        "json": as_json,
+        "store_backlog_mb": store_backlog_mb,
+        "summaries": specs,
+        "summary_interval": summary_interval,
+        "rules": list(rule_paths),
+        "no_rules": no_rules,
+        "strict": strict,
+        "alert_window": alert_window,
+        "baseline_learn": baseline_learn,
+        "no_baseline": no_baseline,
+        "duration": duration,
+    }
+    code = pipeline.run_monitor(
+        settings,
+        on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}"),
+    )
+    if code:
+        sys.exit(code)
 
 
 def _store_accounts(store: Store, db_path: str) -> None:

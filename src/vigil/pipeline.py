@@ -1,0 +1,593 @@
+"""One pipeline: a source, ordered stages, sinks that only write, timers.
+
+`assemble(settings)` builds it from one plain settings dict (the keys are
+listed in DEFAULTS; the config file fills them, flags override).
+
+`vigil monitor` is two processes (measured, see bench/accept_overhead):
+  capture   (this process): loads the sensors and copies committed ring
+            bytes to the event log (vigil.eventlog), no per-event work.
+            Starts the analysis, restarts it if it dies, and on a stop
+            ends capture at once (what was in the ring at the stop, as
+            `vigil record` does) and tells the analysis.
+  analysis  (a child at SCHED_BATCH and nice 10, so that on a busy host
+            the workload and the capture run first): follows the log,
+            decodes, runs the stages (process table, detection, display
+            filter), writes the sinks (store, alerts, console), commits its
+            log position once the store holds the batch.  It may lag
+            behind a storm; the lag is in the status line, `vigil status`
+            and the store (meta "lag").  On a stop it finishes the backlog
+            within `stop_grace` s and leaves the rest in the log for the
+            next start, saying how much.
+A thread would not do: the GIL makes analysis compete with the capture
+loop, and a thread cannot be given a lower CPU priority than its process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from . import eventlog, loader, recorder
+from .agent import Batch, Enrich, Stage
+from .encoding import unescape
+from .eventlog import Follower, Lag, LogWriter
+from .outputs.sinks import StatusLine, StoreSink, format_status, lost_summary
+from .outputs.store import Store
+from .process import Proc, ProcessTable
+from .signals import STOP_GRACE_S, ServiceSignals, StopDrain, add_unread
+
+log = logging.getLogger("vigil")
+
+# Every key assemble() reads, with its default.
+DEFAULTS: dict = {
+    "sensors": [],  # names; empty: every sensor this kernel supports
+    "db": None,  # the store's path (monitor); required there
+    "log_dir": None,  # the event log; default: the store's path + ".log"
+    "log_budget_mb": eventlog.BUDGET_BYTES >> 20,
+    "log_segment_mb": eventlog.SEGMENT_BYTES >> 20,
+    "ring_mb": 16,
+    "latency": 0.1,  # s: longest a quiet event waits before it is read
+    "status_interval": 10.0,
+    "stop_grace": STOP_GRACE_S,
+    "quiet": False,
+    "json": False,
+    "store_backlog_mb": 64,
+    "summaries": {},  # name -> argdist spec
+    "summary_interval": 60.0,
+    "rules": [],  # Sigma rule paths; with no_rules False and none given: the shipped rules
+    "no_rules": False,
+    "strict": False,
+    "alert_window": 60.0,
+    "baseline_learn": "1h",
+    "no_baseline": False,
+    "analysis_nice": 10,
+    "duration": None,
+}
+
+
+def settings_of(given: dict) -> dict:
+    unknown = set(given) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    out = {**DEFAULTS, **given}
+    if out["log_dir"] is None and out["db"] is not None:
+        out["log_dir"] = f"{out['db']}.log"
+    return out
+
+
+# -- the event loop -------------------------------------------------------------------------
+class EventLoop:
+    """Owns the waiting: file descriptors any component registers, timers,
+    and the service signals (vigil.signals) through their wake-up fd."""
+
+    def __init__(self):
+        self.epoll = select.epoll()
+        self.handlers: dict[int, Callable[[], None]] = {}
+        self.timers: list[list] = []  # [next due, interval, fn]
+
+    def add_fd(self, fd: int, on_ready: Callable[[], None] = lambda: None) -> None:
+        self.epoll.register(fd, select.EPOLLIN)
+        self.handlers[fd] = on_ready
+
+    def add_timer(self, interval: float, fn: Callable[[], None]) -> None:
+        self.timers.append([time.monotonic() + interval, interval, fn])
+
+    def turn(self, timeout: float) -> None:
+        """Wait for a fd or a timer (at most `timeout` s), run what is due."""
+        now = time.monotonic()
+        if self.timers:
+            timeout = max(0.0, min(timeout, min(t[0] for t in self.timers) - now))
+        with contextlib.suppress(InterruptedError):
+            for fd, _ev in self.epoll.poll(timeout):
+                handler = self.handlers.get(fd)
+                if handler is not None:
+                    handler()
+        now = time.monotonic()
+        for timer in self.timers:
+            if now >= timer[0]:
+                timer[0] = now + timer[1]
+                timer[2]()
+
+    def close(self) -> None:
+        self.epoll.close()
+
+
+# -- the typed snapshot -------------------------------------------------------------------
+@dataclass
+class Snapshot:
+    """One status tick, assembled from each component's own counters."""
+
+    kinds: dict[str, dict] = field(default_factory=dict)  # per kind: emitted, lost, received...
+    lag: Lag = field(default_factory=Lag)
+    discarded: dict[str, int] = field(default_factory=dict)  # deleted unanalysed (budget)
+    bad_chunks: int = 0
+
+    def line(self, store: Store | None) -> str:
+        text = format_status(self.kinds, store)
+        if self.lag.bytes:
+            text += (
+                f" | lag {self.lag.events} events ({self.lag.bytes >> 10} KiB), "
+                f"{self.lag.seconds:.1f}s behind capture"
+            )
+        else:
+            text += " | lag 0"
+        if self.discarded:
+            text += f" | log full: {sum(self.discarded.values())} discarded unanalysed"
+        return text
+
+
+# -- the log source -----------------------------------------------------------------------
+class LogSource:
+    """Events from the event log, from this consumer's committed position."""
+
+    def __init__(self, follower: Follower, table: ProcessTable):
+        self.follower = follower
+        self.table = table
+        self.damage = recorder.Damage()
+        self.received: dict[str, int] = {}
+        self._decoders: dict[str, tuple] = {}
+        self._resumed = False
+        self.finish = recorder.finish_hooks()
+
+    def _decoder(self, seg: eventlog.Segment):
+        key = json.dumps([seg.meta["objects"], seg.meta["boot_offset_ns"]], sort_keys=True)
+        if key not in self._decoders:
+            self._decoders[key] = recorder.decoder_for(seg.path, seg.meta)
+        return self._decoders[key]
+
+    def _resume(self, seg: eventlog.Segment, offset: int) -> None:
+        """Starting inside a segment: the process table as it was at our
+        position (the segment's start table, then its events up to there)."""
+        for pid, ppid, comm, exe in seg.meta.get("processes", []):
+            self.table.procs[pid] = Proc(pid, ppid, unescape(comm), unescape(exe), [])
+        pos = seg.data_start
+        decoder = self._decoder(seg)
+        while pos < offset:
+            got = False
+            for tag, payload, end in seg.chunks(pos, min(4 << 20, offset - pos)):
+                if end > offset:
+                    break
+                got, pos = True, end
+                if tag == recorder.TAG_RING:
+                    evs = recorder.decode_chunk(decoder, self.finish, payload, recorder.Damage())
+                    self.table.enrich(evs)
+            if not got:
+                break
+
+    def read(self, limit: int = 2 << 20) -> list[dict]:
+        fol = self.follower
+        start = fol.pos
+        chunks, seg = fol.read(limit)
+        if seg is None:
+            return []
+        if not self._resumed:
+            self._resumed = True
+            self.table.procs.clear()
+            self._resume(seg, start.offset if start.segment == seg.n else 0)
+        decoder = self._decoder(seg)
+        events: list[dict] = []
+        for raw in chunks:
+            events.extend(recorder.decode_chunk(decoder, self.finish, raw, self.damage))
+        received = self.received
+        for ev in events:
+            received[ev["kind"]] = received.get(ev["kind"], 0) + 1
+        fol.records_read += len(events)
+        if events:
+            fol.last_ts_ns = events[-1]["ts_ns"]
+        return events
+
+
+# -- the analysis ---------------------------------------------------------------------------
+class LogStoreSink(StoreSink):
+    """The store, written by the analysis: commits are driven by the loop
+    (a batch is stored whole before the log position moves); the status
+    carries the lag."""
+
+    def write(self, batch: Batch) -> None:
+        self.store.add(batch.events, batch.lines)
+
+    def status_with(self, snap: Snapshot) -> None:
+        stats = snap.kinds
+        self._count(stats)
+        self._stats = stats
+        lag = asdict(snap.lag)
+        self.agent.update(stats, snap.line(self.store), lag=lag, discarded=snap.discarded)
+        self.store.set_meta("lag", json.dumps(lag))
+        self._count(stats)
+
+
+@dataclass
+class Pipeline:
+    loop: EventLoop
+    source: LogSource
+    stages: list[Stage]
+    sinks: list
+    store: Store | None
+    store_sink: LogStoreSink | None
+    status: StatusLine | None
+    summaries: object | None = None
+
+    def turn(self) -> int:
+        """One batch from the source through the stages to the sinks; the
+        log position is committed once the store holds all of it."""
+        events = self.source.read()
+        if events:
+            batch = Batch(events)
+            for stage in self.stages:
+                stage.process(batch)
+            for sink in list(self.sinks):
+                try:
+                    sink.write(batch)
+                except BrokenPipeError:
+                    self.sinks.remove(sink)
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, 1)
+                    os.close(devnull)
+        if self.store is not None:
+            self.store.flush(force=True)
+            if self.store.pending:
+                return len(events)  # failing: the log keeps them, the position stays
+        self.source.follower.commit()
+        return len(events)
+
+    def snapshot(self) -> Snapshot:
+        fol = self.source.follower
+        cap = fol.capture()
+        kinds: dict[str, dict] = {}
+        for kind, row in (cap.get("kernel") or {}).items():
+            if isinstance(row, dict):
+                kinds[kind] = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        for kind, n in self.source.received.items():
+            kinds.setdefault(kind, {"emitted": 0, "lost": 0, "partial": 0})["received"] = n
+        discarded = fol.discarded()
+        for kind, n in discarded.items():
+            row = kinds.setdefault(kind, {"emitted": 0, "lost": 0, "partial": 0})
+            row["lost"] = row.get("lost", 0) + n
+            row["discarded"] = n
+        for kind, row in (cap.get("rates") or {}).items():
+            if kind in kinds and isinstance(row, (int, float)):
+                kinds[kind]["rate"] = row
+        return Snapshot(kinds, fol.lag(), discarded, fol.bad_chunks)
+
+    def tick(self) -> Snapshot:
+        snap = self.snapshot()
+        for sink in self.sinks:
+            sink.status(snap.kinds)
+        if self.store_sink is not None:
+            self.store_sink.status_with(snap)
+        if self.status is not None:
+            self.status.status_line(snap.line(self.store))
+        return snap
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            with contextlib.suppress(BrokenPipeError):
+                sink.close()
+        self.source.follower.close()
+        self.loop.close()
+
+
+def assemble(settings: dict, console: bool = True) -> Pipeline:
+    """The analysis pipeline of `vigil monitor` from `settings` (DEFAULTS)."""
+    from .cli import EVENT_COLUMNS  # the one event table
+    from .detect import cli as detect_cli
+    from .detect import output as detect_output
+    from .outputs.sinks import JsonSink, TableSink
+    from .table import TablePrinter
+
+    s = settings_of(settings)
+    table = ProcessTable(read_proc=False)
+    follower = Follower(s["log_dir"], "store")
+    source = LogSource(follower, table)
+    store = Store(s["db"], max_pending_bytes=s["store_backlog_mb"] << 20)
+    sinks: list = []
+    detect: list[Stage] = []
+    detector = detect_cli.make_detector(
+        s["rules"], s["no_rules"], s["strict"], s["alert_window"], table
+    )
+    if detector is not None:
+        detect.append(detector)
+    if not s["no_baseline"]:
+        detect.append(detect_cli.make_baseline(store, s["baseline_learn"], s["alert_window"]))
+    if detect:
+        sinks.append(detect_output.AlertStoreSink(store, detect))
+    store_sink = LogStoreSink(store)
+    summary = None
+    if s["summaries"]:
+        from . import summaries
+
+        summary = summaries.SummarySink(store, s["summaries"], s["summary_interval"])
+        sinks.insert(0, summary)
+    sinks.append(store_sink)
+    if console and not s["quiet"]:
+        sinks.append(JsonSink() if s["json"] else TableSink(TablePrinter(EVENT_COLUMNS)))
+    if console and detect:
+        sinks.append(detect_output.AlertPrinter(s["json"]))
+    # stages: the process table, then the detection slot, then the display filter (none here)
+    stages: list[Stage] = [Enrich(table), *detect]
+    status = PeriodicLine(s["status_interval"]) if console else None
+    return Pipeline(EventLoop(), source, stages, sinks, store, store_sink, status, summary)
+
+
+class PeriodicLine(StatusLine):
+    def status_line(self, text: str) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+def _snapshot(pipe: Pipeline, sensor_names: list[str]) -> None:
+    """Sockets already bound or listening: the picture from the first second
+    (made in user space, once per `vigil monitor`, not on a restart)."""
+    from . import listeners, sensors
+
+    kinds = {"bind", "listen"} & {k for n in sensor_names for k in sensors.get(n).kinds}
+    if not kinds:
+        return
+    table = ProcessTable()
+    table.seed()
+    batch = Batch(listeners.snapshot_events(kinds, processes=table))
+    table.enrich(batch.events)
+    for stage in pipe.stages[1:]:
+        stage.process(batch)
+    for sink in pipe.sinks:
+        sink.write(batch)
+
+
+def analyse(settings: dict, snapshot: bool = False) -> int:
+    """The analysis process: follow the log until told to stop, then finish
+    the backlog within the grace period.  Exit status 1 when events were
+    not stored."""
+    s = settings_of(settings)
+    pipe = assemble(s)
+    pipe.status.interval = s["status_interval"]
+    stopped_at: list[float] = []
+    reloads = [st.request_reload for st in pipe.stages if hasattr(st, "request_reload")]
+    with ServiceSignals(
+        on_stop=lambda _sig: stopped_at.append(time.monotonic()), reload_hooks=reloads
+    ) as sig:
+        if sig.fileno() >= 0:
+            pipe.loop.add_fd(sig.fileno())
+        pipe.loop.add_timer(1.0, pipe.tick)
+        latency = s["latency"]
+        while not sig.service():
+            if not pipe.turn():
+                pipe.loop.turn(latency)
+            else:
+                pipe.loop.turn(0)
+        # the stop: finish what the capture wrote, within the grace period
+        deadline = (stopped_at[0] if stopped_at else time.monotonic()) + s["stop_grace"]
+        while time.monotonic() < deadline and not sig.hurry:
+            if pipe.turn():
+                continue
+            if _capture_done(pipe.source.follower):
+                break
+            time.sleep(min(0.05, latency))
+    snap = pipe.tick()
+    left = snap.lag
+    fol = pipe.source.follower
+    if left.bytes:
+        print(
+            f"vigil: analysis stopped {left.events} events ({left.bytes >> 10} KiB) behind "
+            f"capture; they stay in {s['log_dir']} for the next start",
+            file=sys.stderr,
+        )
+    kinds = snap.kinds
+    pipe.close()
+    store = pipe.store
+    stored = sum(store.stored.values())
+    print(f"vigil: {stored} events stored in {s['db']}", file=sys.stderr)
+    msg = lost_summary(kinds)
+    if msg:
+        print(f"vigil: {msg}", file=sys.stderr)
+    fol.close()
+    from .cli import _store_accounts
+
+    _store_accounts(store, s["db"])  # one line per kind not stored, and exit 1
+    return 0
+
+
+def _capture_done(fol: Follower) -> bool:
+    """The capture stopped and we read its last segment's end mark."""
+    cap = fol.capture()
+    return bool(cap.get("stopped")) and fol.seg is None and fol.pos.segment > cap.get("segment", 0)
+
+
+def analysis_main() -> None:
+    """Entry of the analysis child: settings as JSON in argv[1]."""
+    from .cli import _setup_logging
+
+    _setup_logging(0)
+    settings = json.loads(sys.argv[1])
+    try:
+        code = analyse(settings, snapshot=sys.argv[2:] == ["first"])
+    except Exception as err:  # noqa: BLE001 - one line, as every vigil error
+        from .errors import VigilError
+
+        if not isinstance(err, VigilError):
+            raise
+        print(f"vigil: error: {err}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+# -- the capture ----------------------------------------------------------------------------
+def _lower_priority(nice: int) -> Callable[[], None]:
+    def pre() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+        # the analysis ends with its capture (a kill -9 of the capture included)
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return pre
+
+
+class Analysis:
+    """The analysis child process, restarted if it dies."""
+
+    def __init__(self, settings: dict):
+        self.settings = settings
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from vigil.pipeline import analysis_main; analysis_main()",
+                json.dumps(self.settings),
+                *([] if self.restarts else ["first"]),
+            ],
+            preexec_fn=_lower_priority(self.settings["analysis_nice"]),  # noqa: PLW1509
+            start_new_session=True,  # a terminal's Ctrl-C reaches the capture, which decides
+        )
+
+    def check(self) -> None:
+        """Restart an analysis that died (killed, OOM): it resumes at its position."""
+        if self.proc is not None and self.proc.poll() is not None:
+            log.warning(
+                "analysis process %d ended (status %s): restarting it; it resumes at its "
+                "committed log position",
+                self.proc.pid,
+                self.proc.returncode,
+            )
+            self.restarts += 1
+            self.start()
+
+    def reload(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self, grace: float) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(grace + 15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def run_monitor(settings: dict, on_ready: Callable[[], None] | None = None) -> int:
+    """`vigil monitor`: capture to the log here, analyse in a child."""
+    s = settings_of(settings)
+    eventlog.open_dir(s["log_dir"])
+    session = loader.Session(s["sensors"], ring_bytes=s["ring_mb"] << 20, monitor=True)
+    with session:
+        objects = recorder.recording_meta(session)["objects"]
+        writer = LogWriter(
+            s["log_dir"],
+            meta=lambda: recorder.recording_meta(session, objects),
+            kind_of=session.decoder.kind_of,
+            segment_bytes=s["log_segment_mb"] << 20,
+            budget_bytes=s["log_budget_mb"] << 20,
+        )
+        writer.rotate()  # a fresh segment for this run (a previous one may have been cut)
+        analysis = Analysis(s)
+        analysis.start()
+        reader = session.reader
+        rates = _Rates()
+        stop_at: list[tuple[int, float]] = []
+        loop = EventLoop()
+
+        def report(**extra) -> None:
+            kernel = session.kernel_stats()
+            writer.report_with(kernel, rates.of(kernel), **extra)
+
+        try:
+            with ServiceSignals(
+                on_stop=lambda _s: stop_at.append((reader.producer_position(), time.monotonic())),
+                reload_hooks=[analysis.reload],  # rules and baselines live in the analysis
+            ) as sig:
+                if sig.fileno() >= 0:
+                    loop.add_fd(sig.fileno())
+                loop.add_fd(session.ring_fd)  # the kernel wakes us past its fill threshold
+                loop.add_timer(1.0, report)
+                loop.add_timer(0.5, analysis.check)
+                if on_ready is not None:
+                    on_ready()
+                deadline = None if s["duration"] is None else time.monotonic() + s["duration"]
+                while not sig.service():
+                    loop.turn(s["latency"])
+                    while not sig.stopping and (raw := reader.drain_raw()):
+                        writer.append(raw)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        sig.request_stop()
+                sig.stop_notice()
+                target, since = stop_at[0]
+                drain = StopDrain(reader, target, s["stop_grace"], since)
+                while drain.more(sig):
+                    raw = reader.drain_raw(until=drain.target)
+                    if raw:
+                        writer.append(raw)
+                    else:
+                        time.sleep(0.001)
+                    sig.service()
+                unread = drain.unread(session.decoder.kind_of)
+                kernel = session.kernel_stats()
+                add_unread(kernel, unread)
+                writer.close({"stopped_ns": time.time_ns(), "kernel": kernel, "unread": unread})
+                writer.report_with(kernel, {}, stopped=True)
+        finally:
+            loop.close()
+            code = analysis.stop(s["stop_grace"])
+    return code
+
+
+class _Rates:
+    """Per kind events/s from the kernel's emitted counters between ticks."""
+
+    def __init__(self):
+        self.last: dict[str, int] = {}
+        self.when = time.monotonic()
+
+    def of(self, kernel: dict) -> dict[str, float]:
+        now = time.monotonic()
+        span = max(now - self.when, 1e-6)
+        out = {k: (row.get("emitted", 0) - self.last.get(k, 0)) / span for k, row in kernel.items()}
+        self.last = {k: row.get("emitted", 0) for k, row in kernel.items()}
+        self.when = now
+        return out
+
+
+__all__ = ["DEFAULTS", "EventLoop", "LogSource", "Pipeline", "Snapshot", "analyse", "assemble", "run_monitor"]
