@@ -235,6 +235,7 @@ class Pipeline:
     store_sink: LogStoreSink | None
     status: StatusLine | None
     summaries: object | None = None
+    on_output_closed: Callable[[], None] | None = None
 
     def turn(self) -> int:
         """One batch from the source through the stages to the sinks; the
@@ -248,16 +249,23 @@ class Pipeline:
                 try:
                     sink.write(batch)
                 except BrokenPipeError:
-                    self.sinks.remove(sink)
-                    devnull = os.open(os.devnull, os.O_WRONLY)
-                    os.dup2(devnull, 1)
-                    os.close(devnull)
+                    self._output_closed(sink)
         if self.store is not None:
             self.store.flush(force=True)
             if self.store.pending:
                 return len(events)  # failing: the log keeps them, the position stays
         self.source.follower.commit()
         return len(events)
+
+    def _output_closed(self, sink) -> None:
+        """The console's reader went away (`| head`): the whole monitor stops
+        as on SIGPIPE; the store still gets everything captured until then."""
+        self.sinks.remove(sink)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        if self.on_output_closed is not None:
+            self.on_output_closed()
 
     def snapshot(self) -> Snapshot:
         fol = self.source.follower
@@ -366,13 +374,17 @@ def _snapshot(pipe: Pipeline, sensor_names: list[str]) -> None:
         sink.write(batch)
 
 
-def analyse(settings: dict, snapshot: bool = False) -> int:
+def analyse(settings: dict, ready_fd: int = -1, snapshot: bool = False) -> int:
     """The analysis process: follow the log until told to stop, then finish
     the backlog within the grace period.  Exit status 1 when events were
     not stored."""
     s = settings_of(settings)
     pipe = assemble(s)
-    pipe.status.interval = s["status_interval"]
+    if snapshot:
+        _snapshot(pipe, s["sensors"])
+    if ready_fd >= 0:  # the store is ours and the agent record written
+        os.write(ready_fd, b"r")
+        os.close(ready_fd)
     stopped_at: list[float] = []
     reloads = [st.request_reload for st in pipe.stages if hasattr(st, "request_reload")]
     with ServiceSignals(
@@ -381,8 +393,17 @@ def analyse(settings: dict, snapshot: bool = False) -> int:
         if sig.fileno() >= 0:
             pipe.loop.add_fd(sig.fileno())
         pipe.loop.add_timer(1.0, pipe.tick)
+        parent = os.getppid()
+        pipe.on_output_closed = lambda: os.kill(parent, signal.SIGPIPE)
+
+        def capture_gone() -> None:
+            # the capture stopped (its last word) or died (we were re-parented)
+            if os.getppid() != parent or pipe.source.follower.capture().get("stopped"):
+                sig.request_stop()
+
+        pipe.loop.add_timer(0.2, capture_gone)
         latency = s["latency"]
-        while not sig.service():
+        while not sig.service() and not sig.stopping:
             if not pipe.turn():
                 pipe.loop.turn(latency)
             else:
@@ -432,7 +453,7 @@ def analysis_main() -> None:
     _setup_logging(0)
     settings = json.loads(sys.argv[1])
     try:
-        code = analyse(settings, snapshot=sys.argv[2:] == ["first"])
+        code = analyse(settings, int(sys.argv[2]), snapshot=sys.argv[3:] == ["first"])
     except Exception as err:  # noqa: BLE001 - one line, as every vigil error
         from .errors import VigilError
 
@@ -446,6 +467,11 @@ def analysis_main() -> None:
 # -- the capture ----------------------------------------------------------------------------
 def _lower_priority(nice: int) -> Callable[[], None]:
     def pre() -> None:
+        # a stop signal before the analysis handles them must not kill it
+        # (it would leave what it read unstored): ignored until then, and
+        # the capture's "stopped" word in capture.json stops it too
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         with contextlib.suppress(OSError, AttributeError):
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         with contextlib.suppress(OSError):
@@ -466,19 +492,27 @@ class Analysis:
         self.settings = settings
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
+        self.ready_fd = -1
 
     def start(self) -> None:
+        """Start it; `ready_fd` becomes readable once it holds the store."""
+        if self.ready_fd >= 0:
+            os.close(self.ready_fd)
+        self.ready_fd, wfd = os.pipe2(os.O_CLOEXEC)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
                 "from vigil.pipeline import analysis_main; analysis_main()",
                 json.dumps(self.settings),
+                str(wfd),
                 *([] if self.restarts else ["first"]),
             ],
+            pass_fds=(wfd,),
             preexec_fn=_lower_priority(self.settings["analysis_nice"]),  # noqa: PLW1509
             start_new_session=True,  # a terminal's Ctrl-C reaches the capture, which decides
         )
+        os.close(wfd)
 
     def check(self) -> None:
         """Restart an analysis that died (killed, OOM): it resumes at its position."""
@@ -523,8 +557,6 @@ def run_monitor(settings: dict, on_ready: Callable[[], None] | None = None) -> i
             budget_bytes=s["log_budget_mb"] << 20,
         )
         writer.rotate()  # a fresh segment for this run (a previous one may have been cut)
-        analysis = Analysis(s)
-        analysis.start()
         reader = session.reader
         rates = _Rates()
         stop_at: list[tuple[int, float]] = []
@@ -533,6 +565,10 @@ def run_monitor(settings: dict, on_ready: Callable[[], None] | None = None) -> i
         def report(**extra) -> None:
             kernel = session.kernel_stats()
             writer.report_with(kernel, rates.of(kernel), **extra)
+
+        report()  # before the analysis starts: the last run's "stopped" is gone
+        analysis = Analysis(s)
+        analysis.start()
 
         try:
             with ServiceSignals(
@@ -544,8 +580,16 @@ def run_monitor(settings: dict, on_ready: Callable[[], None] | None = None) -> i
                 loop.add_fd(session.ring_fd)  # the kernel wakes us past its fill threshold
                 loop.add_timer(1.0, report)
                 loop.add_timer(0.5, analysis.check)
-                if on_ready is not None:
-                    on_ready()
+                ready = [on_ready]
+
+                def analysis_ready() -> None:
+                    # the first start only: a restart's readiness is no news
+                    if ready and ready[0] is not None:
+                        ready.pop()()
+                    with contextlib.suppress(OSError, ValueError):
+                        loop.epoll.unregister(analysis.ready_fd)
+
+                loop.add_fd(analysis.ready_fd, analysis_ready)
                 deadline = None if s["duration"] is None else time.monotonic() + s["duration"]
                 while not sig.service():
                     loop.turn(s["latency"])
