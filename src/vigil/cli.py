@@ -138,6 +138,13 @@ def _describe(ev: dict) -> str:
     "events counted as lost per kind.",
 )
 @click.option(
+    "--log-segment-mb",
+    default=pipeline.DEFAULTS["log_segment_mb"],
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Event log segment size (the unit the budget discards).",
+)
+@click.option(
     "--summary-interval",
     default=60.0,
     show_default=True,
@@ -165,6 +172,7 @@ def monitor(
     no_baseline,
     log_dir,
     log_budget_mb,
+    log_segment_mb,
     ring_mb,
     latency,
 ):
@@ -181,6 +189,7 @@ def monitor(
         "db": db_path,
         "log_dir": log_dir,
         "log_budget_mb": log_budget_mb,
+        "log_segment_mb": log_segment_mb,
         "ring_mb": ring_mb,
         "latency": latency,
         "status_interval": status_interval,
@@ -460,6 +469,16 @@ def status(db_path, as_json):
         click.echo(orjson.dumps({"events": total, "sensors": rows, "agent": agent}).decode())
         return
     click.echo(f"agent: {line}; {total} events in {as_text(db_path)}")
+    lag = (record or {}).get("lag") or {}
+    if isinstance(lag, dict) and lag.get("bytes"):
+        click.echo(
+            f"analysis lag: {lag.get('events', 0)} events, {lag.get('seconds', 0):.1f}s behind "
+            "capture"
+        )
+    discarded = (record or {}).get("discarded") or {}
+    if isinstance(discarded, dict) and discarded:
+        detail = ", ".join(f"{as_text(str(k))} {n}" for k, n in sorted(discarded.items()))
+        click.echo(f"event log full: discarded unanalysed (lost): {detail}")
     # not yet written (or, once stopped, never written), per kind
     store_state = (record or {}).get("store") or {}
     waiting = (record or {}).get("unwritten") or store_state.get("waiting") or {}

@@ -375,6 +375,14 @@ class Follower:
         if self.seg is None and not self._open():
             return [], None
         seg = self.seg
+        if os.fstat(seg.fd).st_nlink == 0:
+            # the capture discarded it (the budget) and counted what we had not
+            # committed: reading it now would count those events twice
+            seg.close()
+            self.seg = None
+            self.skipped_segments += 1
+            self.pos = Position(seg.n + 1, 0)
+            return [], None
         out: list[bytes] = []
         size = 0
         for tag, payload, end in seg.chunks(self.pos.offset, limit):

@@ -534,6 +534,7 @@ class Analysis:
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a stopped (SIGSTOP) one too
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(grace + 15)

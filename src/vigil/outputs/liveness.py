@@ -87,7 +87,10 @@ _FIELDS = {
     "status": str,
     "store": "record",  # _STORE_FIELDS
     "unwritten": dict,
+    "lag": "lag",  # _LAG_FIELDS: the analysis behind the capture (vigil.pipeline)
+    "discarded": dict,  # per kind, deleted from the event log unanalysed
 }
+_LAG_FIELDS = {"bytes": int, "events": int, "seconds": float}
 _STORE_FIELDS = {
     "error": str,
     "failing_since_ns": int,
@@ -104,9 +107,9 @@ def _typed(obj: dict, fields: dict) -> dict:
     out = {}
     for key, kind in fields.items():
         value = obj.get(key)
-        if kind == "record":
+        if kind in ("record", "lag"):
             if isinstance(value, dict):
-                out[key] = _typed(value, _STORE_FIELDS)
+                out[key] = _typed(value, _STORE_FIELDS if kind == "record" else _LAG_FIELDS)
             continue
         if isinstance(value, kind) and not isinstance(value, bool):
             if kind is dict:  # per-kind counts
