@@ -395,6 +395,11 @@ class Follower:
                 size += len(payload)
             else:
                 self.bad_chunks += 1
+        if out and os.fstat(seg.fd).st_nlink == 0:
+            # discarded (and counted) while we read it: these are lost, not ours
+            out, size = [], 0
+            seg.ended = True
+            self.skipped_segments += 1
         self.bytes_read += size
         if not out and not seg.ended and self._abandoned(seg):
             seg.ended = True  # the capture died inside it and went on in a later one
