@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import os
 import sys
@@ -14,13 +13,10 @@ import orjson
 
 from . import __version__, kernel, loader, pipeline, recorder, sensors, summaries, tools
 from . import options as opt
-from .agent import Batch
 from .detect import cli as detect_cli
-from .detect import output as detect_output
 from .encoding import as_text, display, escape
 from .errors import StoreError, VigilError
 from .outputs import liveness
-from .outputs.sinks import JsonSink, TableSink
 from .outputs.store import Store
 from .paths import DEFAULT_DB
 from .signals import STOP_GRACE_S, add_unread
@@ -294,24 +290,19 @@ def report(path, kinds, as_json, rule_paths, no_rules, strict, alert_window):
     intact chunk is still printed, and one warning line says what was cut
     or skipped.
     """
-    table = recorder.report_table()
-    wanted = set(kinds)
-    detector = detect_cli.make_detector(rule_paths, no_rules, strict, alert_window, table)
-    replay = recorder.replay(path, table)
-    batches = iter(replay)
-    first = next(batches, [])  # a bad file fails here, before any output
-    sinks = [JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS))]
-    if detector is not None:
-        sinks.append(detect_output.AlertPrinter(as_json))
-    for events in itertools.chain([first], batches):
-        batch = Batch(events)
-        table.enrich(events)
-        if detector is not None:
-            detector.process(batch)
-        if wanted:
-            batch.events = [ev for ev in batch.events if ev["kind"] in wanted]
-        for sink in sinks:
-            sink.write(batch)
+    pipe = pipeline.assemble(
+        {
+            "recording": path,
+            "kinds": list(kinds),
+            "json": as_json,
+            "rules": list(rule_paths),
+            "no_rules": no_rules,
+            "strict": strict,
+            "alert_window": alert_window,
+        }
+    )
+    pipeline.replay_all(pipe)
+    replay = pipe.source.replay
     said = replay.damage.summary()
     if said:
         level = "warning" if replay.damage.damaged else "note"

@@ -158,8 +158,11 @@ class Segment:
 
         head_s = recorder.CHUNK_HEAD
         seed = self.meta["chunk_seed"]
+        avail = os.fstat(self.fd).st_size - offset
+        if avail < head_s.size:
+            return  # nothing new: the idle case, no read at all
         # a drain is at most ~4 MiB (RingReader.drain_raw): one read holds the chunk past `limit`
-        data = os.pread(self.fd, limit + head_s.size + (4 << 20), offset)
+        data = os.pread(self.fd, min(avail, limit + head_s.size + (4 << 20)), offset)
         pos = 0
         while pos + head_s.size <= len(data) and pos < limit:
             tag, length, data_crc, head_crc = head_s.unpack_from(data, pos)

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from . import eventlog, loader, recorder
-from .agent import Batch, Enrich, Stage
+from .agent import Batch, Enrich, Filter, Stage
 from .encoding import unescape
 from .eventlog import Follower, Lag, LogWriter
 from .outputs.sinks import StatusLine, StoreSink, format_status, lost_summary
@@ -71,6 +71,8 @@ DEFAULTS: dict = {
     "no_baseline": False,
     "analysis_nice": 10,
     "duration": None,
+    "recording": None,  # `vigil report`: the recording to replay
+    "kinds": [],  # the display filter: only these kinds (empty: all)
 }
 
 
@@ -206,6 +208,46 @@ class LogSource:
         return events
 
 
+    def commit(self) -> None:
+        self.follower.commit()
+
+    def close(self) -> None:
+        self.follower.close()
+
+
+class ReplaySource:
+    """Events of a recording (`vigil report`): the first batch is read at
+    once, so that a bad file fails before any output."""
+
+    def __init__(self, path: str, table: ProcessTable):
+        self.replay = recorder.replay(path, table)
+        self._batches = iter(self.replay)
+        self.received: dict[str, int] = {}
+        self.done = False
+        self._first: list[dict] | None = self._next()
+
+    def _next(self) -> list[dict]:
+        events = next(self._batches, None)
+        if events is None:
+            self.done = True
+            return []
+        for ev in events:
+            self.received[ev["kind"]] = self.received.get(ev["kind"], 0) + 1
+        return events
+
+    def read(self) -> list[dict]:
+        if self._first is not None:
+            events, self._first = self._first, None
+            return events
+        return [] if self.done else self._next()
+
+    def commit(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 # -- the analysis ---------------------------------------------------------------------------
 class LogStoreSink(StoreSink):
     """The store, written by the analysis: commits are driven by the loop
@@ -228,7 +270,7 @@ class LogStoreSink(StoreSink):
 @dataclass
 class Pipeline:
     loop: EventLoop
-    source: LogSource
+    source: LogSource | ReplaySource
     stages: list[Stage]
     sinks: list
     store: Store | None
@@ -254,7 +296,7 @@ class Pipeline:
             self.store.flush(force=True)
             if self.store.pending:
                 return len(events)  # failing: the log keeps them, the position stays
-        self.source.follower.commit()
+        self.source.commit()
         return len(events)
 
     def _output_closed(self, sink) -> None:
@@ -300,12 +342,16 @@ class Pipeline:
         for sink in self.sinks:
             with contextlib.suppress(BrokenPipeError):
                 sink.close()
-        self.source.follower.close()
+        self.source.close()
         self.loop.close()
 
 
 def assemble(settings: dict, console: bool = True) -> Pipeline:
-    """The analysis pipeline of `vigil monitor` from `settings` (DEFAULTS)."""
+    """The pipeline from `settings` (DEFAULTS): `vigil monitor`'s analysis
+    (source: the event log; sinks: the store, alerts, the console) or, with
+    "recording" set, `vigil report` (source: the recording; sinks: the console)."""
+    if settings.get("recording"):
+        return _assemble_report(settings_of(settings))
     from .cli import EVENT_COLUMNS  # the one event table
     from .detect import cli as detect_cli
     from .detect import output as detect_output
@@ -344,6 +390,38 @@ def assemble(settings: dict, console: bool = True) -> Pipeline:
     stages: list[Stage] = [Enrich(table), *detect]
     status = PeriodicLine(s["status_interval"]) if console else None
     return Pipeline(EventLoop(), source, stages, sinks, store, store_sink, status, summary)
+
+
+def _assemble_report(s: dict) -> Pipeline:
+    from .cli import EVENT_COLUMNS
+    from .detect import cli as detect_cli
+    from .detect import output as detect_output
+    from .outputs.sinks import JsonSink, TableSink
+    from .table import TablePrinter
+
+    table = recorder.report_table()
+    detector = detect_cli.make_detector(
+        s["rules"], s["no_rules"], s["strict"], s["alert_window"], table
+    )
+    source = ReplaySource(s["recording"], table)  # a bad file fails here, before any output
+    sinks: list = [JsonSink() if s["json"] else TableSink(TablePrinter(EVENT_COLUMNS))]
+    if detector is not None:
+        sinks.append(detect_output.AlertPrinter(s["json"]))
+    wanted = set(s["kinds"])
+    # the process table, the detection slot, the display filter: as in monitor
+    stages: list[Stage] = [
+        Enrich(table),
+        *([detector] if detector is not None else []),
+        *([Filter(lambda ev: ev["kind"] in wanted)] if wanted else []),
+    ]
+    return Pipeline(EventLoop(), source, stages, sinks, None, None, None)
+
+
+def replay_all(pipe: Pipeline) -> None:
+    """`vigil report`: every batch of the recording through the pipeline."""
+    while not pipe.source.done:
+        pipe.turn()
+    pipe.close()
 
 
 class PeriodicLine(StatusLine):
