@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import time
@@ -44,6 +45,7 @@ from . import _libbpf as bpf
 from . import recorder
 from .errors import ConfigError, VigilError
 
+log = logging.getLogger("vigil")
 SEGMENT = re.compile(r"(\d{12})\.seg")
 # A segment's size when the capture moves to the next one.  16 MiB is about
 # 150,000 events: a rotation (a /proc walk for the process table, an
@@ -240,6 +242,8 @@ class LogWriter:
         self.size = 0
         self.written = 0  # ring bytes, this run
         self.discarded: dict[str, int] = read_json(os.path.join(log_dir, "discarded.json"))
+        self.error: str | None = None  # the last write failure, while failing
+        self._retry_at = 0.0
 
     def _size(self, n: int) -> int:
         try:
@@ -248,36 +252,71 @@ class LogWriter:
             return 0
 
     def append(self, raw: bytes) -> None:
-        if self.writer is None or self.size >= self.segment_bytes:
-            self.rotate()
-        self.writer.chunk(raw)
+        """One drain, one chunk.  A chunk the disk cannot take (full, I/O
+        error) is counted per kind as lost (discarded.json) and capture goes
+        on: the ring must keep being read, and the next chunk may fit."""
+        try:
+            if self.writer is None or self.size >= self.segment_bytes:
+                if self.error is not None and time.monotonic() < self._retry_at:
+                    raise VigilError(self.error)  # failing: a new segment once a second at most
+                self.rotate()
+            self.writer.chunk(raw)
+        except (VigilError, OSError) as err:
+            self._unwritten(raw, err)
+            return
+        if self.error is not None:
+            self.error = None
+            log.warning("event log %s: writing again", self.dir)
         self.size += recorder.CHUNK_HEAD.size + len(raw)
         self.written += len(raw)
 
+    def _unwritten(self, raw: bytes, err: Exception) -> None:
+        if self.error is None:
+            log.warning("event log %s: cannot write (%s): events counted as lost", self.dir, err)
+        self.error = str(err)
+        self._retry_at = time.monotonic() + 1.0
+        for rec in bpf.split_records(raw):
+            kind = self.kind_of(rec) or "unknown"
+            self.discarded[kind] = self.discarded.get(kind, 0) + 1
+        # the segment may now end in a partial chunk: the next one starts afresh
+        if self.writer is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.sizes[self.n] = self.size
+            self.fd = self.writer = None
+        with contextlib.suppress(OSError):
+            write_json(os.path.join(self.dir, "discarded.json"), self.discarded, sync=False)
+
     def rotate(self) -> None:
         """End the current segment, start the next, keep the budget."""
-        self._end_segment({"next": self.n + 1})
+        if self.writer is not None:
+            with contextlib.suppress(VigilError, OSError):  # full disk: the end is implied
+                self._end_segment({"next": self.n + 1})
+        self._keep_budget()
         self.n += 1
         path = os.path.join(self.dir, segment_name(self.n))
         meta = self.meta()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
         self.fd = fd
         self.writer = recorder.ChunkWriter(fd, path, meta["chunk_seed"])
         head = recorder.MAGIC + json.dumps(meta).encode() + b"\n"
         self.writer.raw(head)
         self.size = len(head)
-        self._keep_budget()
 
     def _end_segment(self, end: dict) -> None:
         if self.writer is None:
             return
-        self.writer.chunk(json.dumps(end).encode(), recorder.TAG_END)
-        self.size += recorder.CHUNK_HEAD.size
-        with contextlib.suppress(OSError):
-            os.fdatasync(self.fd)  # the segment is whole on disk before the next begins
-        os.close(self.fd)
-        self.sizes[self.n] = self.size
-        self.fd = self.writer = None
+        try:
+            self.writer.chunk(json.dumps(end).encode(), recorder.TAG_END)
+            self.size += recorder.CHUNK_HEAD.size
+            with contextlib.suppress(OSError):
+                os.fdatasync(self.fd)  # the segment is whole on disk before the next begins
+        finally:
+            os.close(self.fd)
+            self.sizes[self.n] = self.size
+            self.fd = self.writer = None
 
     def _keep_budget(self) -> None:
         """Delete segments every consumer passed; past the budget, the oldest
@@ -294,7 +333,9 @@ class LogWriter:
             if not consumed:
                 for pos in positions:
                     if pos.segment <= n:
-                        lost = count_kinds(self.dir, n, pos.offset if pos.segment == n else 0, self.kind_of)
+                        lost = count_kinds(
+                            self.dir, n, pos.offset if pos.segment == n else 0, self.kind_of
+                        )
                         for kind, k in lost.items():
                             self.discarded[kind] = self.discarded.get(kind, 0) + k
                         break  # counted once, for the slowest consumer's view
@@ -366,6 +407,8 @@ class Follower:
             return False
         if not seg.read_head():
             seg.close()
+            if self._abandoned(seg):  # its head was never written whole (a full disk)
+                self.pos = Position(n + 1, 0)
             return False
         self.seg = seg
         if self.pos.offset < seg.data_start:

@@ -207,7 +207,6 @@ class LogSource:
             fol.last_ts_ns = events[-1]["ts_ns"]
         return events
 
-
     def commit(self) -> None:
         self.follower.commit()
 
@@ -253,6 +252,17 @@ class LogStoreSink(StoreSink):
     """The store, written by the analysis: commits are driven by the loop
     (a batch is stored whole before the log position moves); the status
     carries the lag."""
+
+    capture_died = False  # the monitor was killed: its record must not say "stopped"
+
+    def close(self) -> None:
+        if not self.capture_died:
+            super().close()
+            return
+        self.store.flush(force=True)
+        self._count(self._stats)
+        self.agent.update(self._stats, format_status(self._stats, self.store))
+        self.store.close()
 
     def write(self, batch: Batch) -> None:
         self.store.add(batch.events, batch.lines)
@@ -457,6 +467,9 @@ def analyse(settings: dict, ready_fd: int = -1, snapshot: bool = False) -> int:
     the backlog within the grace period.  Exit status 1 when events were
     not stored."""
     s = settings_of(settings)
+    from .outputs import liveness
+
+    liveness.AGENT_PID = os.getppid()  # the record names the capture (see liveness)
     pipe = assemble(s)
     if snapshot:
         _snapshot(pipe, s["sensors"])
@@ -476,7 +489,10 @@ def analyse(settings: dict, ready_fd: int = -1, snapshot: bool = False) -> int:
 
         def capture_gone() -> None:
             # the capture stopped (its last word) or died (we were re-parented)
-            if os.getppid() != parent or pipe.source.follower.capture().get("stopped"):
+            if os.getppid() != parent:
+                pipe.store_sink.capture_died = True
+                sig.request_stop()
+            elif pipe.source.follower.capture().get("stopped"):
                 sig.request_stop()
 
         pipe.loop.add_timer(0.2, capture_gone)
@@ -571,6 +587,8 @@ class Analysis:
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
         self.ready_fd = -1
+        self.ready = False
+        self.failed = 0
 
     def start(self) -> None:
         """Start it; `ready_fd` becomes readable once it holds the store."""
@@ -595,6 +613,9 @@ class Analysis:
     def check(self) -> None:
         """Restart an analysis that died (killed, OOM): it resumes at its position."""
         if self.proc is not None and self.proc.poll() is not None:
+            if not self.ready:  # it failed to start (its error is on stderr): no loop of retries
+                self.failed = self.proc.returncode or 1
+                return
             log.warning(
                 "analysis process %d ended (status %s): restarting it; it resumes at its "
                 "committed log position",
@@ -624,6 +645,7 @@ class Analysis:
 def run_monitor(settings: dict, on_ready: Callable[[], None] | None = None) -> int:
     """`vigil monitor`: capture to the log here, analyse in a child."""
     s = settings_of(settings)
+    _refuse_second_agent(s["db"])
     eventlog.open_dir(s["log_dir"])
     session = loader.Session(s["sensors"], ring_bytes=s["ring_mb"] << 20, monitor=True)
     with session:
@@ -662,6 +684,7 @@ def run_monitor(settings: dict, on_ready: Callable[[], None] | None = None) -> i
                 ready = [on_ready]
 
                 def analysis_ready() -> None:
+                    analysis.ready = True
                     # the first start only: a restart's readiness is no news
                     if ready and ready[0] is not None:
                         ready.pop()()
@@ -676,7 +699,10 @@ def run_monitor(settings: dict, on_ready: Callable[[], None] | None = None) -> i
                         writer.append(raw)
                     if deadline is not None and time.monotonic() >= deadline:
                         sig.request_stop()
-                sig.stop_notice()
+                    if analysis.failed:
+                        sig.request_stop()
+                if not analysis.failed:
+                    sig.stop_notice()
                 target, since = stop_at[0]
                 drain = StopDrain(reader, target, s["stop_grace"], since)
                 while drain.more(sig):
@@ -694,7 +720,22 @@ def run_monitor(settings: dict, on_ready: Callable[[], None] | None = None) -> i
         finally:
             loop.close()
             code = analysis.stop(s["stop_grace"])
-    return code
+    return analysis.failed or code
+
+
+def _refuse_second_agent(db: str) -> None:
+    """Another live monitor writing this store (and following its log): refuse
+    here, before an analysis is started (it would be refused and restarted)."""
+    from .errors import StoreError
+    from .outputs import liveness
+
+    store = Store(db)
+    try:
+        rec = liveness.read_record(store)
+    finally:
+        store.close()
+    if rec and rec.get("state") == "running" and liveness.alive(rec) and rec["pid"] != os.getpid():
+        raise StoreError(f"{db}: another vigil monitor (pid {rec['pid']}) is writing this store")
 
 
 class _Rates:
@@ -713,4 +754,13 @@ class _Rates:
         return out
 
 
-__all__ = ["DEFAULTS", "EventLoop", "LogSource", "Pipeline", "Snapshot", "analyse", "assemble", "run_monitor"]
+__all__ = [
+    "DEFAULTS",
+    "EventLoop",
+    "LogSource",
+    "Pipeline",
+    "Snapshot",
+    "analyse",
+    "assemble",
+    "run_monitor",
+]
