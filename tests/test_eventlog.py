@@ -68,6 +68,11 @@ def _analysis_pid(proc) -> int:
     raise AssertionError("no analysis process")
 
 
+def _load(path: str) -> dict:
+    with open(path, "rb") as f:
+        return orjson.loads(f.read())
+
+
 def _status(db) -> dict:
     return orjson.loads(vigil("status", "--db", str(db), "--json", check=True).stdout)
 
@@ -182,7 +187,7 @@ def test_analysis_killed_mid_storm_resumes_without_loss_or_duplicates(tmp_path, 
     finally:
         con.close()
     # every accept the kernel emitted: its final counters are in the log's last segment
-    cap = orjson.loads(open(f"{db}.log/capture.json", "rb").read())
+    cap = _load(f"{db}.log/capture.json")
     emitted = cap["kernel"]["accept"]["emitted"]
     lost = cap["kernel"]["accept"]["lost"]
     assert emitted > 50_000
@@ -209,12 +214,12 @@ def test_log_budget_exhausted_counts_the_discarded_per_kind(tmp_path, accept_sto
     discarded = st["agent"].get("discarded") or {}
     assert discarded.get("accept", 0) > 0, st["agent"]
     assert b"events lost (accept" in err, err
-    cap = orjson.loads(open(f"{db}.log/capture.json", "rb").read())
+    cap = _load(f"{db}.log/capture.json")
     emitted, lost = cap["kernel"]["accept"]["emitted"], cap["kernel"]["accept"]["lost"]
     n, distinct = _rows(db)
     assert n == distinct
     # every accept stored or counted: ring losses plus discarded segments
-    final = orjson.loads(open(f"{db}.log/discarded.json", "rb").read())
+    final = _load(f"{db}.log/discarded.json")
     assert n + final["accept"] + lost == emitted, (n, final, lost, emitted)
     out = vigil("status", "--db", str(db), check=True).stdout
     assert b"event log full: discarded unanalysed (lost): accept" in out
@@ -222,7 +227,7 @@ def test_log_budget_exhausted_counts_the_discarded_per_kind(tmp_path, accept_sto
 
 def test_stop_with_a_backlog_leaves_it_for_the_next_start(tmp_path, accept_storm):
     db = tmp_path / "events.db"
-    proc = _monitor(db, "--stop-grace", "1")
+    proc = _monitor(db, "--analysis-grace", "1")
     child = _analysis_pid(proc)
     time.sleep(1.5)
     os.kill(child, signal.SIGSTOP)
@@ -234,7 +239,7 @@ def test_stop_with_a_backlog_leaves_it_for_the_next_start(tmp_path, accept_storm
     err = _stop(proc)
     assert proc.returncode == 0, err
     assert b"analysis stopped" in err and b"for the next start" in err, err
-    cap = orjson.loads(open(f"{db}.log/capture.json", "rb").read())
+    cap = _load(f"{db}.log/capture.json")
     emitted, lost = cap["kernel"]["accept"]["emitted"], cap["kernel"]["accept"]["lost"]
     n1, _ = _rows(db)
     assert n1 < emitted - lost  # some left behind

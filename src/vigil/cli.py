@@ -134,6 +134,14 @@ def _describe(ev: dict) -> str:
     "events counted as lost per kind.",
 )
 @click.option(
+    "--analysis-grace",
+    default=pipeline.DEFAULTS["analysis_grace"],
+    show_default=True,
+    type=opt.seconds(0.0, 3600.0),
+    help="Longest the analysis spends on its backlog after a stop, s (the rest stays in the "
+    "event log for the next start).",
+)
+@click.option(
     "--log-segment-mb",
     default=pipeline.DEFAULTS["log_segment_mb"],
     show_default=True,
@@ -169,6 +177,7 @@ def monitor(
     log_dir,
     log_budget_mb,
     log_segment_mb,
+    analysis_grace,
     ring_mb,
     latency,
 ):
@@ -186,6 +195,7 @@ def monitor(
         "log_dir": log_dir,
         "log_budget_mb": log_budget_mb,
         "log_segment_mb": log_segment_mb,
+        "analysis_grace": analysis_grace,
         "ring_mb": ring_mb,
         "latency": latency,
         "status_interval": status_interval,

@@ -431,6 +431,9 @@ class Follower:
             return [], None
         out: list[bytes] = []
         size = 0
+        # a later segment means this one is final; checked BEFORE reading, so
+        # that what the capture appended just before it moved on is read too
+        final = self._abandoned(seg)
         for tag, payload, end in seg.chunks(self.pos.offset, limit):
             self.pos = Position(seg.n, end)
             if tag == recorder.TAG_END:
@@ -447,7 +450,7 @@ class Follower:
             seg.ended = True
             self.skipped_segments += 1
         self.bytes_read += size
-        if not out and not seg.ended and self._abandoned(seg):
+        if not out and not seg.ended and final:
             seg.ended = True  # the capture died inside it and went on in a later one
         if seg.ended:
             seg.close()

@@ -57,7 +57,8 @@ DEFAULTS: dict = {
     "ring_mb": 16,
     "latency": 0.1,  # s: longest a quiet event waits before it is read
     "status_interval": 10.0,
-    "stop_grace": STOP_GRACE_S,
+    "stop_grace": STOP_GRACE_S,  # s: capture reading what the ring held at the stop
+    "analysis_grace": 30.0,  # s: the analysis finishing its backlog after a stop
     "quiet": False,
     "json": False,
     "store_backlog_mb": 64,
@@ -503,7 +504,7 @@ def analyse(settings: dict, ready_fd: int = -1, snapshot: bool = False) -> int:
             else:
                 pipe.loop.turn(0)
         # the stop: finish what the capture wrote, within the grace period
-        deadline = (stopped_at[0] if stopped_at else time.monotonic()) + s["stop_grace"]
+        deadline = (stopped_at[0] if stopped_at else time.monotonic()) + s["analysis_grace"]
         while time.monotonic() < deadline and not sig.hurry:
             if pipe.turn():
                 continue
@@ -719,7 +720,7 @@ def run_monitor(settings: dict, on_ready: Callable[[], None] | None = None) -> i
                 writer.report_with(kernel, {}, stopped=True)
         finally:
             loop.close()
-            code = analysis.stop(s["stop_grace"])
+            code = analysis.stop(s["stop_grace"] + s["analysis_grace"])
     return analysis.failed or code
 
 
