@@ -142,6 +142,14 @@ def _describe(ev: dict) -> str:
     "event log for the next start).",
 )
 @click.option(
+    "--analysis-nice",
+    default=pipeline.DEFAULTS["analysis_nice"],
+    show_default=True,
+    type=click.IntRange(0, 19),
+    help="CPU priority of the analysis below the workload's (nice; >0 also SCHED_BATCH); "
+    "0: as the capture.",
+)
+@click.option(
     "--log-segment-mb",
     default=pipeline.DEFAULTS["log_segment_mb"],
     show_default=True,
@@ -178,6 +186,7 @@ def monitor(
     log_budget_mb,
     log_segment_mb,
     analysis_grace,
+    analysis_nice,
     ring_mb,
     latency,
 ):
@@ -196,6 +205,7 @@ def monitor(
         "log_budget_mb": log_budget_mb,
         "log_segment_mb": log_segment_mb,
         "analysis_grace": analysis_grace,
+        "analysis_nice": analysis_nice,
         "ring_mb": ring_mb,
         "latency": latency,
         "status_interval": status_interval,

@@ -567,10 +567,11 @@ def _lower_priority(nice: int) -> Callable[[], None]:
         # the capture's "stopped" word in capture.json stops it too
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        with contextlib.suppress(OSError, AttributeError):
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-        with contextlib.suppress(OSError):
-            os.nice(nice)
+        if nice > 0:  # 0: the capture's own priority (a dedicated host)
+            with contextlib.suppress(OSError, AttributeError):
+                os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+            with contextlib.suppress(OSError):
+                os.nice(nice)
         # the analysis ends with its capture (a kill -9 of the capture included)
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
