@@ -153,7 +153,7 @@ def test_storm_lags_then_catches_up_with_every_event_stored(tmp_path, accept_sto
     assert agent["lag"]["bytes"] == 0  # `vigil status` and the store say so too
     row = _accept_row(_status(db))
     n, distinct = _rows(db)
-    assert row["emitted"] > 50_000  # a real storm
+    assert row["emitted"] > 10_000  # a real storm
     assert n == distinct  # nothing twice
     assert n == row["emitted"] - row["lost"], (n, row)  # every event stored or counted
     assert row["stored"] == n
@@ -190,7 +190,7 @@ def test_analysis_killed_mid_storm_resumes_without_loss_or_duplicates(tmp_path, 
     cap = _load(f"{db}.log/capture.json")
     emitted = cap["kernel"]["accept"]["emitted"]
     lost = cap["kernel"]["accept"]["lost"]
-    assert emitted > 50_000
+    assert emitted > 10_000
     assert n == distinct, f"{n - distinct} stored twice"
     assert n == emitted - lost, (n, emitted, lost)
 
