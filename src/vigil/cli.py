@@ -198,6 +198,8 @@ def monitor(
     names = list(sensor_names) or _available_sensors()
     specs = {} if no_summaries else summaries.parse_option(summary_specs)
     Store(db_path).close()  # a store that cannot be opened fails here, before capture
+    # bad rules (--strict) fail here too, in one line, before capture (the analysis loads them)
+    detect_cli.make_detector(rule_paths, no_rules, strict, alert_window)
     settings = {
         "sensors": names,
         "db": db_path,
