@@ -104,7 +104,12 @@ def run_guest(name: str, vmlinuz: str, extra: list[str]) -> dict:
         if os.path.exists(f):
             os.remove(f)
     # TIME_SCALE: the tests' waits for events, sized for real hardware, x10 under TCG
-    env = {**test_env(results), "TMPDIR": GUEST_TMP, "VIGIL_TEST_TIME_SCALE": "10"}
+    env = {
+        **test_env(results),
+        "TMPDIR": GUEST_TMP,
+        "VIGIL_TEST_TIME_SCALE": "10",
+        "VIGIL_MATRIX_GUEST": "1",  # tests/helpers.py: no vigil command starts there
+    }
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     # a test 10x slower than on hardware still has a bound (pyproject: 300 s)
     args = pytest_args(results, [f"--basetemp={GUEST_TMP}/pytest", "--timeout=600", *extra])

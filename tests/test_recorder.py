@@ -11,7 +11,7 @@ import threading
 import orjson
 import pytest
 
-from helpers import tcg_slow_cli, unique_marker, vigil
+from helpers import tcg_slow_cli, unique_marker, vigil, vigil_argv
 from vigil.encoding import unescape
 
 pytestmark = pytest.mark.kernel
@@ -20,7 +20,7 @@ VIGIL = os.path.join(os.path.dirname(os.sys.executable), "vigil")
 
 
 def _record(path, *args):
-    proc = subprocess.Popen([VIGIL, "record", "-o", str(path), *args], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(vigil_argv("record", "-o", str(path), *args), stderr=subprocess.PIPE)
     assert b"Ctrl-C to end" in proc.stderr.readline()
     return proc
 

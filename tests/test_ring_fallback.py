@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT, TRUE, VIGIL, execs_of, pump_until, start_agent, unique_marker, vigil
+from helpers import ROOT, TRUE, execs_of, pump_until, start_agent, unique_marker, vigil, vigil_argv
 from vigil import _libbpf as bpf
 
 pytestmark = pytest.mark.kernel
@@ -83,7 +83,7 @@ def test_fallback_honours_the_limit_and_the_stop_position(forced, exec_storm):
 def test_record_and_report_through_the_fallback(forced, tmp_path, exec_storm):
     out = tmp_path / "r.vrec"
     proc = subprocess.Popen(
-        [VIGIL, "record", "-o", str(out), "--sensor", "exec", "--duration", "3"],
+        vigil_argv("record", "-o", str(out), "--sensor", "exec", "--duration", "3"),
         stderr=subprocess.PIPE,
     )
     assert b"Ctrl-C to end" in proc.stderr.readline()

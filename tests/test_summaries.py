@@ -11,7 +11,7 @@ import time
 import orjson
 import pytest
 
-from helpers import tcg_slow_cli, vigil
+from helpers import tcg_slow_cli, vigil, vigil_argv
 
 pytestmark = pytest.mark.kernel
 
@@ -31,7 +31,9 @@ for _ in range({N}):
 def test_monitor_counts_in_kernel_and_stores_per_interval(tmp_path):
     db = tmp_path / "s.db"
     proc = subprocess.Popen(
-        [VIGIL, "monitor", "--db", str(db), "-q", "--summary-interval", "0.5", "--sensor", "exec"],
+        vigil_argv(
+            "monitor", "--db", str(db), "-q", "--summary-interval", "0.5", "--sensor", "exec"
+        ),
         stderr=subprocess.PIPE,
     )
     line = proc.stderr.readline()
