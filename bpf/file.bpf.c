@@ -170,6 +170,7 @@ static __always_inline bool watched_caller_path(struct file_scratch *s, long dfd
 	struct vfsmount *mnt;
 	struct dentry *dentry;
 	__u32 len = 0, total, *access;
+	__u64 off;
 	char first = 0;
 	long n;
 
@@ -200,9 +201,16 @@ static __always_inline bool watched_caller_path(struct file_scratch *s, long dfd
 			len++;
 		}
 	}
-	if (len > FILE_KEY_SIZE)
+	/*
+	 * 64-bit and opaque to the compiler: checked and added in one
+	 * register (6.1's verifier loses the bound across the copies clang
+	 * makes of a 32-bit value)
+	 */
+	off = len;
+	barrier_var(off);
+	if (off > FILE_KEY_SIZE)
 		return false;
-	n = bpf_probe_read_user_str(&c->path[len], FILE_KEY_SIZE, upath);
+	n = bpf_probe_read_user_str(c->path + off, FILE_KEY_SIZE, upath);
 	if (n <= 0) {
 		*flags |= VIGIL_F_PARTIAL;
 		return false;
@@ -286,22 +294,12 @@ static __always_inline void open_args(struct open_args *a, enum vigil_syscall sc
 	}
 }
 
-/* The arguments: given (fexit), or read from the saved registers (tracepoints). */
-static __always_inline void get_args(struct open_args *a, enum vigil_syscall sc,
-				     const struct open_args *given)
-{
-	if (given)
-		*a = *given;
-	else
-		open_args(a, sc);
-}
-
 /*
  * A successful open is matched before anything else is read (the
  * arguments only once it is watched): most opens leave after the fd's
  * file, its dentry's parent and one lookup.
  */
-static __always_inline int open_done(long ret, enum vigil_syscall sc, struct open_args *args)
+static __always_inline int open_done(long ret, enum vigil_syscall sc)
 {
 	struct open_args a;
 	struct file_scratch *s;
@@ -321,14 +319,14 @@ static __always_inline int open_done(long ret, enum vigil_syscall sc, struct ope
 		watched = watched_dentry(d);
 		if (!watched && !match_all)
 			return 0;
-		get_args(&a, sc, args);
+		open_args(&a, sc);
 		want = open_access(a.flags);
 		/* a directory opened for a listing is not an access to its entries */
 		if (!match_all && (!(watched & want) || is_dir(d)))
 			return 0;
 		s = scratch();
 	} else {
-		get_args(&a, sc, args);
+		open_args(&a, sc);
 		want = open_access(a.flags);
 		s = scratch();
 		if (!s || (!watched_caller_path(s, a.dfd, a.upath, want, &hflags) && !match_all))
@@ -343,7 +341,7 @@ static __always_inline int open_done(long ret, enum vigil_syscall sc, struct ope
 	e->open_flags = a.flags;
 	e->mode = a.mode;
 	e->access = want;
-	e->syscall = args ? current_syscall_nr() : sc;
+	e->syscall = sc;
 	if (f) {
 		e->path_source = FILE_PATH_KERNEL;
 		e->ino = BPF_CORE_READ(d, d_inode, i_ino);
@@ -369,7 +367,7 @@ static __always_inline int open_done(long ret, enum vigil_syscall sc, struct ope
 	SEC("tracepoint/syscalls/sys_exit_" #name)			\
 	int file_##name##_exit(struct trace_event_raw_sys_exit *ctx)	\
 	{								\
-		return open_done(ctx->ret, VIGIL_SYS_##name, NULL);	\
+		return open_done(ctx->ret, VIGIL_SYS_##name);	\
 	}
 
 OPEN_EXIT(openat)
@@ -380,24 +378,33 @@ OPEN_EXIT(creat)
 #endif
 
 /*
- * Where fexit works (not here: EPERM), one program at the return of
- * do_sys_openat2(), which open, openat, openat2 and creat all go through
- * (fs/open.c, 5.6+): a trampoline instead of a tracepoint's perf record,
- * and the open_how the kernel copied in.  The syscall is the one in the
- * saved registers.
+ * Where fexit works (not here: EPERM), each open call's own entry point, at
+ * its return: a trampoline instead of a tracepoint's perf record.  Not
+ * do_sys_openat2(), which all of them go through: it is static, so a
+ * build may inline it into do_sys_open() and leave a trampoline on its
+ * out-of-line copy seeing openat2 alone; the syscall wrappers are only
+ * ever called through the syscall table.  The arguments are read from the
+ * saved registers, as at the tracepoints.
  */
-SEC("fexit/do_sys_openat2")
-int BPF_PROG(file_open_fexit, int dfd, const char *filename, struct open_how *how, long ret)
-{
-	struct open_args a = {
-		.dfd = dfd,
-		.upath = filename,
-		.flags = BPF_CORE_READ(how, flags),
-		.mode = BPF_CORE_READ(how, mode),
-	};
+#if defined(__TARGET_ARCH_x86)
+#define SYSCALL_FN(name) "__x64_sys_" #name
+#elif defined(__TARGET_ARCH_arm64)
+#define SYSCALL_FN(name) "__arm64_sys_" #name
+#endif
 
-	return open_done(ret, 0, &a);
-}
+#define OPEN_FEXIT(name)						\
+	SEC("fexit/" SYSCALL_FN(name))					\
+	int BPF_PROG(file_##name##_fexit, struct pt_regs *regs, long ret)	\
+	{								\
+		return open_done(ret, VIGIL_SYS_##name);		\
+	}
+
+OPEN_FEXIT(openat)
+OPEN_FEXIT(openat2)
+#ifdef __TARGET_ARCH_x86
+OPEN_FEXIT(open)
+OPEN_FEXIT(creat)
+#endif
 
 /* -- changes: rename, unlink, chmod, chown, truncate -------------------------------- */
 

@@ -481,6 +481,15 @@ def test_checks_carry_the_syscall_and_unique_keys_on_it(unique, tmp_path):
         # the exec-time memory-accounting check: once per call with --unique,
         # apart from the mount's
         accounting = {k: v for k, v in by_call.items() if k in ("mmap", "brk")}
+        (cap,) = [c for c in agent.session.choices if c.hook == "cap_capable"]
+        if cap.feature != "tracepoint":
+            # fexit or kprobes at cap_capable() (before 6.14's tracepoint):
+            # cap_vm_enough_memory() calls it from the same file
+            # (security/commoncap.c), and Debian's 6.1 and 6.12 builds inline
+            # that call, so the accounting checks never reach the function
+            # entry; the tracepoint, inside cap_capable(), fires in every copy
+            assert not accounting
+            return
         assert accounting
         if unique:
             assert set(accounting.values()) == {1}

@@ -89,6 +89,8 @@ def _exits(*calls: str, optional: bool = False):
 
 
 # open and creat exist on x86_64 only (arm64 has openat and openat2)
+# the syscall entry points' names (fexit targets)
+_SYSCALL_FN = "__x64_sys_" if platform.machine() == "x86_64" else "__arm64_sys_"
 _OPEN_CALLS = ("openat", "openat2") + (("open", "creat") if platform.machine() == "x86_64" else ())
 
 OPEN = register(
@@ -100,8 +102,10 @@ OPEN = register(
         hooks=(
             hook(
                 "open",
-                # one trampoline for every open call (5.6+ kernels with fexit)
-                Attach("fentry", "do_sys_openat2", ("file_open_fexit",)),
+                # a trampoline at each call's return (5.5+ kernels with fexit)
+                Attach(
+                    "fentry", _SYSCALL_FN + "openat", tuple(f"file_{c}_fexit" for c in _OPEN_CALLS)
+                ),
                 # else each call's exit tracepoint, arguments from the saved registers
                 tracepoint("syscalls/sys_exit_openat", *(f"file_{c}_exit" for c in _OPEN_CALLS)),
             ),
