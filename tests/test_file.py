@@ -51,6 +51,11 @@ def _agent(tree, *extra):
 
 
 def test_shadow_as_root_and_as_nobody_and_a_plain_file_not_seen():
+    if _bind_mounted("/etc/shadow"):
+        pytest.xfail(
+            "/etc/shadow is a single file bind-mounted over the name here (virtme-ng's "
+            "guests): the known gap of docs/events.md, matched by the file's real parent"
+        )
     agent, sink = start_agent(["open", "file"], enrich=False)  # the default watch list
     try:
         read = "open('/etc/shadow').read(1); open('/etc/hostname').read(1)\n"
@@ -306,11 +311,20 @@ def test_bad_patterns_are_one_line_errors():
     assert watchlist.parse(["@default"]) == watchlist.parse(watchlist.DEFAULT_WATCH)
 
 
+def _bind_mounted(path: str) -> bool:
+    """A single file mounted over a watched name (virtme-ng's guests do it to
+    /etc/shadow; Kubernetes to /etc/hosts): the known gap in docs/events.md,
+    the in-kernel match goes by the parent directory the file really has."""
+    return os.path.ismount(path)
+
+
 def open_trigger():
-    """test_attach_modes: a child reads /etc/shadow (default watch list)."""
-    child = Child("vopen-mode", "open('/etc/shadow').read(1)\n")
+    """test_attach_modes: a child reads a watched credential file (default
+    watch list); one that is not a bind-mounted single file."""
+    path = next(p for p in ("/etc/shadow", "/etc/gshadow") if not _bind_mounted(p))
+    child = Child("vopen-mode", f"open({path!r}).read(1)\n")
     return lambda ev: (
-        ev["kind"] == "open" and ev["pid"] == child.pid and ev["path"] == b"/etc/shadow"
+        ev["kind"] == "open" and ev["pid"] == child.pid and ev["path"] == path.encode()
     )
 
 
