@@ -10,7 +10,7 @@ import pytest
 from helpers import pump_until, start_agent
 from test_bpf_memfd import bpf_trigger
 from test_capable import chown_trigger
-from test_file import open_trigger
+from test_file import MODE_OPTIONS, open_trigger
 from test_listen import bind_trigger, listen_trigger
 from test_module import attempt_trigger
 from test_mount import mount_trigger
@@ -67,7 +67,8 @@ def test_forced_attach_mode_sees_the_event(sensor_name, hook_name, alt):
     # feature:target: a hook may have two alternatives of one type
     # (module_load: per-call tracepoints, or raw_syscalls)
     choice = f"{alt.feature}:{alt.target}"
-    agent, sink = start_agent([sensor_name], enrich=False, choices={hook_name: choice})
+    options = MODE_OPTIONS if sensor_name == "open" else {}  # its own watched tree
+    agent, sink = start_agent([sensor_name], enrich=False, choices={hook_name: choice}, **options)
     try:
         chosen = [c for c in agent.session.choices if c.hook == hook_name]
         assert [(c.feature, c.programs) for c in chosen] == [(alt.feature, alt.programs)]

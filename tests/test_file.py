@@ -9,6 +9,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -318,10 +319,18 @@ def _bind_mounted(path: str) -> bool:
     return os.path.ismount(path)
 
 
+# test_attach_modes watches a tree of its own: in the matrix's guests every
+# default credential file is a single file bind-mounted over its name (the
+# known gap above), and the attach modes are what that test is about.
+MODE_TREE = tempfile.mkdtemp(prefix="vigil-open-mode-")
+MODE_OPTIONS = {"sensor_options": {"watch": [MODE_TREE + "/"]}}
+
+
 def open_trigger():
-    """test_attach_modes: a child reads a watched credential file (default
-    watch list); one that is not a bind-mounted single file."""
-    path = next(p for p in ("/etc/shadow", "/etc/gshadow") if not _bind_mounted(p))
+    """test_attach_modes: a child reads a file of a watched tree."""
+    path = os.path.join(MODE_TREE, "secret")
+    with open(path, "w") as f:
+        f.write("x")
     child = Child("vopen-mode", f"open({path!r}).read(1)\n")
     return lambda ev: (
         ev["kind"] == "open" and ev["pid"] == child.pid and ev["path"] == path.encode()
