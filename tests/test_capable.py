@@ -540,7 +540,14 @@ def test_checks_inside_execve_name_the_program_that_made_them(monitor):
     checks = [e for e in sink.events if e["kind"] == "capable" and e["pid"] in pids]
     new_image = [e for e in checks if e["comm"] == b"passwd"]
     old_image = [e for e in checks if e["comm"] != b"passwd"]
-    assert len(new_image) >= n  # every exec makes checks as the new program
+    (cap,) = [c for c in agent.session.choices if c.hook == "cap_capable"]
+    # The new program's checks inside execve are the memory-accounting ones:
+    # through fexit or kprobes on 6.1 and 6.12 they are inlined away and
+    # never seen (test_checks_carry_the_syscall_and_unique_keys_on_it); what
+    # is seen must still name its program right.
+    every_exec_seen = cap.feature == "tracepoint"
+    if every_exec_seen:
+        assert len(new_image) >= n  # every exec makes checks as the new program
     wrong = [e for e in checks if (e["comm"] == b"passwd") != (e["exe"] == SETUID_ROOT.encode())]
     assert wrong == [], wrong[:3]
     assert all(e["exe"] == SH.encode() for e in old_image)
@@ -550,4 +557,5 @@ def test_checks_inside_execve_name_the_program_that_made_them(monitor):
     for e in execs:
         first_exec.setdefault(e["pid"], e["ts_ns"])
     before_exec = [e for e in new_image if e["ts_ns"] < first_exec[e["pid"]]]
-    assert len(before_exec) >= n
+    if every_exec_seen:
+        assert len(before_exec) >= n

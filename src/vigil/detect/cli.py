@@ -229,11 +229,14 @@ def _replay_table(events: list[dict]):
 def _events_from_db(db: str):
     store = Store(db, readonly=True)
     try:
-        rows = store.db.execute("SELECT data FROM events ORDER BY ts_ns, id").fetchall()
+        # the documented shape: schema 2 keeps each process once and the
+        # store's query joins it back into its events (newest first)
+        total = store.db.execute("SELECT count(*) FROM events").fetchone()[0]
+        rows = store.query(limit=max(total, 1))[::-1]
     finally:
         store.close()
     events = []
-    for n, (data,) in enumerate(rows, 1):
+    for n, data in enumerate(rows, 1):
         try:
             ev = from_json(data)
         except ValueError:
