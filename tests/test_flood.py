@@ -122,6 +122,11 @@ def assert_listens_complete(events: list[dict], markers: Markers) -> None:
     assert set(markers.ports) <= listened
 
 
+@pytest.mark.tcg_slow(
+    reason="under TCG the storm cannot outrun the consumer, so nothing is shed and the "
+    "test's premise (a ring filled past the bulk share) does not hold; the shares are "
+    "kernel-independent BPF, run on the host"
+)
 def test_accept_storm_does_not_blind_lifecycle_or_listen():
     agent, sink = start_agent(
         ["exec", "fork", "exit", "listen", "connect", "accept"], enrich=False, ring_bytes=RING
@@ -156,6 +161,11 @@ def test_accept_storm_does_not_blind_lifecycle_or_listen():
     assert {(e["laddr"], e["lport"]) for e in got} == {("127.0.0.1", port)}
 
 
+@pytest.mark.tcg_slow(
+    reason="under TCG the storm cannot outrun the consumer, so nothing is shed and the "
+    "test's premise (a ring filled past the bulk share) does not hold; the shares are "
+    "kernel-independent BPF, run on the host"
+)
 def test_failing_exec_storm_does_not_blind_lifecycle():
     """execve() of a missing file: no process is made, but each attempt is
     an exec record of ~1 KiB, 600k/s from one unprivileged process.  Failed
