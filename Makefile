@@ -13,7 +13,7 @@ ARGS        ?=
 PYTEST_ARGS ?=
 
 HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target $(BIN)/accept-storm $(BIN)/failexec-storm \
-	$(BIN)/exec-tricks $(BIN)/cmdline-dump \
+	$(BIN)/exec-tricks $(BIN)/cmdline-dump $(BIN)/uring-open \
 	build/bpf/test_rejected.bpf.o
 
 .DELETE_ON_ERROR:
@@ -81,6 +81,9 @@ $(BIN)/exec-tricks: tests/progs/exec_tricks.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -pthread -o $@ $<
 
 $(BIN)/cmdline-dump: tests/progs/cmdline_dump.c | $(BIN)
+	$(CC) $(HELPER_CFLAGS) -o $@ $<
+
+$(BIN)/uring-open: tests/progs/uring_open.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
 
 # A sensor object the verifier refuses (tests/test_skip_unloadable.py); it

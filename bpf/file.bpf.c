@@ -33,6 +33,7 @@ VIGIL_RECORD(file_event);
 enum file_path_source *__vigil_enum_file_path_source __attribute__((unused));
 enum file_op *__vigil_enum_file_op __attribute__((unused));
 enum file_watch_access *__vigil_enum_file_watch_access __attribute__((unused));
+enum open_hook *__vigil_enum_open_hook __attribute__((unused));
 
 #define PROC_SUPER_MAGIC 0x9fa0
 #define S_IFMT 00170000
@@ -42,6 +43,8 @@ enum file_watch_access *__vigil_enum_file_watch_access __attribute__((unused));
 #define O_WRONLY 00000001
 #define O_CREAT 00000100
 #define O_TRUNC 00001000
+#define FMODE_WRITE 0x2
+#define VIGIL_MOUNT_STACK 4	/* mounts stacked on one name, crossed to find it */
 #define AT_FDCWD -100
 
 /* vigil opensnoop: -p (a process), --all (every open, no watch list) */
@@ -117,18 +120,46 @@ static __always_inline __u32 open_access(__u32 flags)
 }
 
 /*
- * What dentry `d` is watched for (enum file_watch_access bits; 0: not
- * watched).  The fast path: few reads, one hash lookup for a miss.
+ * The dentry that names `d` where it was opened.  A file or directory
+ * bind-mounted over a name (mount --bind /tmp/x /etc/shadow) is the root
+ * of its own mount: its parent directory and name are those of the
+ * source (/tmp, "x"); the name it was opened by is its mountpoint in
+ * the parent mount (/etc, "shadow").  Mounts stacked on one name are
+ * crossed up to VIGIL_MOUNT_STACK deep.
  */
-static __always_inline __u32 watched_dentry(struct dentry *d)
+static __always_inline struct dentry *naming_dentry(struct vfsmount *vfsmnt, struct dentry *d)
 {
-	struct super_block *sb = BPF_CORE_READ(d, d_sb);
+	struct mount *mnt = vfsmount_real_mount(vfsmnt), *up;
+
+#pragma unroll
+	for (int i = 0; i < VIGIL_MOUNT_STACK; i++) {
+		if (d != BPF_CORE_READ(mnt, mnt.mnt_root))
+			break;
+		up = BPF_CORE_READ(mnt, mnt_parent);
+		if (!up || up == mnt)
+			break;	/* the namespace's root */
+		d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		mnt = up;
+	}
+	return d;
+}
+
+/*
+ * What dentry `d`, opened through `vfsmnt`, is watched for (enum
+ * file_watch_access bits; 0: not watched).  The fast path: few reads, one
+ * hash lookup for a miss.
+ */
+static __always_inline __u32 watched_dentry(struct vfsmount *vfsmnt, struct dentry *d)
+{
 	struct file_name_key nk = {};
 	struct file_dir_key k = {};
 	struct file_dir_value *v;
+	struct super_block *sb;
 	__u32 *access;
 	long n;
 
+	d = naming_dentry(vfsmnt, d);
+	sb = BPF_CORE_READ(d, d_sb);
 	k.dev = BPF_CORE_READ(sb, s_dev);
 	k.ino = BPF_CORE_READ(d, d_parent, d_inode, i_ino);
 	v = bpf_map_lookup_elem(&file_dirs, &k);
@@ -150,6 +181,12 @@ static __always_inline __u32 watched_dentry(struct dentry *d)
 	nk.prefixlen = 96 + 8 * n;
 	access = bpf_map_lookup_elem(&file_names, &nk);
 	return access ? *access : 0;
+}
+
+/* The same for an opened file. */
+static __always_inline __u32 watched_file(struct file *f)
+{
+	return watched_dentry(BPF_CORE_READ(f, f_path.mnt), BPF_CORE_READ(f, f_path.dentry));
 }
 
 static __always_inline bool is_dir(struct dentry *d)
@@ -295,54 +332,28 @@ static __always_inline void open_args(struct open_args *a, enum vigil_syscall sc
 }
 
 /*
- * A successful open is matched before anything else is read (the
- * arguments only once it is watched): most opens leave after the fd's
- * file, its dentry's parent and one lookup.
+ * Send the record of an open: of file `f` (found by the kernel), or of
+ * the caller's path in s->caller (a failed open).  Arguments in `a`.
  */
-static __always_inline int open_done(long ret, enum vigil_syscall sc)
+static __always_inline void send_open(struct file_scratch *s, struct file *f,
+				      const struct open_args *a, long ret, long sc,
+				      __u32 want, __u32 hflags, enum open_hook hook)
 {
-	struct open_args a;
-	struct file_scratch *s;
-	struct open_event *e;
-	struct dentry *d = NULL;
-	struct file *f = NULL;
-	__u32 watched = 0, want, hflags = 0, len;
+	struct open_event *e = &s->open;
+	struct dentry *d;
+	__u32 len;
 	long n;
 
-	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
-		return 0;
-	if (ret >= 0) {
-		f = current_fd_file(ret);
-		if (!f)
-			return 0;
-		d = BPF_CORE_READ(f, f_path.dentry);
-		watched = watched_dentry(d);
-		if (!watched && !match_all)
-			return 0;
-		open_args(&a, sc);
-		want = open_access(a.flags);
-		/* a directory opened for a listing is not an access to its entries */
-		if (!match_all && (!(watched & want) || is_dir(d)))
-			return 0;
-		s = scratch();
-	} else {
-		open_args(&a, sc);
-		want = open_access(a.flags);
-		s = scratch();
-		if (!s || (!watched_caller_path(s, a.dfd, a.upath, want, &hflags) && !match_all))
-			return 0;
-	}
-	if (!s)
-		return 0;
-	e = &s->open;
 	fill_header(&e->hdr, VIGIL_EV_OPEN);
 	e->hdr.flags = hflags;
 	e->ret = ret;
-	e->open_flags = a.flags;
-	e->mode = a.mode;
+	e->open_flags = a->flags;
+	e->mode = a->mode;
 	e->access = want;
 	e->syscall = sc;
+	e->hook = hook;
 	if (f) {
+		d = BPF_CORE_READ(f, f_path.dentry);
 		e->path_source = FILE_PATH_KERNEL;
 		e->ino = BPF_CORE_READ(d, d_inode, i_ino);
 		e->dev = BPF_CORE_READ(d, d_sb, s_dev);
@@ -360,6 +371,47 @@ static __always_inline int open_done(long ret, enum vigil_syscall sc)
 	}
 	/* the path is the record's tail: sent up to its NUL */
 	emit_tail(&e->hdr, offsetof(struct open_event, path), len, sizeof(e->path));
+}
+
+/*
+ * At an open call's return.  A successful open is matched before anything
+ * else is read (the arguments only once it is watched): most opens leave
+ * after the fd's file, its dentry's parent and one lookup.  `failed_only`:
+ * the file_open LSM hook has reported the successes.
+ */
+static __always_inline int open_done(long ret, enum vigil_syscall sc, bool failed_only)
+{
+	struct open_args a;
+	struct file_scratch *s;
+	struct file *f = NULL;
+	__u32 watched, want, hflags = 0;
+
+	if (failed_only && ret >= 0)
+		return 0;
+	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
+		return 0;
+	if (ret >= 0) {
+		f = current_fd_file(ret);
+		if (!f)
+			return 0;
+		watched = watched_file(f);
+		if (!watched && !match_all)
+			return 0;
+		open_args(&a, sc);
+		want = open_access(a.flags);
+		/* a directory opened for a listing is not an access to its entries */
+		if (!match_all && (!(watched & want) || is_dir(BPF_CORE_READ(f, f_path.dentry))))
+			return 0;
+		s = scratch();
+	} else {
+		open_args(&a, sc);
+		want = open_access(a.flags);
+		s = scratch();
+		if (!s || (!watched_caller_path(s, a.dfd, a.upath, want, &hflags) && !match_all))
+			return 0;
+	}
+	if (s)
+		send_open(s, f, &a, ret, sc, want, hflags, OPEN_HOOK_RETURN);
 	return 0;
 }
 
@@ -367,7 +419,7 @@ static __always_inline int open_done(long ret, enum vigil_syscall sc)
 	SEC("tracepoint/syscalls/sys_exit_" #name)			\
 	int file_##name##_exit(struct trace_event_raw_sys_exit *ctx)	\
 	{								\
-		return open_done(ctx->ret, VIGIL_SYS_##name);	\
+		return open_done(ctx->ret, VIGIL_SYS_##name, false);	\
 	}
 
 OPEN_EXIT(openat)
@@ -396,7 +448,13 @@ OPEN_EXIT(creat)
 	SEC("fexit/" SYSCALL_FN(name))					\
 	int BPF_PROG(file_##name##_fexit, struct pt_regs *regs, long ret)	\
 	{								\
-		return open_done(ret, VIGIL_SYS_##name);		\
+		return open_done(ret, VIGIL_SYS_##name, false);		\
+	}								\
+	/* beside the LSM hook: the failures, which it does not see */	\
+	SEC("fexit/" SYSCALL_FN(name))					\
+	int BPF_PROG(file_##name##_fexit_failed, struct pt_regs *regs, long ret)	\
+	{								\
+		return open_done(ret, VIGIL_SYS_##name, true);		\
 	}
 
 OPEN_FEXIT(openat)
@@ -405,6 +463,56 @@ OPEN_FEXIT(openat2)
 OPEN_FEXIT(open)
 OPEN_FEXIT(creat)
 #endif
+
+/*
+ * Where BPF-LSM works (not here: EPERM): the kernel's own check inside
+ * every open, whatever path led to it: open calls, io_uring (its opens
+ * never pass an open syscall's return), open_by_handle_at, a file opened
+ * by the kernel on the caller's behalf.  The file is the one being
+ * opened, matched by its inode before anything else is read.  It runs
+ * before the open can still fail (a driver's open method) and before an
+ * fd exists: the record says it was allowed (ret 0, hook "lsm").  Opens
+ * that fail are reported at the calls' returns (file_*_fexit_failed).
+ * Observes only: returns 0, Vigil never denies.
+ */
+SEC("lsm/file_open")
+int BPF_PROG(file_open_lsm, struct file *f)
+{
+	struct open_args a = { .dfd = AT_FDCWD };
+	struct file_scratch *s;
+	__u32 watched, want;
+	long sc;
+
+	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
+		return 0;
+	watched = watched_file(f);
+	if (!watched && !match_all)
+		return 0;
+	sc = current_syscall_nr();
+	switch (sc) {
+	case VIGIL_SYS_openat:
+	case VIGIL_SYS_openat2:
+#ifdef __TARGET_ARCH_x86
+	case VIGIL_SYS_open:
+	case VIGIL_SYS_creat:
+#endif
+		/* the call's own flags: the file's lose O_CREAT and O_TRUNC */
+		open_args(&a, sc);
+		want = open_access(a.flags);
+		break;
+	default:
+		a.flags = BPF_CORE_READ(f, f_flags);
+		want = (BPF_CORE_READ(f, f_mode) & FMODE_WRITE) ? FILE_WATCH_WRITE :
+								 FILE_WATCH_READ;
+		break;
+	}
+	if (!match_all && (!(watched & want) || is_dir(BPF_CORE_READ(f, f_path.dentry))))
+		return 0;
+	s = scratch();
+	if (s)
+		send_open(s, f, &a, 0, sc, want, 0, OPEN_HOOK_LSM);
+	return 0;
+}
 
 /* -- changes: rename, unlink, chmod, chown, truncate -------------------------------- */
 
@@ -457,7 +565,7 @@ static __always_inline void change_fd(struct file_event *e, long fd)
 	if (!f)
 		return;
 	d = BPF_CORE_READ(f, f_path.dentry);
-	if (!(watched_dentry(d) & FILE_WATCH_WRITE))
+	if (!(watched_file(f) & FILE_WATCH_WRITE))
 		return;
 	e->path_source = FILE_PATH_KERNEL;
 	if (read_path(BPF_CORE_READ(f, f_path.mnt), d, e->path, sizeof(e->path), &e->hdr.flags) < 0)

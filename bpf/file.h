@@ -64,21 +64,32 @@ struct file_path_key {
 	char path[FILE_KEY_SIZE];
 };
 
+/* Where an open was seen; user space shows the names. */
+enum open_hook {
+	OPEN_HOOK_RETURN = 0,	/* the open call's return: ret is the fd or -errno */
+	OPEN_HOOK_LSM = 1,	/* the kernel's file_open check, inside every open
+				 * (syscalls, io_uring, open_by_handle_at): allowed,
+				 * ret 0, before an fd exists */
+};
+
 /*
  * One open of a watched path (or a failed attempt at one), reported at
- * the syscall's return.  The header is the caller.
+ * the syscall's return, or from the file_open LSM hook where the kernel
+ * has it (failures then still at the return).  The header is the caller.
  */
 struct open_event {
 	struct vigil_header hdr;
-	__s32 ret;			/* the new fd, or -errno */
+	__s32 ret;			/* the new fd, or -errno (0 from the LSM hook) */
 	__u32 open_flags;		/* O_* as the kernel took them */
 	__u32 mode;			/* creation mode (O_CREAT) */
 	__u32 access;			/* enum file_watch_access: what this open does */
-	enum vigil_syscall syscall;	/* open, openat, openat2 or creat */
+	enum vigil_syscall syscall;	/* the call in progress: open, openat, openat2,
+					 * creat; from the LSM hook also io_uring_enter,
+					 * open_by_handle_at, ... (-1: a kernel thread) */
 	enum file_path_source path_source;
 	__u64 ino;			/* the opened inode (0 for a failed open) */
 	__u32 dev;			/* its filesystem (kernel s_dev) */
-	__u32 __pad;
+	enum open_hook hook;
 	char path[FILE_PATH_SIZE];
 };
 

@@ -57,7 +57,9 @@ def _source(ev: dict) -> str:
 
 def _describe_open(ev: dict) -> str:
     flags = "|".join(ev["flag_names"])
-    return f"{ev['access']} {display(ev['path'])}{_source(ev)} {flags} {result_text(ev['ret'])}"
+    # the LSM hook sees an open the kernel allowed, before it has an fd
+    result = "allowed" if ev.get("hook") == "lsm" else result_text(ev["ret"])
+    return f"{ev['access']} {display(ev['path'])}{_source(ev)} {flags} {result}"
 
 
 def _describe_file(ev: dict) -> str:
@@ -102,6 +104,14 @@ OPEN = register(
         hooks=(
             hook(
                 "open",
+                # the kernel's file_open check, inside every open (io_uring
+                # and open_by_handle_at included); failures at the calls'
+                # returns, which it does not see
+                Attach(
+                    "lsm",
+                    "file_open",
+                    ("file_open_lsm", *(f"file_{c}_fexit_failed" for c in _OPEN_CALLS)),
+                ),
                 # a trampoline at each call's return (5.5+ kernels with fexit)
                 Attach(
                     "fentry", _SYSCALL_FN + "openat", tuple(f"file_{c}_fexit" for c in _OPEN_CALLS)
