@@ -30,12 +30,19 @@
  * exec, the common case, then pays for no 8 KiB copy it would throw away.
  * Either way it is only "what the caller passed", and says so.
  *
- * All stable tracepoints.  Nothing unreadable passes for complete: a
+ *   lsm/bprm_check_security  where BPF-LSM works: the file the exec opened,
+ *                           resolved by the kernel at the first check (the
+ *                           script of a "#!" script), kept per thread until
+ *                           the outcome's record takes it
+ *
+ * Stable tracepoints, and the one LSM hook where the kernel has it.
+ * Nothing unreadable passes for complete: a
  * missing piece sets PARTIAL (counted), a cut one TRUNCATED.
  */
 #include "common.bpf.h"
 #include "core_fixes.bpf.h"
 #include "path.bpf.h"
+#include <bpf/bpf_tracing.h>
 #include "exec.h"
 
 VIGIL_RECORD(exec_event);
@@ -68,7 +75,7 @@ struct exec_call {
 	void *mm;			/* the caller's mm at entry */
 	__u64 ts_ns;			/* a failed exec is stamped at entry */
 	enum exec_syscall syscall;
-	__u32 __pad;
+	__u32 checks;			/* bprm_check_security calls so far */
 };
 
 /*
@@ -82,6 +89,39 @@ struct {
 	__type(key, __u32);		/* tid */
 	__type(value, struct exec_call);
 } inflight SEC(".maps");
+
+/* The file an exec opened (bprm_check_security), until its outcome. */
+struct exec_file {
+	__u32 flags;			/* VIGIL_F_TRUNCATED / PARTIAL of the walk */
+	char path[EXEC_PATH_SIZE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);		/* tid */
+	__type(value, struct exec_file);
+} exec_files SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_file);
+} exec_file_scratch SEC(".maps");
+
+/* Move the file thread `tid`'s exec opened into the record, if one was seen. */
+static __always_inline void take_exec_file(struct exec_event *ev, __u32 tid)
+{
+	struct exec_file *f = bpf_map_lookup_elem(&exec_files, &tid);
+
+	if (!f)
+		return;
+	if (bpf_probe_read_kernel_str(ev->file, sizeof(ev->file), f->path) < 0)
+		ev->file[0] = 0;
+	ev->hdr.flags |= f->flags;
+	bpf_map_delete_elem(&exec_files, &tid);
+}
 
 /*
  * Per-exec fields: every path starts from here so no field keeps a value
@@ -101,6 +141,7 @@ static __always_inline void reset_exec(struct exec_event *ev, enum exec_syscall 
 	ev->egid = BPF_CORE_READ(task, cred, egid.val);
 	ev->filename[0] = 0;
 	ev->exe[0] = 0;		/* known only once an exec succeeds */
+	ev->file[0] = 0;
 }
 
 static __always_inline bool uid_filtered(void)
@@ -312,7 +353,36 @@ int handle_sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 	if (read_task_exe(task, ev->exe, sizeof(ev->exe), &ev->hdr.flags) < 0)
 		ev->hdr.flags |= VIGIL_F_PARTIAL;
 	read_new_argv(ev, task);
+	take_exec_file(ev, old_tid);
 	send(ev, VIGIL_RING_LIFECYCLE);
+	return 0;
+}
+
+/*
+ * -- lsm/bprm_check_security: the file the exec opened ----------------------------
+ * Called once per binary-format pass (a script, then its interpreter):
+ * the first is the file the caller named, resolved from the kernel's
+ * struct file (no symlink, no relative path).  Observes only.
+ */
+SEC("lsm/bprm_check_security")
+int BPF_PROG(handle_bprm_check, struct linux_binprm *bprm)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), zero = 0;
+	struct exec_call *call = bpf_map_lookup_elem(&inflight, &tid);
+	struct exec_file *f;
+	struct file *file;
+
+	if (!call || call->checks++)
+		return 0;	/* not traced (uid filter), or the interpreter's pass */
+	f = bpf_map_lookup_elem(&exec_file_scratch, &zero);
+	file = BPF_CORE_READ(bprm, file);
+	if (!f || !file)
+		return 0;
+	f->flags = 0;
+	if (read_path(BPF_CORE_READ(file, f_path.mnt), BPF_CORE_READ(file, f_path.dentry),
+		      f->path, sizeof(f->path), &f->flags) < 0)
+		f->flags |= VIGIL_F_PARTIAL;
+	bpf_map_update_elem(&exec_files, &tid, f, BPF_ANY);
 	return 0;
 }
 
@@ -425,6 +495,7 @@ static __always_inline int exec_exit(long ret, enum exec_syscall nr)
 		ev->hdr.ts_ns = call.ts_ns;
 		read_caller_argv(ev, &call);
 	}
+	take_exec_file(ev, tid);
 	send(ev, VIGIL_RING_BULK);
 	return 0;
 }

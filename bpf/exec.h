@@ -60,6 +60,14 @@ struct exec_event {
 	enum exec_exe_kind exe_kind;
 	char filename[EXEC_PATH_SIZE];	/* resolved by the kernel on success */
 	char exe[EXEC_PATH_SIZE];	/* absolute path of the executable */
+	/*
+	 * The file the exec opened, resolved by the kernel at its first
+	 * bprm_check_security (BPF-LSM kernels only, else empty): for a "#!"
+	 * script the script itself (exe is then its interpreter); for an exec
+	 * that failed after opening its file (ENOEXEC, a missing interpreter)
+	 * the file it tried.  Same form as exe.
+	 */
+	char file[EXEC_PATH_SIZE];
 	char args[EXEC_ARGS_SIZE];	/* last: cut short in the ring */
 };
 

@@ -15,6 +15,15 @@
  *   module:module_load     inside a successful load: the module's name
  *                          and taints from the kernel's struct module,
  *                          added to the caller's in-flight record
+ *   lsm/kernel_read_file   where BPF-LSM works: the file finit_module
+ *                          really reads, replacing the entry's view of
+ *                          the fd (a thread can dup2 a decoy over the fd
+ *                          between the entry probe and the kernel's fdget)
+ *   module:module_request, or lsm/kernel_module_request
+ *                          a module the kernel asks modprobe for on a
+ *                          task's behalf (any user can make it: a socket
+ *                          of an unloaded family), the classic way to get
+ *                          a vulnerable module loaded
  *
  * finit_module's file is resolved from the descriptor at entry (the
  * kernel's struct file, not a path the caller wrote).  The parameter
@@ -31,6 +40,7 @@
 VIGIL_RECORD(module_load_event);
 enum module_op *__vigil_enum_module_op __attribute__((unused));
 enum module_name_source *__vigil_enum_module_name_source __attribute__((unused));
+enum module_path_source *__vigil_enum_module_path_source __attribute__((unused));
 
 VIGIL_INFLIGHT(module_calls, module_load_event, 1024);
 
@@ -60,10 +70,14 @@ static __always_inline int module_enter(enum module_op op, struct module_calls_s
 		if (!f || read_path(BPF_CORE_READ(f, f_path.mnt), BPF_CORE_READ(f, f_path.dentry),
 				    e->path, sizeof(e->path), &e->hdr.flags) < 0)
 			e->hdr.flags |= VIGIL_F_PARTIAL;	/* bad fd: the call fails too */
+		else
+			e->path_source = MODULE_PATH_FD;
 		break;
 	}
 	case MODULE_OP_DELETE_MODULE:	/* (const char *name, unsigned int flags) */
 		e->call_flags = (__u32)s->args[1];
+		break;
+	case MODULE_OP_MODULE_REQUEST:		/* not a call: sent at once by module_requested() */
 		break;
 	}
 	return 0;
@@ -213,4 +227,82 @@ int handle_module_load(struct module_load_tp *ctx)
 	if (bpf_probe_read_kernel_str(e->name, sizeof(e->name), (void *)ctx + loc) > 0)
 		e->name_source = MODULE_NAME_SOURCE_KERNEL;
 	return 0;
+}
+
+/*
+ * -- the file the kernel reads: lsm/kernel_read_file -----------------------------
+ * In the caller's context, inside finit_module, with the struct file the
+ * kernel took from the fd.  Observes only (returns 0).
+ */
+SEC("lsm/kernel_read_file")
+int BPF_PROG(module_lsm_read_file, struct file *file, enum kernel_read_file_id id, bool contents)
+{
+	struct module_calls_slot *s;
+	struct module_load_event *e;
+	__u32 flags = 0;
+
+	if (id != bpf_core_enum_value(enum kernel_read_file_id, READING_MODULE))
+		return 0;
+	s = inflight_get(module_calls);
+	if (!s || s->ev.op != MODULE_OP_FINIT_MODULE)
+		return 0;
+	e = &s->ev;
+	if (read_path(BPF_CORE_READ(file, f_path.mnt), BPF_CORE_READ(file, f_path.dentry),
+		      e->path, sizeof(e->path), &flags) >= 0) {
+		e->path_source = MODULE_PATH_READ;
+		e->hdr.flags = (e->hdr.flags & ~VIGIL_F_PARTIAL) | flags;
+	}
+	return 0;
+}
+
+/* -- modules the kernel requests ----------------------------------------------------- */
+static __always_inline int module_requested(const char *name)
+{
+	struct module_load_event *e = reserve_event(VIGIL_EV_MODULE_LOAD, sizeof(*e));
+
+	if (!e)
+		return 0;
+	fill_header(&e->hdr, VIGIL_EV_MODULE_LOAD);
+	e->ret = 0;
+	e->op = MODULE_OP_MODULE_REQUEST;
+	e->fd = -1;
+	e->call_flags = 0;
+	e->taints = 0;
+	e->len = 0;
+	e->path[0] = 0;
+	e->params[0] = 0;
+	e->params_read = 0;
+	e->path_source = MODULE_PATH_NONE;
+	e->name_source = MODULE_NAME_SOURCE_NONE;
+	if (bpf_probe_read_kernel_str(e->name, sizeof(e->name), name) > 0)
+		e->name_source = MODULE_NAME_SOURCE_KERNEL;
+	else
+		e->hdr.flags |= VIGIL_F_PARTIAL;
+	submit_event(&e->hdr, sizeof(*e));
+	return 0;
+}
+
+/*
+ * include/trace/events/module.h:
+ *   unsigned long ip; bool wait; __string(name, name)
+ * (declared here: the build's vmlinux.h may come from a kernel without modules)
+ */
+struct module_request_tp {
+	__u64 __common;
+	__u64 ip;
+	__u8 wait;
+	__u8 __pad[3];
+	__u32 data_loc_name;
+};
+
+SEC("tracepoint/module/module_request")
+int handle_module_request(struct module_request_tp *ctx)
+{
+	return module_requested((void *)ctx + (ctx->data_loc_name & 0xffff));
+}
+
+SEC("lsm/kernel_module_request")
+int BPF_PROG(module_lsm_request, char *kmod_name)
+{
+	return module_requested(kmod_name);
 }

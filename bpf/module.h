@@ -13,19 +13,33 @@ enum module_op {
 	MODULE_OP_INIT_MODULE = 0,
 	MODULE_OP_FINIT_MODULE = 1,
 	MODULE_OP_DELETE_MODULE = 2,
+	MODULE_OP_MODULE_REQUEST = 3,	/* the kernel asks modprobe for a module it lacks
+				 * (request_module: an unknown socket family, a
+				 * device major...), on behalf of this task */
 };
 
 /* Where `name` came from. */
 enum module_name_source {
 	MODULE_NAME_SOURCE_NONE = 0,	/* not known: the kernel never parsed the module */
-	MODULE_NAME_SOURCE_KERNEL = 1,	/* module:module_load: the name the kernel loaded */
+	MODULE_NAME_SOURCE_KERNEL = 1,	/* module:module_load: the name the kernel loaded;
+					 * module_request: the name it asks for */
 	MODULE_NAME_SOURCE_CALLER = 2,	/* delete_module's argument, as passed by the caller */
+};
+
+/* Where finit_module's `path` was resolved. */
+enum module_path_source {
+	MODULE_PATH_NONE = 0,		/* no file: init_module, delete_module, a request */
+	MODULE_PATH_FD = 1,		/* the file behind the fd at the call's entry */
+	MODULE_PATH_READ = 2,		/* the file the kernel read the module from
+					 * (kernel_read_file LSM hook): what a thread
+					 * swapping the fd after entry cannot change */
 };
 
 /*
  * One init_module, finit_module or delete_module call, reported at its
- * return with the result (-ENOSYS on a kernel built without modules).
- * The header is the caller at entry.
+ * return with the result (-ENOSYS on a kernel built without modules), or
+ * a module the kernel requests (ret 0, at the request).  The header is
+ * the caller at entry.
  */
 struct module_load_event {
 	struct vigil_header hdr;
@@ -40,7 +54,7 @@ struct module_load_event {
 	char path[MODULE_PATH_SIZE];	/* finit_module: the file behind fd, resolved at entry */
 	char params[MODULE_PARAMS_SIZE];/* parameter string, as passed by the caller */
 	__u32 params_read;		/* 1: params was read (0 for delete_module) */
-	__u32 __pad;
+	enum module_path_source path_source;
 };
 
 #endif /* __VIGIL_MODULE_H */

@@ -12,7 +12,7 @@ from test_bpf_memfd import bpf_trigger
 from test_capable import chown_trigger
 from test_file import MODE_OPTIONS, open_trigger
 from test_listen import bind_trigger, listen_trigger
-from test_module import attempt_trigger
+from test_module import attempt_trigger, request_trigger
 from test_mount import mount_trigger
 from test_signal import kill_trigger, ptrace_trigger
 from test_tcp import connect_trigger
@@ -38,6 +38,7 @@ TRIGGERS = {
     ("listen", "listen"): listen_trigger,
     ("connect", "connect"): connect_trigger,
     ("module_load", "module_syscalls"): attempt_trigger,
+    ("module_load", "module_request"): request_trigger,
     ("mount", "mount"): mount_trigger,
     ("kill", "kill"): kill_trigger,
     ("ptrace", "ptrace"): ptrace_trigger,

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from helpers import TRUE, execs_of, pump_until, start_agent, unique_marker
+from vigil import sensors
 
 pytestmark = pytest.mark.kernel
 
@@ -185,6 +186,46 @@ def test_exe_is_absolute_for_relative_exec(agent, tmp_path):
         pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker
     )
     assert ev["exe"] == TRUE.encode()
+
+
+def _lsm_file(agent) -> bool:
+    """Whether the kernel resolves the opened file (bprm_check_security)."""
+    return any(c.hook == "exec_file" for c in agent.session.choices)
+
+
+def test_script_names_its_file_and_its_interpreter(agent, tmp_path):
+    """A "#!" script runs its interpreter (exe); the script itself, reached
+    through a symlink here, is the file the kernel opened."""
+    agent, sink = agent
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    link = tmp_path / "link"
+    link.symlink_to(script)
+    marker = unique_marker()
+    subprocess.run([str(link), marker], check=True)
+    (ev,) = execs_of(
+        pump_until(agent, sink, lambda evs: execs_of(evs, marker=marker)), marker=marker
+    )
+    assert ev["exe"] == os.path.realpath("/bin/sh").encode()
+    assert ev["filename"] == str(link).encode()  # as named: the symlink
+    assert ev["file"] == (str(script).encode() if _lsm_file(agent) else b"")
+    if _lsm_file(agent):
+        assert f"[script {script}]" in sensors.get("exec").describe(ev)
+
+
+def test_failed_exec_of_a_bad_format_names_the_file_tried(agent, tmp_path):
+    """ENOEXEC: the kernel opened the file, found no format for it."""
+    agent, sink = agent
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x00\x01not a program")
+    junk.chmod(0o755)
+    with pytest.raises(OSError, match="Exec format error"):
+        subprocess.run([str(junk)])
+    done = lambda evs: execs_of(evs, filename=str(junk).encode())  # noqa: E731
+    (ev,) = execs_of(pump_until(agent, sink, done), filename=str(junk).encode())
+    assert ev["ret"] == -8  # ENOEXEC
+    assert ev["file"] == (str(junk).encode() if _lsm_file(agent) else b"")
 
 
 def test_fork_and_exit_events(agent):

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -50,6 +51,12 @@ def agent():
     agent.session.close()
 
 
+def _chosen(agent, hook: str) -> str | None:
+    """The attach point chosen for `hook`, None when the kernel has none."""
+    picks = [c.feature for c in agent.session.choices if c.hook == hook]
+    return picks[0] if picks else None
+
+
 def _mine(events, pid):
     return [e for e in events if e["kind"] == "module_load" and e["pid"] == pid]
 
@@ -72,6 +79,8 @@ def test_attempts_are_reported_with_their_result(agent, tmp_path):
     assert finit["path"] == str(fake).encode()  # the file behind the fd, from the kernel
     assert finit["fd"] >= 3 and finit["call_flags"] == 0
     assert finit["params"] == b"evil=1" and finit["params_read"] is True
+    # with the kernel_read_file LSM hook: the file the kernel really read
+    assert finit["path_source"] == ("read" if _chosen(agent, "module_file") else "fd")
     assert finit["comm"] == b"vmod-attempt" and finit["flags"] == []
 
     assert (init["op"], init["ret"], init["len"]) == ("init_module", -errnos[1], 19)
@@ -130,7 +139,43 @@ def test_real_load_and_unload_names_the_module():
         assert load["ret"] == 0 and load["name_source"] == "kernel"
         if load["op"] == "finit_module":
             assert b"/" + name.encode() in load["path"] and b".ko" in load["path"]
+            assert load["path_source"] == ("read" if _chosen(agent, "module_file") else "fd")
         assert unload["ret"] == 0 and unload["name_source"] == "caller"
+    finally:
+        agent.session.close()
+
+
+REQUEST_FAMILY = 23  # AF_IRDA: its number is kept, the family is gone from the kernel
+
+
+def request_trigger():
+    """A socket of a family the kernel lacks: it asks modprobe for
+    net-pf-23 on this task's behalf (any user can); the matcher."""
+    try:
+        socket.socket(REQUEST_FAMILY, socket.SOCK_DGRAM).close()
+    except OSError:
+        pass  # EAFNOSUPPORT: the request was made all the same
+    pid = os.getpid()
+    return lambda ev: (
+        ev["kind"] == "module_load"
+        and ev["op"] == "module_request"
+        and ev["pid"] == pid
+        and ev["name"] == f"net-pf-{REQUEST_FAMILY}".encode()
+    )
+
+
+@needs_modules
+def test_module_request_names_the_module_the_kernel_asks_for():
+    agent, sink = start_agent(["module_load"], enrich=False)
+    try:
+        if _chosen(agent, "module_request") is None:
+            pytest.skip("neither module:module_request nor the LSM hook here")
+        match = request_trigger()
+        events = pump_until(agent, sink, lambda evs: any(match(e) for e in evs))
+        (e,) = [e for e in events if match(e)]
+        assert (e["ret"], e["name_source"], e["path"], e["fd"]) == (0, "kernel", b"", -1)
+        text = sensors.get("module_load").describe(e)
+        assert text == f"module_request net-pf-{REQUEST_FAMILY}"
     finally:
         agent.session.close()
 

@@ -1,7 +1,7 @@
 """exec: every execve/execveat, failed ones included (bpf/exec.bpf.c)."""
 
 from ..encoding import display, display_args
-from . import Sensor, hook, register, tracepoint
+from . import Attach, Sensor, hook, register, tracepoint
 
 # d_path() of a memfd, as simple_dname() renders it: "/memfd:<name> (deleted)".
 _MEMFD_PREFIX = b"/memfd:"
@@ -23,7 +23,10 @@ def _describe(ev: dict) -> str:
     ret = "" if ev["ret"] == 0 else f"ret={ev['ret']} "
     kind = ev.get("exe_kind")  # absent from events stored before it existed
     exe = f"[{kind}] " if kind in ("memfd", "deleted") else ""
-    return f"{ret}{exe}{display(ev['filename'])}  {display_args(ev['args'])}"
+    # the script a "#!" exec opened, when its interpreter is what runs
+    opened = ev.get("file")
+    script = f"[script {display(opened)}] " if opened and opened != ev["exe"] and ev["exe"] else ""
+    return f"{ret}{exe}{script}{display(ev['filename'])}  {display_args(ev['args'])}"
 
 
 SENSOR = register(
@@ -38,6 +41,13 @@ SENSOR = register(
             hook("exec", tracepoint("sched/sched_process_exec", "handle_sched_exec")),
             hook("execve_ret", tracepoint("syscalls/sys_exit_execve", "handle_execve_exit")),
             hook("execveat_ret", tracepoint("syscalls/sys_exit_execveat", "handle_execveat_exit")),
+            # the file the exec opened, resolved by the kernel (a script's
+            # own path; the file a failed exec tried), where BPF-LSM works
+            hook(
+                "exec_file",
+                Attach("lsm", "bprm_check_security", ("handle_bprm_check",)),
+                optional=True,
+            ),
         ),
         finish=_finish,
         describe=_describe,

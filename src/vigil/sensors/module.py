@@ -1,4 +1,5 @@
-"""module_load: init_module, finit_module and delete_module calls (bpf/module.bpf.c)."""
+"""module_load: init_module, finit_module and delete_module calls, and the
+modules the kernel requests (bpf/module.bpf.c)."""
 
 from ..encoding import display
 from . import Attach, Sensor, hook, register, result_text, tracepoint
@@ -11,6 +12,8 @@ def _finish(ev: dict) -> None:
 def _describe(ev: dict) -> str:
     what = ev["name"] or ev["path"] or b"?"
     text = f"{ev['op']} {display(what)}"
+    if ev["op"] == "module_request":
+        return text  # the kernel asks modprobe; no result to show
     if ev["op"] == "finit_module" and ev["name"] and ev["path"]:
         text += f" from {display(ev['path'])}"
     if ev["op"] == "init_module":
@@ -55,6 +58,19 @@ SENSOR = register(
             hook(
                 "module_load",
                 tracepoint("module/module_load", "handle_module_load"),
+                optional=True,
+            ),
+            # the file finit_module really reads (not the fd's file at entry)
+            hook(
+                "module_file",
+                Attach("lsm", "kernel_read_file", ("module_lsm_read_file",)),
+                optional=True,
+            ),
+            # modules the kernel asks modprobe for on a task's behalf
+            hook(
+                "module_request",
+                tracepoint("module/module_request", "handle_module_request"),
+                Attach("lsm", "kernel_module_request", ("module_lsm_request",)),
                 optional=True,
             ),
         ),
