@@ -175,8 +175,16 @@ def test_doctor_reports_features_and_choices():
     chosen = {(c["sensor"], c["hook"]): c["feature"] for c in report["sensors"]}
     assert chosen[("exec", "execve")] == "tracepoint"
     assert chosen[("fork", "fork")] in ("tp_btf", "raw_tp")
+    # an optional hook the kernel lacks is named with where it exists
+    missing = {(m["sensor"], m["hook"]): m["elsewhere"] for m in report["optional_hooks_missing"]}
+    lsm = report["features"]["lsm"]["ok"]
+    assert (("exec", "exec_file") in chosen) == lsm
+    assert (("exec", "exec_file") in missing) == (not lsm)
+    if not lsm:
+        assert missing[("exec", "exec_file")] == "lsm bprm_check_security"
     text = vigil("doctor", check=True).stdout.decode()
     assert "ATTACH" in text and "SENSOR" in text
+    assert ("(not on this kernel)" in text) == bool(missing)
 
 
 @pytest.mark.parametrize(

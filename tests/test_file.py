@@ -87,12 +87,18 @@ def test_shadow_as_root_and_as_nobody_and_a_plain_file_not_seen():
         assert ok["ino"] == os.stat("/etc/shadow").st_ino
         assert ok["comm"] == b"vopen-root" and ok["flag_names"][0] == "O_RDONLY"
         (denied,) = _opens(events, nobody.pid)
+        assert denied["uid"] == NOBODY.pw_uid
+        if os.stat("/etc/shadow").st_mode & 0o004:
+            # virtme-ng's guests mount a world-readable stand-in over it
+            assert (denied["path"], denied["path_source"]) == (b"/etc/shadow", "kernel")
+            assert _fd_ok(denied)
+            return
         assert (denied["ret"], denied["path"], denied["path_source"]) == (
             -13,
             b"/etc/shadow",
             "caller",
         )
-        assert denied["uid"] == NOBODY.pw_uid and denied["ino"] == 0
+        assert denied["ino"] == 0 and denied["hook"] == "return"
         text = sensors.get("open").describe(denied)
         assert text == "read /etc/shadow (as passed) O_RDONLY|O_CLOEXEC EACCES"
     finally:

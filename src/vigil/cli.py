@@ -564,6 +564,15 @@ def doctor(as_json, refresh):
     except VigilError as err:
         problems.append(f"sensors not loaded to check them: {err}")
     choices = [c for c in choices if c.sensor not in unavailable]
+    # optional hooks this kernel cannot give (the sensor runs without their detail)
+    chosen = {(c.sensor, c.hook) for c in choices}
+    without = [
+        loader.Choice(sensor.name, h.name, "-", "(not on this kernel)", ())
+        for sensor in sensors.all_sensors().values()
+        if sensor.name not in unavailable
+        for h in sensor.hooks
+        if h.optional and (sensor.name, h.name) not in chosen
+    ]
     report = {
         "kernel": kernel.release(),
         "btf": kernel.has_btf(),
@@ -572,6 +581,9 @@ def doctor(as_json, refresh):
         "features": {p.feature: {"ok": p.ok, "detail": p.detail} for p in probes.values()},
         "sensors": [c.__dict__ for c in choices],
         "unavailable": unavailable,
+        "optional_hooks_missing": [
+            {"sensor": c.sensor, "hook": c.hook, "elsewhere": _alternatives(c)} for c in without
+        ],
         "problems": problems,
     }
     if as_json:
@@ -604,6 +616,7 @@ def doctor(as_json, refresh):
     )
     printer.header()
     printer.rows(choices)
+    printer.rows(without)
     for name, why in unavailable.items():
         click.echo(f"{name}: unavailable: {why}")
     for p in problems:
