@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, pump_until, start_agent, start_vigil, stop_vigil, vigil
+from helpers import ROOT, TIME_SCALE, pump_until, start_agent, start_vigil, stop_vigil, vigil
 from test_capable import Child
 from vigil import sensors, watchlist
 
@@ -207,7 +207,7 @@ def test_racing_thread_rewriting_the_path_reports_the_file_opened(tree):
     agent, sink = _agent(tree)
     try:
         argv = Child.argv("vopen-race", RACE) + [str(tree / "secret"), str(tree / "plain")]
-        proc = subprocess.run(argv, capture_output=True, timeout=60, check=True)
+        proc = subprocess.run(argv, capture_output=True, timeout=60 * TIME_SCALE, check=True)
         pid = int(proc.stderr.split()[-1])
         opened = dict(line.split(" ", 1) for line in proc.stdout.decode().splitlines())
         nsecret = int(opened.pop("secret-opens"))
@@ -301,7 +301,12 @@ def test_crontab_write_is_seen():
         path = f"/etc/cron.d/{name}"
         child = Child("vcron", f"open({path!r}, 'w').write('* * * * * root true\\n')\n")
         events = pump_until(agent, sink, lambda evs: _opens(evs, child.pid))
-        (e,) = _opens(events, child.pid)
+        opens = _opens(events, child.pid)
+        assert len(opens) == 1, [
+            (e["hook"], e["ret"], e["open_flags"], e["syscall"], e["path"], e["dev"], e["ino"])
+            for e in opens
+        ]
+        (e,) = opens
         assert (e["path"], e["access"], e["path_source"]) == (path.encode(), "write", "kernel")
     finally:
         agent.session.close()
