@@ -85,11 +85,19 @@ struct caller_path {
 	__u32 len;		/* strlen(path) */
 };
 
+/* A path call's paths as the kernel resolved them (path_* LSM hooks). */
+struct lsm_paths {
+	__u32 flags;			/* VIGIL_F_TRUNCATED / PARTIAL of the walks */
+	char path[FILE_PATH_SIZE];
+	char path2[FILE_PATH_SIZE];
+};
+
 /* Records and the caller's path: too big for the 512-byte stack. */
 struct file_scratch {
 	struct open_event open;
 	struct file_event file;
 	struct caller_path caller;
+	struct lsm_paths lsm;
 };
 
 struct {
@@ -98,6 +106,33 @@ struct {
 	__type(key, __u32);
 	__type(value, struct file_scratch);
 } file_scratch SEC(".maps");
+
+/*
+ * What the path_* LSM hooks saw of the path call a thread is in, until its
+ * return: LSM_SEEN_UNWATCHED (the kernel's objects are not watched: the
+ * caller's string, whatever it says by then, is not matched), or
+ * LSM_SEEN_WATCHED with the kernel's paths in file_lsm_paths.  No entry:
+ * no hook ran (a kernel without BPF-LSM, or the call failed before the
+ * check), and the caller's string is matched.
+ */
+enum lsm_seen {
+	LSM_SEEN_UNWATCHED = 1,
+	LSM_SEEN_WATCHED = 2,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);		/* tid */
+	__type(value, __u32);		/* enum lsm_seen */
+} file_lsm_seen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 256);	/* watched path calls in flight at once */
+	__type(key, __u32);
+	__type(value, struct lsm_paths);
+} file_lsm_paths SEC(".maps");
 
 static __always_inline struct file_scratch *scratch(void)
 {
@@ -514,6 +549,113 @@ int BPF_PROG(file_open_lsm, struct file *f)
 	return 0;
 }
 
+/*
+ * -- path calls as the kernel resolved them: the path_* LSM hooks --------------------
+ * Where BPF-LSM works (and the kernel has CONFIG_SECURITY_PATH): called
+ * inside rename, unlink, chmod, chown and truncate with the dentries the
+ * kernel looked up.  Matched by inode like an open, so a path string
+ * that is not normalised ("/etc/./shadow") or that another thread
+ * rewrites around the call neither hides a change to a watched file nor
+ * forges one.  Only inside the path calls this sensor reports at their
+ * returns (io_uring's renames and unlinks are not followed).  Observe
+ * only: return 0.
+ */
+static __always_inline bool path_call_in_progress(void)
+{
+	switch (current_syscall_nr()) {
+	case VIGIL_SYS_renameat2:
+	case VIGIL_SYS_unlinkat:
+	case VIGIL_SYS_fchmodat:
+	case VIGIL_SYS_fchownat:
+	case VIGIL_SYS_truncate:
+#ifdef __TARGET_ARCH_x86
+	case VIGIL_SYS_rename:
+	case VIGIL_SYS_renameat:
+	case VIGIL_SYS_unlink:
+	case VIGIL_SYS_chmod:
+	case VIGIL_SYS_chown:
+	case VIGIL_SYS_lchown:
+#endif
+		return true;
+	default:
+		return false;
+	}
+}
+
+static __always_inline int lsm_path_call(struct vfsmount *mnt, struct dentry *d,
+					 struct vfsmount *mnt2, struct dentry *d2)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), state = LSM_SEEN_UNWATCHED;
+	struct file_scratch *s;
+	struct lsm_paths *p;
+
+	if (!path_call_in_progress())
+		return 0;
+	if ((watched_dentry(mnt, d) & FILE_WATCH_WRITE) ||
+	    (d2 && (watched_dentry(mnt2, d2) & FILE_WATCH_WRITE))) {
+		s = scratch();
+		if (!s)
+			return 0;
+		p = &s->lsm;
+		p->flags = 0;
+		p->path2[0] = 0;
+		if (read_path(mnt, d, p->path, sizeof(p->path), &p->flags) < 0)
+			p->flags |= VIGIL_F_PARTIAL;
+		if (d2 && read_path(mnt2, d2, p->path2, sizeof(p->path2), &p->flags) < 0)
+			p->flags |= VIGIL_F_PARTIAL;
+		if (bpf_map_update_elem(&file_lsm_paths, &tid, p, BPF_ANY))
+			return 0;	/* no kernel view kept: the string is matched */
+		state = LSM_SEEN_WATCHED;
+	}
+	bpf_map_update_elem(&file_lsm_seen, &tid, &state, BPF_ANY);
+	return 0;
+}
+
+SEC("lsm/path_unlink")
+int BPF_PROG(file_lsm_unlink, const struct path *dir, struct dentry *dentry)
+{
+	return lsm_path_call(BPF_CORE_READ(dir, mnt), dentry, NULL, NULL);
+}
+
+SEC("lsm/path_rename")
+int BPF_PROG(file_lsm_rename, const struct path *old_dir, struct dentry *old_dentry,
+	     const struct path *new_dir, struct dentry *new_dentry)
+{
+	return lsm_path_call(BPF_CORE_READ(old_dir, mnt), old_dentry,
+			     BPF_CORE_READ(new_dir, mnt), new_dentry);
+}
+
+SEC("lsm/path_chmod")
+int BPF_PROG(file_lsm_chmod, const struct path *path)
+{
+	return lsm_path_call(BPF_CORE_READ(path, mnt), BPF_CORE_READ(path, dentry), NULL, NULL);
+}
+
+SEC("lsm/path_chown")
+int BPF_PROG(file_lsm_chown, const struct path *path)
+{
+	return lsm_path_call(BPF_CORE_READ(path, mnt), BPF_CORE_READ(path, dentry), NULL, NULL);
+}
+
+SEC("lsm/path_truncate")
+int BPF_PROG(file_lsm_truncate, const struct path *path)
+{
+	return lsm_path_call(BPF_CORE_READ(path, mnt), BPF_CORE_READ(path, dentry), NULL, NULL);
+}
+
+/* What the hooks saw of this thread's call (0: nothing), taken. */
+static __always_inline __u32 take_lsm_seen(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), state;
+	__u32 *seen = bpf_map_lookup_elem(&file_lsm_seen, &tid);
+
+	if (!seen)
+		return 0;
+	state = *seen;
+	bpf_map_delete_elem(&file_lsm_seen, &tid);
+	return state;
+}
+
 /* -- changes: rename, unlink, chmod, chown, truncate -------------------------------- */
 
 static __always_inline struct file_event *change_start(struct file_scratch *s, long ret,
@@ -545,10 +687,38 @@ static __always_inline void change_send(struct file_event *e, __u32 len2)
 	emit_tail(&e->hdr, offsetof(struct file_event, path2), len2, sizeof(e->path2));
 }
 
+/*
+ * The kernel's view of a path call, when its LSM hooks saw it: true when
+ * that settled it (sent with the kernel's paths, or not watched).
+ */
+static __always_inline bool kernel_view(struct file_event *e, __u32 seen)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct lsm_paths *p;
+	long n;
+
+	if (seen == LSM_SEEN_UNWATCHED)
+		return true;
+	if (seen != LSM_SEEN_WATCHED)
+		return false;
+	p = bpf_map_lookup_elem(&file_lsm_paths, &tid);
+	if (!p)
+		return false;	/* evicted: the caller's string after all */
+	e->path_source = FILE_PATH_KERNEL;
+	e->hdr.flags |= p->flags;
+	bpf_probe_read_kernel_str(e->path, sizeof(e->path), p->path);
+	n = bpf_probe_read_kernel_str(e->path2, sizeof(e->path2), p->path2);
+	bpf_map_delete_elem(&file_lsm_paths, &tid);
+	change_send(e, n > 0 ? n - 1 : 0);
+	return true;
+}
+
 /* A path call on (dfd, upath): send `e` when the path is watched for writes. */
 static __always_inline void change_path(struct file_scratch *s, struct file_event *e, long dfd,
-					const char *upath)
+					const char *upath, __u32 seen)
 {
+	if (kernel_view(e, seen))
+		return;
 	if (!watched_caller_path(s, dfd, upath, FILE_WATCH_WRITE, &e->hdr.flags))
 		return;
 	e->path_source = FILE_PATH_CALLER;
@@ -575,12 +745,14 @@ static __always_inline void change_fd(struct file_event *e, long fd)
 
 static __always_inline void rename(struct file_scratch *s, long ret, enum vigil_syscall sc,
 				   long odfd, const char *old, long ndfd, const char *new,
-				   __u32 flags)
+				   __u32 flags, __u32 seen)
 {
 	struct file_event *e = change_start(s, ret, FILE_OP_RENAME, sc);
 	bool hit;
 
 	e->call_flags = flags;
+	if (kernel_view(e, seen))
+		return;
 	e->path_source = FILE_PATH_CALLER;
 	hit = watched_caller_path(s, odfd, old, FILE_WATCH_WRITE, &e->hdr.flags);
 	bpf_probe_read_kernel(e->path, sizeof(e->path), s->caller.path);
@@ -600,23 +772,24 @@ static __always_inline int change_exit(long ret, enum vigil_syscall sc)
 {
 	struct pt_regs *regs = user_regs();
 	struct file_scratch *s = scratch();
+	__u32 seen = take_lsm_seen();
 	struct file_event *e;
 
 	if (!regs || !s)
 		return 0;
 	switch (sc) {
 	case VIGIL_SYS_renameat2:
-		rename(s, ret, sc, ARG1, (const char *)ARG2, ARG3, (const char *)ARG4, ARG5);
+		rename(s, ret, sc, ARG1, (const char *)ARG2, ARG3, (const char *)ARG4, ARG5, seen);
 		break;
 	case VIGIL_SYS_unlinkat:
 		e = change_start(s, ret, FILE_OP_UNLINK, sc);
 		e->call_flags = ARG3;
-		change_path(s, e, ARG1, (const char *)ARG2);
+		change_path(s, e, ARG1, (const char *)ARG2, seen);
 		break;
 	case VIGIL_SYS_fchmodat:
 		e = change_start(s, ret, FILE_OP_CHMOD, sc);
 		e->mode = ARG3;
-		change_path(s, e, ARG1, (const char *)ARG2);
+		change_path(s, e, ARG1, (const char *)ARG2, seen);
 		break;
 	case VIGIL_SYS_fchmod:
 		e = change_start(s, ret, FILE_OP_CHMOD, sc);
@@ -628,7 +801,7 @@ static __always_inline int change_exit(long ret, enum vigil_syscall sc)
 		e->owner_uid = ARG3;
 		e->owner_gid = ARG4;
 		e->call_flags = ARG5;
-		change_path(s, e, ARG1, (const char *)ARG2);
+		change_path(s, e, ARG1, (const char *)ARG2, seen);
 		break;
 	case VIGIL_SYS_fchown:
 		e = change_start(s, ret, FILE_OP_CHOWN, sc);
@@ -639,7 +812,7 @@ static __always_inline int change_exit(long ret, enum vigil_syscall sc)
 	case VIGIL_SYS_truncate:
 		e = change_start(s, ret, FILE_OP_TRUNCATE, sc);
 		e->length = ARG2;
-		change_path(s, e, AT_FDCWD, (const char *)ARG1);
+		change_path(s, e, AT_FDCWD, (const char *)ARG1, seen);
 		break;
 	case VIGIL_SYS_ftruncate:
 		e = change_start(s, ret, FILE_OP_TRUNCATE, sc);
@@ -648,26 +821,26 @@ static __always_inline int change_exit(long ret, enum vigil_syscall sc)
 		break;
 #ifdef __TARGET_ARCH_x86
 	case VIGIL_SYS_rename:
-		rename(s, ret, sc, AT_FDCWD, (const char *)ARG1, AT_FDCWD, (const char *)ARG2, 0);
+		rename(s, ret, sc, AT_FDCWD, (const char *)ARG1, AT_FDCWD, (const char *)ARG2, 0, seen);
 		break;
 	case VIGIL_SYS_renameat:
-		rename(s, ret, sc, ARG1, (const char *)ARG2, ARG3, (const char *)ARG4, 0);
+		rename(s, ret, sc, ARG1, (const char *)ARG2, ARG3, (const char *)ARG4, 0, seen);
 		break;
 	case VIGIL_SYS_unlink:
 		e = change_start(s, ret, FILE_OP_UNLINK, sc);
-		change_path(s, e, AT_FDCWD, (const char *)ARG1);
+		change_path(s, e, AT_FDCWD, (const char *)ARG1, seen);
 		break;
 	case VIGIL_SYS_chmod:
 		e = change_start(s, ret, FILE_OP_CHMOD, sc);
 		e->mode = ARG2;
-		change_path(s, e, AT_FDCWD, (const char *)ARG1);
+		change_path(s, e, AT_FDCWD, (const char *)ARG1, seen);
 		break;
 	case VIGIL_SYS_chown:
 	case VIGIL_SYS_lchown:
 		e = change_start(s, ret, FILE_OP_CHOWN, sc);
 		e->owner_uid = ARG2;
 		e->owner_gid = ARG3;
-		change_path(s, e, AT_FDCWD, (const char *)ARG1);
+		change_path(s, e, AT_FDCWD, (const char *)ARG1, seen);
 		break;
 #endif
 	default:

@@ -253,6 +253,9 @@ def test_rename_unlink_chmod_chown_truncate(tree):
         )
         child = Child("vfile-ops", code)
         events = pump_until(agent, sink, lambda evs: len(_changes(evs, child.pid)) == 8)
+        # path calls: the caller's strings, or where the kernel's path_* LSM
+        # hooks run, the paths it resolved (the same here: absolute, normal)
+        by = "kernel" if _path_lsm(agent) else "caller"
         got = [
             (e["op"], e["path"], e["path2"], e["ret"], e["path_source"])
             for e in _changes(events, child.pid)
@@ -264,18 +267,60 @@ def test_rename_unlink_chmod_chown_truncate(tree):
         ]
         b = os.fsencode
         assert got == [
-            ("chmod", b(s), b"", 0, "caller"),
-            ("chown", b(s), b"", 0, "caller"),
-            ("truncate", b(s), b"", 0, "caller"),
+            ("chmod", b(s), b"", 0, by),
+            ("chown", b(s), b"", 0, by),
+            ("truncate", b(s), b"", 0, by),
             ("truncate", b(t), b"", 0, "kernel"),
             ("chmod", b(t), b"", 0, "kernel"),
-            ("rename", b(t), b(tree / "tree/moved"), 0, "caller"),
-            ("rename", b(p), b(tree / "tree/planted"), 0, "caller"),
-            ("unlink", b(tree / "tree/planted"), b"", 0, "caller"),
+            ("rename", b(t), b(tree / "tree/moved"), 0, by),
+            ("rename", b(p), b(tree / "tree/planted"), 0, by),
+            ("unlink", b(tree / "tree/planted"), b"", 0, by),
         ]
         chmod, chown = _changes(events, child.pid)[:2]
         assert chmod["mode"] == 0o640 and (chown["owner_uid"], chown["owner_gid"]) == (1, 2)
-        assert sensors.get("file").describe(chown) == f"chown {s} 1:2 (as passed) ok"
+        passed = "" if _path_lsm(agent) else " (as passed)"
+        assert sensors.get("file").describe(chown) == f"chown {s} 1:2{passed} ok"
+    finally:
+        agent.session.close()
+
+
+def _path_lsm(agent) -> bool:
+    """Whether the kernel's path_* LSM hooks give the path calls' view."""
+    return any(c.hook == "path_lsm" for c in agent.session.choices)
+
+
+def test_path_calls_through_unnormalised_paths_are_matched_by_the_kernel(tree):
+    """chmod of a watched file named "<tree>/./secret", a rename through
+    "..": the strings match no watched path; the kernel's lookup does."""
+    agent, sink = _agent(tree)
+    try:
+        if not _path_lsm(agent):
+            pytest.skip("path calls are matched by string without the path_* LSM hooks")
+        odd = f"{tree}/./secret"
+        back = f"{tree}/tree/../tree/sub/unit"
+        code = (
+            f"os.chmod({odd!r}, 0o600)\n"
+            f"os.rename({back!r}, {str(tree / 'tree/sub/unit2')!r})\n"
+            f"os.chmod({str(tree / 'plain')!r}, 0o600)\n"  # not watched: nothing
+        )
+        child = Child("vfile-odd", code)
+        events = pump_until(agent, sink, lambda evs: len(_changes(evs, child.pid)) >= 2)
+        for _ in range(5):
+            agent.step(0.05)
+        got = [
+            (e["op"], e["path"], e["path2"], e["path_source"])
+            for e in _changes(sink.events, child.pid)
+        ]
+        assert got == [
+            ("chmod", os.fsencode(tree / "secret"), b"", "kernel"),
+            (
+                "rename",
+                os.fsencode(tree / "tree/sub/unit"),
+                os.fsencode(tree / "tree/sub/unit2"),
+                "kernel",
+            ),
+        ]
+        del events
     finally:
         agent.session.close()
 

@@ -134,7 +134,24 @@ FILE = register(
         summary="rename, unlink, chmod, chown, truncate of watched paths",
         hooks=_exits("renameat2", "unlinkat", "fchmodat", "fchmod", "fchownat", "fchown")
         + _exits("truncate", "ftruncate")
-        + _exits("rename", "renameat", "unlink", "chmod", "chown", "lchown", optional=True),
+        + _exits("rename", "renameat", "unlink", "chmod", "chown", "lchown", optional=True)
+        + (
+            # the dentries the kernel looked up, matched by inode: neither
+            # a path that is not normalised nor one rewritten around the
+            # call escapes or forges (BPF-LSM with CONFIG_SECURITY_PATH)
+            hook(
+                "path_lsm",
+                Attach(
+                    "lsm",
+                    "path_unlink",
+                    tuple(
+                        f"file_lsm_{op}"
+                        for op in ("unlink", "rename", "chmod", "chown", "truncate")
+                    ),
+                ),
+                optional=True,
+            ),
+        ),
         describe=_describe_file,
         after_load=_load_watch,
     )
