@@ -44,6 +44,7 @@ enum open_hook *__vigil_enum_open_hook __attribute__((unused));
 #define O_CREAT 00000100
 #define O_TRUNC 00001000
 #define FMODE_WRITE 0x2
+#define FMODE_NOACCOUNT (1U << 29)	/* include/linux/fs.h, 6.1 to 6.18 alike */
 #define VIGIL_MOUNT_STACK 4	/* mounts stacked on one name, crossed to find it */
 #define AT_FDCWD -100
 
@@ -519,6 +520,13 @@ int BPF_PROG(file_open_lsm, struct file *f)
 	long sc;
 
 	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
+		return 0;
+	/*
+	 * A stacking filesystem's own open of the file beneath (overlayfs:
+	 * open_with_fake_path() on 6.1, backing files later) is the same open
+	 * seen twice; those files are allocated "noaccount".
+	 */
+	if (BPF_CORE_READ(f, f_mode) & FMODE_NOACCOUNT)
 		return 0;
 	watched = watched_file(f);
 	if (!watched && !match_all)

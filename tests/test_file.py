@@ -326,7 +326,9 @@ def test_path_calls_through_unnormalised_paths_are_matched_by_the_kernel(tree):
 
 
 def test_crontab_write_is_seen():
-    """crontab(1) when installed, else a file in /etc/cron.d (what it amounts to)."""
+    """crontab(1) when installed, else a file in /etc/cron.d (what it amounts to).
+    Once, even where /etc is an overlay (the matrix's guests), whose own open
+    of the file beneath passes the file_open hook too."""
     agent, sink = start_agent(["open", "file"], enrich=False)
     name = f"vigil-test-{os.getpid()}"
     try:
