@@ -99,6 +99,8 @@ CONDITIONS = [
     "1 of sel_*",
     "all of sel_*",
     "sel_a and (sel_b or not sel_a)",
+    "(sel_a and not sel_b) or (sel_b and sel_a)",
+    "not sel_a or sel_b",
 ]
 
 EVENTS = [
@@ -128,6 +130,7 @@ def test_every_modifier_and_condition_form(tmp_path):
     rs, verdicts = load(tmp_path, *rules)
     assert len(rs.rules) > 0.9 * len(rules), [v.reasons for v in verdicts if not v.loadable][:3]
     assert any(r.decided for r in rs.rules) and any(not r.decided for r in rs.rules)
+    assert any(r.branches and len(r.branches) > 1 for r in rs.rules)
     assert any(r.forbidden for r in rs.rules) and any(r.atoms is None for r in rs.rules)
     fired = assert_same(rs, EVENTS)
     assert fired > 100  # the events do fire rules: the comparison is not of empty lists

@@ -647,11 +647,18 @@ class Rule:
     # atoms whose presence rules the rule out (requirements())
     clauses: list[frozenset] = field(default_factory=list)
     forbidden: frozenset = frozenset()
-    decided: bool = False  # the clauses and forbidden atoms are the whole condition
+    # the condition as an OR of branches, each (clauses, forbidden) and each
+    # sufficient as well as necessary: the index then decides the rule and
+    # its condition never runs (None: the condition must run)
+    branches: list[tuple[list[frozenset], frozenset]] | None = None
     selections: dict[str, tuple[Pred, list[str]]] = field(default_factory=dict)
     fields: list[str] = field(default_factory=list)
     dedup: tuple[str, ...] = ()  # `vigil_dedup:` key fields (default: the process)
     order: int = 0
+
+    @property
+    def decided(self) -> bool:
+        return self.branches is not None
 
     @property
     def loadable(self) -> bool:
@@ -763,7 +770,10 @@ def compile_rule(rule: SigmaRule, path: str, getters_by_source: dict) -> Rule:
     out.condition = closure(root)
     out.atoms = atoms_of(root)
     out.clauses, out.forbidden = requirements(root)
-    out.decided = bool(out.clauses) and decided(root)
+    if decided(root):
+        out.branches = [(out.clauses, out.forbidden)]
+    elif root.op == "or" and all(decided(a) for a in root.args):  # `1 of selection_*`
+        out.branches = [requirements(a) for a in root.args]
     out.fields = fields_of(root)
     out.selections = {
         name: (closure(node), fields_of(node)) for name, node in nodes.items() if node.op != "const"

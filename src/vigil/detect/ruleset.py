@@ -145,6 +145,7 @@ class _Group:
         atoms = sorted(
             {a for r in rules for c in r.clauses for a in c}
             | {a for r in rules for a in r.forbidden}
+            | {a for r in rules for cs, f in r.branches or () for c in [*cs, f] for a in c}
         )
         ids = {a: i for i, a in enumerate(atoms)}
         self.bits = [1 << i for i in range(len(atoms))]
@@ -173,7 +174,8 @@ class _Group:
         # a field's probe shared among the rules indexed on that field
         share: dict[str, int] = {}
         for r in rules:
-            for f in {a[1] for c in r.clauses for a in c}:
+            clauses = [c for cs, _f in r.branches or [(r.clauses, None)] for c in cs]
+            for f in {a[1] for c in clauses for a in c}:
                 share[f] = share.get(f, 0) + 1
 
         def cost(clause: frozenset) -> float:
@@ -181,15 +183,27 @@ class _Group:
             probe = max(_PROBE_COST / share[a[1]] for a in clause)
             return min(1.0, sum(_likely(a) for a in clause)) + probe
 
-        self.index: dict[int, list] = {}  # atom id -> [(rule, checks)]
+        # atom id -> [(rule, alternatives)]: a candidate passes if all the
+        # checks of one alternative do (a decided rule: one per branch)
+        self.index: dict[int, list] = {}
         self.always: list = []  # no required atom: every event is a candidate
         first: set[str] = set()
         for rule in rules:
-            primary = min(rule.clauses, key=cost) if rule.clauses else None
-            checks = [self._check(c, ids, True) for c in rule.clauses if c is not primary]
-            if rule.forbidden:
-                checks.append(self._check(rule.forbidden, ids, False))
-            entry = (rule, tuple(checks))
+            if rule.branches is None:  # one alternative: its necessary conditions
+                primary = min(rule.clauses, key=cost) if rule.clauses else None
+                checks = [self._check(c, ids, True) for c in rule.clauses if c is not primary]
+                if rule.forbidden:
+                    checks.append(self._check(rule.forbidden, ids, False))
+                alts = (tuple(checks),)
+            else:  # indexed by one clause of each branch; a branch checks all of its own
+                heads = [min(cs, key=cost) if cs else None for cs, _f in rule.branches]
+                primary = None if None in heads else frozenset().union(*heads)
+                alts = tuple(
+                    tuple(self._check(c, ids, True) for c in cs)
+                    + ((self._check(f, ids, False),) if f else ())
+                    for cs, f in rule.branches
+                )
+            entry = (rule, alts)
             if primary is None:
                 self.always.append(entry)
                 continue
@@ -200,9 +214,10 @@ class _Group:
         # value repeats: probe those eagerly too, so that the plan decides
         # the checks on them once per combination (`User: root` filters)
         for rule in rules:
-            for f in {a[1] for c in rule.clauses for a in c} | {a[1] for a in rule.forbidden}:
-                if self.probes[f][3] is not None:
-                    first.add(f)
+            for cs, forbidden in rule.branches or [(rule.clauses, rule.forbidden)]:
+                for f in {a[1] for c in [*cs, forbidden] for a in c}:
+                    if self.probes[f][3] is not None:
+                        first.add(f)
         self.first = tuple(self.probes[n] for n in self.probes if n in first)
         self.plans: dict[tuple, tuple] = {}
         self.first_names = frozenset(first)
@@ -288,19 +303,21 @@ class _Group:
         out: list[Rule] = []
         probed = self.first_names
         bits = self.bits
-        for rule, checks in entries:
+        for rule, alts in entries:
             # checks on the indexed fields were decided by the plan: what is
             # left needs fields this event has not probed yet
-            for names, cmask, want in checks:
-                for name in names:
-                    if name not in probed:
-                        probed = probed | {name}
-                        for i in probe(view, self.probes[name]):
-                            mask |= bits[i]
-                if (cmask & mask != 0) is not want:
+            for checks in alts:
+                for names, cmask, want in checks:
+                    for name in names:
+                        if name not in probed:
+                            probed = probed | {name}
+                            for i in probe(view, self.probes[name]):
+                                mask |= bits[i]
+                    if (cmask & mask != 0) is not want:
+                        break
+                else:
+                    out.append(rule)
                     break
-            else:
-                out.append(rule)
         return out
 
     def _plan(self, hit: list[int]) -> tuple[int, list]:
@@ -317,16 +334,23 @@ class _Group:
             entries[id(e[0])] = e
         first = self.first_names
         kept = []
-        for rule, checks in sorted(entries.values(), key=_entry_order):
-            left = []
-            for check in checks:
-                names, cmask, want = check
-                if not first.issuperset(names):
-                    left.append(check)
-                elif (cmask & mask != 0) is not want:
-                    break
-            else:
-                kept.append((rule, tuple(left)))
+        for rule, alts in sorted(entries.values(), key=_entry_order):
+            left_alts = []
+            for checks in alts:
+                left = []
+                for check in checks:
+                    names, cmask, want = check
+                    if not first.issuperset(names):
+                        left.append(check)
+                    elif (cmask & mask != 0) is not want:
+                        break
+                else:
+                    if not left:  # decided by the indexed fields alone
+                        left_alts = [()]
+                        break
+                    left_alts.append(tuple(left))
+            if left_alts:
+                kept.append((rule, tuple(left_alts)))
         plan = mask, kept
         if len(self.plans) >= _MEMO_SIZE:
             self.plans.clear()
