@@ -107,6 +107,14 @@ def _parent_image(ev, ctx):
     return image(p["exe"]) or None if p is not None else None
 
 
+def _parent_exe(ev):
+    anc = ev.get("ancestors")
+    return anc[0]["exe"] if anc else None
+
+
+_parent_image.rawkey = _parent_exe  # type: ignore[attr-defined]  # see _pure
+
+
 def _parent_cmdline(ev, ctx):
     args = ctx.parent_args(ev)
     if args is None:
@@ -129,7 +137,8 @@ def _get(name: str, convert=None) -> Getter:
 def _pure(fn: Getter, key: str) -> Getter:
     """Mark `fn` as a function of the event's `key` alone: the literal index
     may then remember what it found per value of that key, and skip the
-    getter when the value repeats (ruleset.py)."""
+    getter when the value repeats (ruleset.py).  A getter of something
+    deeper names the function that reads its raw value as `rawkey`."""
     fn.evkey = key  # type: ignore[attr-defined]
     return fn
 

@@ -154,7 +154,7 @@ class _Group:
             t = tables.setdefault(name, ({}, {}, {}))
             t[("eq", "base", "sub").index(how)][lit] = i
         # field -> (name, getter, memo, event key, equality table,
-        #           basename table, automaton, atom id per pattern)
+        #           basename table, automaton, atom id per pattern, raw key)
         self.probes: dict[str, tuple] = {}
         for name, (exact, base, subs) in tables.items():
             pats = list(subs)
@@ -169,6 +169,7 @@ class _Group:
                 base or None,
                 ac,
                 [subs[p] for p in pats],
+                getattr(getter, "rawkey", None),
             )
         # the indexed clause: the one an event is least likely to hold, counting
         # a field's probe shared among the rules indexed on that field
@@ -238,9 +239,11 @@ class _Group:
         two table lookups and an automaton pass.  A field that is a function
         of one event key alone (`evkey`) is remembered per value of that key,
         so a repeat does not even run the getter."""
-        name, getter, memo, evkey, exact, base, ac, pat_ids = probe
+        name, getter, memo, evkey, exact, base, ac, pat_ids, rawkey = probe
         if evkey is not None:
             k = view.ev.get(evkey)
+        elif rawkey is not None:
+            k = rawkey(view.ev)
         else:
             raw = view.raw
             k = raw.get(name, _UNSET)
@@ -283,6 +286,8 @@ class _Group:
             evkey = p[3]
             if evkey is not None:
                 k = ev.get(evkey)
+            elif p[8] is not None:
+                k = p[8](ev)
             else:
                 k = raw[p[0]] = p[1](ev, view.ctx)
             t = type(k)
