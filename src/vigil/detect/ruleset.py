@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from operator import itemgetter
 
 import ahocorasick_rs
 from sigma.collection import SigmaCollection
@@ -221,6 +222,14 @@ class _Group:
                         first.add(f)
         self.first = tuple(self.probes[n] for n in self.probes if n in first)
         self.plans: dict[tuple, tuple] = {}
+        # the indexed fields read from one event key each (Image, User,
+        # EffectiveUserId...) are remembered together, by the tuple of those
+        # keys' raw values (itemgetter builds it in C): one lookup for all
+        keyed = [p for p in self.first if p[3] is not None]
+        self.ident = itemgetter(*[p[3] for p in keyed]) if len(keyed) > 1 else None
+        self.ident_probes = tuple(keyed)
+        self.ident_memo: dict[tuple, tuple] = {}
+        self.rest = tuple(p for p in self.first if p[3] is None) if self.ident else self.first
         self.first_names = frozenset(first)
 
     @staticmethod
@@ -282,7 +291,23 @@ class _Group:
         # the indexed fields; a value seen before costs one lookup (_probe
         # inlined for that case: this loop is the per-event floor)
         raw, ev = view.raw, view.ev
-        for p in self.first:
+        if self.ident is not None:
+            try:
+                k = self.ident(ev)
+                ids = self.ident_memo.get(k)
+            except (KeyError, TypeError):  # a key missing, a value unhashable
+                k = ids = None
+            if ids is None:
+                ids = ()
+                for p in self.ident_probes:
+                    ids += probe(view, p)
+                if k is not None:
+                    if len(self.ident_memo) >= _MEMO_SIZE:
+                        self.ident_memo.clear()
+                    self.ident_memo[k] = ids
+            if ids:
+                hit.extend(ids)
+        for p in self.rest:
             evkey = p[3]
             if evkey is not None:
                 k = ev.get(evkey)
@@ -453,6 +478,7 @@ class RuleSet:
         for g in self.groups.values():
             if everything:
                 g.plans.clear()
+                g.ident_memo.clear()
             for p in g.probes.values():
                 if everything or p[3] is None:
                     p[2].clear()
