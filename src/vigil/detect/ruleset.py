@@ -5,11 +5,18 @@ the rules that could fire on it:
 
 1. **Routing**: each event kind has the logsources that cover it (an
    accept never meets a process_creation rule).
-2. **Literal index**: each rule's required literals (compile.py) go into
-   an exact-value table, a basename table (`Image|endswith: /curl`) or one
-   Aho-Corasick automaton per field (substrings); a rule is evaluated only
-   when the event holds one of its literals.  Rules with no such set (a
-   regex alone, a negation) are evaluated on every event of their source.
+2. **Literal index** (_Group): each rule's requirements (compile.py: the
+   clauses of literals it needs, the literals that rule it out) are checked
+   with one probe per field (an exact-value table, a basename table, one
+   Aho-Corasick automaton for substrings) and bit masks; a rule goes on
+   only when all of them hold, and a *decided* rule (its requirements are
+   its whole condition) fires without its condition running.  Rules with
+   no required literal (a regex alone, a negation) are candidates on every
+   event of their source, still filtered by what they forbid.
+3. **Memories**: probe results per field value, and what a combination of
+   hits means, are remembered (bounded): repeats cost a lookup.
+
+docs/detection.md ("Speed") tells the whole story.
 """
 
 from __future__ import annotations
@@ -125,12 +132,13 @@ class _Group:
     gets a bit.  A field is probed at most once per event, for all of its
     atoms together: one dict lookup for equality, one for the basename, one
     Aho-Corasick pass for every substring.  Each rule is indexed by one
-    clause, on the fields most rules share (so an event probes few fields);
-    the hits of those fields name the candidates, and a candidate is
-    evaluated only if each of its other clauses has a hit and no forbidden
-    atom does (those fields are probed when a candidate first needs them).
-    Per-event cost is then the probes of a few fields plus the rules that
-    could really fire, whatever the rule count.
+    clause (one per branch for a decided `1 of selection_*`), the one least
+    likely to hold on a field many rules share (so an event probes few
+    fields); the hits of those fields name the candidates, and a candidate
+    goes on only if each of its other clauses has a hit and no forbidden
+    atom does (fields no indexed clause needs are probed when a candidate
+    first needs them).  Per-event cost is then the probes of a bounded set
+    of fields plus the rules that could really fire, whatever the count.
     """
 
     def __init__(self, source: fieldmap.LogSource, getters: dict):
