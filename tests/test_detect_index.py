@@ -214,3 +214,38 @@ def test_recorded_events_same_verdicts(tmp_path):
     )
     fired = assert_same(rs, events, Context(table))
     assert fired > 0
+
+
+def test_command_line_is_the_join_of_escaped_arguments():
+    """CommandLine escapes the joined bytes once: the same text as escaping
+    each argument (a space ends any UTF-8 sequence), for hostile bytes too."""
+    from vigil.detect.fields import PROCESS_CREATION_FIELDS
+    from vigil.encoding import escape
+
+    get = PROCESS_CREATION_FIELDS["CommandLine"].getter
+    for args in (
+        [b"a\\b", b"\xff", b"\xe2\x82", b"\xac", "caf\u00e9".encode(), b""],
+        [b"\xf0\x9f\x98", b"\x80 x", b"\\x41"],
+        ["text", "args"],  # replayed from JSON
+    ):
+        want = " ".join(escape(a) if isinstance(a, bytes) else a for a in args)
+        assert get({"args": args}, Context()) == want
+
+
+def test_memories_stay_bounded_under_unique_values(tmp_path):
+    """A flood of unique executables and command lines (an attacker's
+    random names) must not grow the index's memories without bound."""
+    rs, _ = load(
+        tmp_path,
+        rule_yaml("sel:\n    Image|endswith: /nc\n    CommandLine|contains: ' -e '\ncondition: sel"),
+        rule_yaml("sel:\n    User: root\n    Image|endswith: /curl\ncondition: sel"),
+    )
+    ctx = Context()
+    for i in range(10_000):
+        ev = exe_event([f"/tmp/x{i}", "-e", "a" * (i % 700)], exe=f"/tmp/x{i}", uid=i % 50)
+        assert rs.match(ev, ctx) == []
+    (group,) = rs.groups.values()
+    assert all(len(p[2]) <= 4096 for p in group.probes.values())
+    assert len(group.plans) <= 4096 and len(group.ident_memo) <= 4096
+    hit = exe_event(["nc", "-e", "sh"], exe="/usr/bin/nc")
+    assert [r.title for r, _ in rs.match(hit, ctx)] == [rs.rules[0].title]
