@@ -237,7 +237,9 @@ def test_memories_stay_bounded_under_unique_values(tmp_path):
     random names) must not grow the index's memories without bound."""
     rs, _ = load(
         tmp_path,
-        rule_yaml("sel:\n    Image|endswith: /nc\n    CommandLine|contains: ' -e '\ncondition: sel"),
+        rule_yaml(
+            "sel:\n    Image|endswith: /nc\n    CommandLine|contains: ' -e '\ncondition: sel"
+        ),
         rule_yaml("sel:\n    User: root\n    Image|endswith: /curl\ncondition: sel"),
     )
     ctx = Context()
