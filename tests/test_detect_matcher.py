@@ -289,15 +289,15 @@ def test_index_evaluates_only_rules_whose_literals_are_present(tmp_path):
     rs, _ = load(tmp_path, *rules)
     ctx = Context()
     ev = exe_event(["/opt/tool7", "-x"], exe="/opt/tool7")
-    rs.evaluated = 0
+    rs.considered = 0
     assert [r.title for r, _ in rs.match(ev, ctx)] == [f"test rule {_N[0] - 200 + 7}"]
-    assert rs.evaluated == 1
-    rs.evaluated = 0
+    assert rs.considered == 1
+    rs.considered = 0
     assert rs.match(exe_event(["/usr/bin/true"], exe="/usr/bin/true"), ctx) == []
-    assert rs.evaluated == 0
-    rs.evaluated = 0
+    assert rs.considered == 0
+    rs.considered = 0
     assert len(rs.match(exe_event(["/bin/x", "NEEDLE{}"], exe="/bin/x"), ctx)) == 1
-    assert rs.evaluated == 1
+    assert rs.considered == 1
 
 
 def test_dedup_counts_exact(tmp_path):

@@ -168,6 +168,8 @@ def monitor(ctx, config_path, summary_specs, no_summaries, as_json, quiet, durat
             sinks.append(detect_output.AlertStoreSink(store, stages))
         # counters flush into the store: close them before it (sinks close in order)
         summary_sink = summaries.SummarySink(store, specs, settings.summaries.interval)
+        # baselines learn from the kernel's counts too (detect/baseline.py)
+        summary_sink.listeners.extend(s.merge_counts for s in stages if hasattr(s, "merge_counts"))
         sinks.append(summary_sink)
         sinks.append(StoreSink(store))
         session = loader.Session(

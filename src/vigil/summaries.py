@@ -26,6 +26,8 @@ DEFAULT_SUMMARIES: dict[str, str] = {
     "capabilities": "t:capability:cap_capable():int:comm,cap",
     "connects": "t:sock:inet_sock_set_state():u16:comm,dport:newstate==2",
     "execs": "t:sched:sched_process_exec():int:pcomm,comm",
+    # TCP_LISTEN: the baseline's `listen` kind learns from it too (detect/baseline.py)
+    "listens": "t:sock:inet_sock_set_state():u16:comm,sport:newstate==10&&protocol==6",
 }
 
 
@@ -103,6 +105,9 @@ class SummarySink:
         self._start(specs)
         self._last = time.time_ns()
         self._next = time.monotonic() + interval
+        # called with (name, rows, flush time in ns) at each flush: the
+        # baselines learn from the kernel's counts (detect/baseline.py)
+        self.listeners: list = []
 
     def _start(self, specs: dict[str, str]) -> None:
         if not specs:
@@ -151,6 +156,11 @@ class SummarySink:
                 continue
             spec = as_text(self.specs[name])  # stored as UTF-8 text
             self.store.add_summary(now, now - self._last, name, spec, rows)
+            for listener in self.listeners:
+                try:
+                    listener(name, rows, now)
+                except Exception as err:  # a listener's bug must not stop the flushes
+                    log.error("summary %s: listener failed: %s", name, err)
         self._last = now
 
     def losses(self) -> dict[str, int]:

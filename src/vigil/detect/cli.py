@@ -363,7 +363,7 @@ def baseline_show(kind, db_path, as_json):
             click.echo(f"{k}: learning since {since:.0f}s ago (armed after --baseline-learn)")
     printer = TablePrinter(
         [
-            Column("KIND", 11, lambda r: r["kind"]),
+            Column("KIND", 15, lambda r: r["kind"]),
             Column("STATE", 9, lambda r: r["state"]),
             Column(
                 "ENTRY",

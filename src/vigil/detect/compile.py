@@ -89,8 +89,11 @@ class View:
     def lower(self, name: str) -> str | None:
         low = self.low
         s = low.get(name, _UNSET)
-        if s is _UNSET:
-            v = self.get(name)
+        if s is _UNSET:  # self.get() inlined: this is the matcher's hottest path
+            raw = self.raw
+            v = raw.get(name, _UNSET)
+            if v is _UNSET:
+                v = raw[name] = self.getters[name](self.ev, self.ctx)
             s = low[name] = None if v is None else (v if type(v) is str else _str(v)).lower()
         return s
 
@@ -128,6 +131,9 @@ class Node:
     atoms: frozenset | None = None
     value: bool = False  # for const
     fields: tuple = ()
+    # an item that holds exactly when one of its atoms does (not merely only
+    # if): its negation forbids them, which the index can check
+    exact: bool = False
 
 
 TRUE, FALSE = Node("const", value=True), Node("const", value=False)
@@ -334,7 +340,11 @@ class Compiler:
         else:
             pred = preds[0] if len(preds) == 1 else (lambda view: any(p(view) for p in preds))
             atomset = None if None in atoms else frozenset(x for a in atoms for x in _flat(a))
-        node = Node("item", pred=pred, atoms=atomset, fields=(name,))
+        exact = atomset is not None and (
+            len(item_values) == 1 or item.value_linking is not ConditionAND
+        )
+        exact = exact and all(_exact(name, v) for v in item_values)
+        node = Node("item", pred=pred, atoms=atomset, fields=(name,), exact=exact)
         if item.negated:
             return _not(node)
         return node
@@ -362,6 +372,41 @@ class Compiler:
             for d in det.detection_items
         ]
         return _and(kids) if det.item_linking is ConditionAND else _or(kids)
+
+
+def _exact(name: str, v) -> bool:
+    """True when the value's atom is its whole test, as the index computes
+    it: equality or `contains` on the lowered field (case-insensitive),
+    numbers and booleans as lowered text, a path ending in `/NAME` (the
+    basename table).  Other prefixes and suffixes, wildcards, cased strings
+    and regexes give atoms that are only necessary."""
+    if isinstance(v, SigmaExpansion):
+        return all(_exact(name, x) for x in v.values)
+    if isinstance(v, SigmaNumber | SigmaBool):
+        return True
+    if type(v) is not SigmaString:
+        return False
+    star = SpecialChars.WILDCARD_MULTI
+    shape = tuple("*" if p is star else "s" if isinstance(p, str) else "?" for p in v.s)
+    if shape == ("*", "s") and name in PATH_FIELDS:
+        lit = v.s[1].lower()
+        return len(lit) > 1 and lit.rfind("/") == 0
+    return shape == ("s",) or (shape == ("*", "s", "*") and bool(v.s[1]))
+
+
+def decided(node: Node) -> bool:
+    """True when requirements(node) is also sufficient: the index's verdict
+    is the rule's, and the condition need not run (an AND of exact items,
+    of ORs of them and of their negations)."""
+    if node.op == "item":
+        return node.exact
+    if node.op == "not":
+        return exact_atoms(node.args[0]) is not None
+    if node.op == "and":
+        return all(decided(a) for a in node.args)
+    if node.op == "or":
+        return exact_atoms(node) is not None
+    return False
 
 
 def _simple_strings(name: str, values: list, all_of: bool) -> Pred | None:
@@ -525,6 +570,38 @@ def atoms_of(node: Node) -> frozenset | None:
     return frozenset().union(*kids)
 
 
+def exact_atoms(node: Node) -> frozenset | None:
+    """Atoms of which one holds exactly when `node` does, or None."""
+    if node.op == "item":
+        return node.atoms if node.exact else None
+    if node.op == "or":
+        kids = [exact_atoms(a) for a in node.args]
+        return None if None in kids else frozenset().union(*kids)
+    return None
+
+
+def requirements(node: Node) -> tuple[list[frozenset], frozenset]:
+    """(clauses, forbidden): for `node` to hold, each clause must have an
+    atom that holds, and no forbidden atom may hold.  Necessary conditions
+    only, never sufficient: the index uses them to skip rules that cannot
+    fire (every field's literals, not one), the rule's condition decides."""
+    op = node.op
+    if op == "item":
+        return ([node.atoms] if node.atoms is not None else []), frozenset()
+    if op == "const":
+        return [], frozenset()
+    if op == "not":
+        return [], exact_atoms(node.args[0]) or frozenset()
+    kids = [requirements(a) for a in node.args]
+    if op == "and":
+        clauses = list(dict.fromkeys(c for k in kids for c in k[0]))
+        return clauses, frozenset().union(*(k[1] for k in kids))
+    # or: one of the branches holds, so one of their (best) clauses does,
+    # and only what every branch forbids is forbidden
+    clauses = [frozenset().union(*(_best(k[0]) for k in kids))] if all(k[0] for k in kids) else []
+    return clauses, frozenset.intersection(*(k[1] for k in kids))
+
+
 def closure(node: Node) -> Pred:
     if node.op == "item":
         return node.pred
@@ -566,10 +643,22 @@ class Rule:
     logsource: str = ""  # the rule's category (or service, or product), as written
     condition: Pred | None = None
     atoms: frozenset | None = None
+    # every clause of required atoms (`atoms` is the one indexed) and the
+    # atoms whose presence rules the rule out (requirements())
+    clauses: list[frozenset] = field(default_factory=list)
+    forbidden: frozenset = frozenset()
+    # the condition as an OR of branches, each (clauses, forbidden) and each
+    # sufficient as well as necessary: the index then decides the rule and
+    # its condition never runs (None: the condition must run)
+    branches: list[tuple[list[frozenset], frozenset]] | None = None
     selections: dict[str, tuple[Pred, list[str]]] = field(default_factory=dict)
     fields: list[str] = field(default_factory=list)
     dedup: tuple[str, ...] = ()  # `vigil_dedup:` key fields (default: the process)
     order: int = 0
+
+    @property
+    def decided(self) -> bool:
+        return self.branches is not None
 
     @property
     def loadable(self) -> bool:
@@ -680,6 +769,11 @@ def compile_rule(rule: SigmaRule, path: str, getters_by_source: dict) -> Rule:
     out.reasons = [f"ignores {r}" for r in reasons]
     out.condition = closure(root)
     out.atoms = atoms_of(root)
+    out.clauses, out.forbidden = requirements(root)
+    if decided(root):
+        out.branches = [(out.clauses, out.forbidden)]
+    elif root.op == "or" and all(decided(a) for a in root.args):  # `1 of selection_*`
+        out.branches = [requirements(a) for a in root.args]
     out.fields = fields_of(root)
     out.selections = {
         name: (closure(node), fields_of(node)) for name, node in nodes.items() if node.op != "const"

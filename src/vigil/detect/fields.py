@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ..encoding import escape_cached
+from ..encoding import escape, escape_cached
 
 # ev -> value; `ctx` gives what an event does not carry (the parent's argv)
 Getter = Callable[[dict, "Context"], object]
@@ -69,7 +69,10 @@ def text(value) -> str:
 def _joined(args) -> str | None:
     if not args:
         return None
-    return " ".join(escape_cached(a) if type(a) is bytes else a for a in args)
+    try:  # one escape of the joined bytes: the same text (a space ends any UTF-8 sequence)
+        return escape(b" ".join(args))
+    except TypeError:  # text arguments (events replayed from JSON)
+        return " ".join(escape_cached(a) if type(a) is bytes else a for a in args)
 
 
 @lru_cache(maxsize=4096)
@@ -104,6 +107,14 @@ def _parent_image(ev, ctx):
     return image(p["exe"]) or None if p is not None else None
 
 
+def _parent_exe(ev):
+    anc = ev.get("ancestors")
+    return anc[0]["exe"] if anc else None
+
+
+_parent_image.rawkey = _parent_exe  # type: ignore[attr-defined]  # see _pure
+
+
 def _parent_cmdline(ev, ctx):
     args = ctx.parent_args(ev)
     if args is None:
@@ -117,8 +128,19 @@ def _f(getter: Getter, doc: str) -> Field:
 
 def _get(name: str, convert=None) -> Getter:
     if convert is None:
-        return lambda ev, ctx: ev.get(name)
-    return lambda ev, ctx: None if (v := ev.get(name)) is None else convert(v)
+        fn = lambda ev, ctx: ev.get(name)  # noqa: E731
+    else:
+        fn = lambda ev, ctx: None if (v := ev.get(name)) is None else convert(v)  # noqa: E731
+    return _pure(fn, name)
+
+
+def _pure(fn: Getter, key: str) -> Getter:
+    """Mark `fn` as a function of the event's `key` alone: the literal index
+    may then remember what it found per value of that key, and skip the
+    getter when the value repeats (ruleset.py).  A getter of something
+    deeper names the function that reads its raw value as `rawkey`."""
+    fn.evkey = key  # type: ignore[attr-defined]
+    return fn
 
 
 # Fields of the process behind any event.
@@ -380,5 +402,5 @@ def getter(source: LogSource, name: str) -> Getter | None:
     if f is not None:
         return None if name in UNKNOWABLE else f.getter
     if source.raw_fields:
-        return lambda ev, ctx: None if (v := ev.get(name)) is None else text(v)
+        return _pure(lambda ev, ctx: None if (v := ev.get(name)) is None else text(v), name)
     return None
