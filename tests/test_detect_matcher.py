@@ -223,7 +223,7 @@ def test_unknown_fields_give_honest_verdicts(tmp_path):
         ),
         rule_yaml("filter:\n    CurrentDirectory: /opt\ncondition: not filter"),
         rule_yaml("sel:\n    Image|wide|contains: cmd\ncondition: sel"),
-        rule_yaml("sel:\n    TargetFilename: /x\ncondition: sel", category="file_event"),
+        rule_yaml("sel:\n    TargetObject: /x\ncondition: sel", category="registry_event"),
     )
     got = {v.title: (v.verdict, v.reasons) for v in verdicts}
     v = [got[f"test rule {i}"] for i in range(_N[0] - 5, _N[0] + 1)]
@@ -232,7 +232,7 @@ def test_unknown_fields_give_honest_verdicts(tmp_path):
     assert v[2][0] == "degraded" and "OriginalFileName" in v[2][1][0]
     assert v[3][0] == "never-fires" and "every event" in v[3][1][0]
     assert v[4][0] == "never-fires" and "wide" in v[4][1][0]
-    assert v[5][0] == "never-fires" and "file_event" in v[5][1][0]
+    assert v[5][0] == "never-fires" and "registry_event" in v[5][1][0]
     # the degraded filter rule runs without its filter; the other branch still fires
     assert [r.title for r, _ in rs.match(CURL, Context())] == [
         f"test rule {_N[0] - 4}",

@@ -765,8 +765,10 @@ def compile_rule(rule: SigmaRule, path: str, getters_by_source: dict) -> Rule:
             return out
         getters[str(name)] = get
     out.dedup = tuple(str(n) for n in dedup)
-    out.verdict = DEGRADED if reasons else CAN_FIRE
     out.reasons = [f"ignores {r}" for r in reasons]
+    if source.limit:  # the source's own blind spot: every rule on it shares it
+        out.reasons.append(source.limit)
+    out.verdict = DEGRADED if out.reasons else CAN_FIRE
     out.condition = closure(root)
     out.atoms = atoms_of(root)
     out.clauses, out.forbidden = requirements(root)

@@ -58,6 +58,8 @@ class LogSource:
     accepts: Callable[[dict], bool] | None = None
     # vigil's own categories: the raw event fields are also available by name
     raw_fields: bool = False
+    # what this source cannot see, whatever the rule: its rules are degraded, saying so
+    limit: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -310,6 +312,33 @@ def _exec_ok(ev: dict) -> bool:
     return ev.get("ret", 0) == 0
 
 
+_O_CREAT = 0o100
+
+
+def _file_created(ev: dict) -> bool:
+    """Sigma's file_event: a file created or replaced (an open for write with
+    O_CREAT, a rename's destination) that the kernel allowed."""
+    if ev.get("ret", 0) < 0:
+        return False
+    if ev["kind"] == "open":
+        return ev.get("access") == "write" and bool(ev.get("open_flags", 0) & _O_CREAT)
+    return ev.get("op") == "rename"
+
+
+def _target_filename(ev, ctx):
+    path = ev.get("path2") if ev["kind"] == "file" else ev.get("path")
+    return text(path) if path else None
+
+
+FILE_EVENT_FIELDS: dict[str, Field] = {
+    **PROCESS_FIELDS,
+    "CommandName": _f(_get("comm", text), "`comm`"),
+    "TargetFilename": _f(
+        _target_filename, "the file created: an open's `path`, a rename's `path2`"
+    ),
+}
+
+
 LOGSOURCES: list[LogSource] = []
 
 
@@ -338,6 +367,18 @@ register(
         ("connect", "accept"),
         NETWORK_FIELDS,
         "TCP connect (Initiated 'true') and accept (Initiated 'false')",
+    )
+)
+register(
+    LogSource(
+        "file_event",
+        "linux",
+        ("open", "file"),
+        FILE_EVENT_FIELDS,
+        "files created: opens for write with O_CREAT and renames' destinations, "
+        "on the watch list (docs/events.md)",
+        accepts=_file_created,
+        limit="sees the paths on the open sensor's watch list only (--watch-file)",
     )
 )
 register(
