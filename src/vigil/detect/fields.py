@@ -256,7 +256,10 @@ LATER_SENSORS = [
         "module loads and unloads, attempts included",
         _own(
             ModuleName=_f(_get("name", text), "`name`"),
-            Operation=_f(_get("op"), "`op` (`init_module`, `finit_module`, `delete_module`)"),
+            Operation=_f(
+                _get("op"),
+                "`op` (`init_module`, `finit_module`, `delete_module`, `module_request`)",
+            ),
         ),
     ),
     (
