@@ -111,6 +111,7 @@ _INSERT_PROC = "INSERT INTO processes VALUES (?,?,?,?,?,?,?,?)"
 _TOUCH_PROC = "UPDATE processes SET last_ts_ns = max(last_ts_ns, ?) WHERE id = ?"
 # what a process row holds, or a reader makes: not in an event's stored JSON
 _JOINED = frozenset(("exe", "ancestors", "time", "host", "boot_id", "process_key", "parent_key"))
+_NO_ANCESTORS: list = []  # never changed: shared by events without ancestry
 # rows per DELETE: one such transaction takes a few ms, which ingestion can wait
 RETENTION_BATCH = 2000
 
@@ -157,38 +158,49 @@ def _sql_order(row: tuple) -> tuple:
 class _Shapes:
     """The stored JSON of events, made by one plan per (kind, field count):
     which fields to keep and which hold bytes, learnt from the first such
-    event, so that each later one is a dict comprehension and a few
-    escapes rather than a loop over every field.  An event the plan does
-    not fit (a missing field, bytes where the first had none) takes the
-    general path."""
+    event and compiled into a function (one dict display with each field's
+    escaping inline), so that each later event costs one call and one
+    orjson.dumps rather than a loop over its fields.  An event the plan
+    does not fit (a missing field, bytes where the first had none, text
+    where it had bytes) takes the general path, `_stored`."""
 
     def __init__(self) -> None:
-        self._plans: dict[tuple[str, int], tuple[tuple, tuple, tuple]] = {}
+        self._plans: dict[tuple[str, int], object] = {}
 
     def dumps(self, ev: dict) -> str:
         plan = self._plans.get((ev["kind"], len(ev)))
         if plan is not None:
-            keep, texts, lists = plan
             try:
-                out = {k: ev[k] for k in keep}
-                for k in texts:
-                    v = out[k]
-                    if type(v) is bytes:
-                        out[k] = escape_cached(v)
-                for k in lists:
-                    v = out[k]
-                    if v and type(v[0]) is bytes:
-                        out[k] = [escape(x) for x in v]
-                return orjson.dumps(out).decode()
-            except (KeyError, TypeError):
+                return plan(ev)
+            except (KeyError, TypeError, AttributeError):
                 pass
         out = _stored(ev)
         if plan is None and len(self._plans) < 256:
-            keep = tuple(out)
-            texts = tuple(k for k in keep if type(ev[k]) is bytes)
-            lists = tuple(k for k in keep if type(ev[k]) is list)
-            self._plans[(ev["kind"], len(ev))] = (keep, texts, lists)
+            self._plans[(ev["kind"], len(ev))] = _compile_plan(ev, out)
         return orjson.dumps(out).decode()
+
+
+def _compile_plan(ev: dict, out: dict):
+    """The serialiser of events shaped like `ev` (`out`: its stored form).
+
+    Bytes fields go through escape_cached (a str there raises
+    AttributeError: the general path takes the event); a list is escaped
+    item by item when it holds bytes, as `_stored` does."""
+    items = []
+    for i, key in enumerate(out):
+        value = ev[key]
+        get = f"ev[{key!r}]"
+        if type(value) is bytes:
+            expr = f"_escape_cached({get})"
+        elif type(value) is list:
+            expr = f"(v{i} if not (v{i} := {get}) or type(v{i}[0]) is not bytes else [_escape(x) for x in v{i}])"
+        else:
+            expr = get
+        items.append(f"{key!r}: {expr}")
+    source = f"def dump(ev):\n    return _dumps({{{', '.join(items)}}}).decode()\n"
+    namespace = {"_dumps": orjson.dumps, "_escape_cached": escape_cached, "_escape": escape}
+    exec(compile(source, f"<stored form of {ev['kind']}>", "exec"), namespace)  # noqa: S102
+    return namespace["dump"]
 
 
 def _stored(ev: dict) -> dict:
@@ -547,20 +559,34 @@ class Store:
         leaves out what the event's process row holds.)"""
         proc_of = self._proc_of
         chains: dict[int, bytes] = {}  # id(ancestors list) -> its JSON: lists are shared
+        # (process key, parent key, exe, id(ancestors)) -> process row id: the
+        # events of a batch come from few processes, whose chains are shared
+        procs: dict[tuple, int] = {}
         rows = []
+        append = rows.append
         size = 0
         dumps = self._shapes.dumps
         for ev in events:
             data = dumps(ev)
             size += len(data)
             comm = ev["comm"]
-            rows.append(
+            chain = ev.get("ancestors") or _NO_ANCESTORS
+            seen = (
+                ev.get("process_key", ""),
+                ev.get("parent_key", ""),
+                ev.get("exe", b""),
+                id(chain),
+            )
+            proc = procs.get(seen)
+            if proc is None:
+                proc = procs[seen] = proc_of(ev, chains, procs)
+            append(
                 (
                     ev["ts_ns"],
                     ev["kind"],
                     ev["pid"],
                     escape_cached(comm) if type(comm) is bytes else comm,
-                    proc_of(ev, chains),
+                    proc,
                     data,
                 )
             )
@@ -572,10 +598,11 @@ class Store:
         if self._pending_bytes > self.max_pending_bytes:
             self._drop_oldest()
 
-    def _proc_of(self, ev: dict, chains: dict[int, bytes]) -> int:
+    def _proc_of(self, ev: dict, chains: dict[int, bytes], seen: dict[tuple, int]) -> int:
         """The id of the event's process row (its image and ancestry), made
-        the first time that image is seen."""
-        chain = ev.get("ancestors") or []
+        the first time that image is seen.  (`seen`, the caller's memo of
+        ids, is cleared with ours.)"""
+        chain = ev.get("ancestors") or _NO_ANCESTORS
         anc = chains.get(id(chain))
         if anc is None:
             anc = chains[id(chain)] = orjson.dumps(chain)
@@ -585,6 +612,7 @@ class Store:
         if proc is None:
             if len(self._proc_ids) > 1 << 17:
                 self._proc_ids.clear()  # a row made again costs a row, not a wrong answer
+                seen.clear()
             proc = self._proc_ids[ident] = self._next_proc
             self._next_proc += 1
             text = escape_cached(exe) if type(exe) is bytes else exe
@@ -630,7 +658,8 @@ class Store:
         while self._pending:
             rows = list(islice(self._pending, min(self._chunk, len(self._pending))))
             waiting_procs = self._pending_procs
-            procs = sorted(waiting_procs[i] for i in {r[4] for r in rows} if i in waiting_procs)
+            named = set(map(itemgetter(4), rows))
+            procs = sorted(waiting_procs[i] for i in named if i in waiting_procs)
             try:
                 self.db.execute("BEGIN")
                 if procs:  # before the events that name them
@@ -654,9 +683,13 @@ class Store:
                 return written
             for proc in procs:
                 del waiting_procs[proc[0]]
-            for _ in range(len(rows)):
-                self._pending.popleft()
-            self._pending_bytes -= sum(len(r[5]) for r in rows) + ROW_OVERHEAD * len(rows)
+            if len(rows) == len(self._pending):
+                self._pending.clear()
+            else:
+                for _ in range(len(rows)):
+                    self._pending.popleft()
+            self._pending_bytes -= sum(map(len, map(itemgetter(5), rows)))
+            self._pending_bytes -= ROW_OVERHEAD * len(rows)
             kinds = Counter(map(itemgetter(1), rows))
             self.stored.update(kinds)
             self.waiting.subtract(kinds)
