@@ -147,10 +147,11 @@ def test_the_memoised_table_answers_as_the_table_asked_per_event(recording):
 def test_stored_rows_are_the_general_paths_rows(recording, tmp_path):
     events = _replayed(recording)
     # hostile shapes after the plans are learnt: text where bytes were,
-    # bytes where text was, a field missing, bytes in a list that was empty
+    # bytes where text was, a field missing, bytes in a list that was
+    # empty, a field a process row holds in place of another
     odd = [dict(ev) for ev in events[-40:]]
     for i, ev in enumerate(odd):
-        key = ("comm", "kind", "pid", "flags")[i % 4]
+        key = ("comm", "kind", "pid", "flags", "time")[i % 5]
         if key == "comm":
             ev["comm"] = ev["comm"].decode(errors="replace") + "\\"
         elif key == "kind":
@@ -158,8 +159,11 @@ def test_stored_rows_are_the_general_paths_rows(recording, tmp_path):
         elif key == "pid":
             del ev["tid"]
             ev["extra"] = 1  # same field count, another field
-        else:
+        elif key == "flags":
             ev["flags"] = [b"\xff", b"a"]
+        else:  # a joined field where another was: the count is the same
+            del ev["tid"]
+            ev["time"] = "2026-01-01T00:00:00Z"
     events += odd
     db = str(tmp_path / "s.db")
     store = Store(db)
