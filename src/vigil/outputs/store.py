@@ -60,6 +60,7 @@ SCHEMA_VERSION = "2"  # a database of a newer schema is refused, not misread
 READABLE_VERSIONS = ("1", SCHEMA_VERSION)
 DEFAULT_RETENTION_AGE_S = 14 * 86400.0
 DEFAULT_RETENTION_BYTES = 2 << 30
+PAGE_SIZE = 16384  # of a new store (an existing one keeps its own)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -458,7 +459,12 @@ class Store:
                 self.db.text_factory = _text_or_bytes
             else:
                 new = self._check_before_writing()
-                if new:  # so that size retention can give pages back to the disk
+                if new:
+                    # 16 KiB pages: a quarter of the B-tree pages for five B-trees
+                    # taking every event; inserts cost ~10-15% less than with
+                    # 4 KiB (bench/pipeline's rows, interleaved runs)
+                    self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+                    # so that size retention can give pages back to the disk
                     self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
