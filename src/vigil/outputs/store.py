@@ -158,26 +158,21 @@ def _sql_order(row: tuple) -> tuple:
 
 class _Shapes:
     """The stored JSON of events, made by one plan per (kind, field count):
-    which fields to keep and which hold bytes, learnt from the first such
-    event and compiled into a function (one dict display with each field's
-    escaping inline), so that each later event costs one call and one
-    orjson.dumps rather than a loop over its fields.  An event the plan
-    does not fit (a missing field, bytes where the first had none, text
-    where it had bytes) takes the general path, `_stored`."""
+    which fields to drop and which hold bytes, learnt from the first such
+    event and compiled into a function (`_compile_plan`), so that each
+    later event costs one call and one orjson.dumps rather than a loop
+    over its fields.  `Store.add` calls `plans[shape](ev)`; an event the
+    plan does not fit raises, and takes the general path (`general`)."""
 
     def __init__(self) -> None:
-        self._plans: dict[tuple[str, int], object] = {}
+        self.plans: dict[tuple[str, int], object] = {}
 
-    def dumps(self, ev: dict) -> str:
-        plan = self._plans.get((ev["kind"], len(ev)))
-        if plan is not None:
-            try:
-                return plan(ev)
-            except (KeyError, TypeError, AttributeError):
-                pass
+    def general(self, ev: dict) -> str:
+        """The event through `_stored`; the first of its shape makes the plan."""
         out = _stored(ev)
-        if plan is None and len(self._plans) < 256:
-            self._plans[(ev["kind"], len(ev))] = _compile_plan(ev, out)
+        shape = (ev["kind"], len(ev))
+        if shape not in self.plans and len(self.plans) < 256:
+            self.plans[shape] = _compile_plan(ev, out)
         return orjson.dumps(out).decode()
 
 
@@ -580,9 +575,14 @@ class Store:
         rows = []
         append = rows.append
         size = 0
-        dumps = self._shapes.dumps
+        general = self._shapes.general
+        plans = self._shapes.plans
         for ev in events:
-            data = dumps(ev)
+            plan = plans.get((ev["kind"], len(ev)))
+            try:
+                data = plan(ev)  # the shape's compiled plan (none yet: TypeError)
+            except (KeyError, TypeError, AttributeError):
+                data = general(ev)
             size += len(data)
             comm = ev["comm"]
             chain = ev.get("ancestors") or _NO_ANCESTORS
