@@ -261,7 +261,9 @@ class ProcessTable:
             ident = (pid, start, ppid, pstart)
             hit = known.get(ident)
             if hit is None:
-                proc = self.get(pid, start)
+                # an event with its own exe (a successful exec) does not ask
+                # the table (which, live, may read /proc for an unknown pid)
+                proc = None if ev.get("exe") else self.get(pid, start)
                 chain = lineage.get((ppid, pstart))
                 if chain is None:
                     chain = lineage[(ppid, pstart)] = self.ancestors(ppid, pstart)
