@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import Protocol
 
+from . import gc_policy
 from .encoding import iso_time, to_json
 from .loader import Session
 from .process import ProcessTable
@@ -188,6 +189,7 @@ class Agent:
         `on_ready` is called once the signals are handled: a "ready" line
         printed earlier would invite a Ctrl-C that kills us uncleanly.
         """
+        gc_policy.for_streaming()  # set up: collect for a stream of events (gc_policy.py)
         reader = self.session.reader
         stop_at: list[tuple[int, float]] = []  # the ring's producer position and time at the stop
         signals = ServiceSignals(

@@ -327,13 +327,7 @@ class Session:
         recs = self.reader.drain(limit, until)
         if not recs:
             return []
-        events = self.decoder.decode_batch(recs)
-        finish = self._finish
-        for ev in events:
-            fn = finish.get(ev["kind"])
-            if fn is not None:
-                fn(ev)
-        return events
+        return self.decoder.decode_batch(recs, self._finish)
 
     # -- maps ---------------------------------------------------------------------
     def map(self, name: str) -> bpf.Map:

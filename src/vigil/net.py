@@ -41,9 +41,29 @@ def tcp_state(n: int) -> str:
     return _TCP_STATES[n] if 0 < n < len(_TCP_STATES) else str(n)
 
 
+# address text by family and raw bytes: a busy host's flows repeat their
+# addresses, and a dict hit is a few times cheaper than inet_ntop
+_TEXTS: dict[int, dict[bytes, str]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
+_IP_VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
+_MAX_TEXTS = 65536
+
+
+def _remember(texts: dict[bytes, str], family: int, raw: bytes) -> str:
+    if len(texts) >= _MAX_TEXTS:
+        texts.clear()
+    text = texts[raw] = address(family, raw)
+    return text
+
+
 def finish_sockaddrs(ev: dict) -> None:
     family = ev.pop("family")
-    ev["ip"] = 4 if family == socket.AF_INET else 6 if family == socket.AF_INET6 else 0
+    ev["ip"] = _IP_VERSION.get(family, 0)
     ev["proto"] = _PROTOCOLS.get(ev.pop("protocol"), "other")
-    ev["laddr"] = address(family, ev["laddr"])
-    ev["raddr"] = address(family, ev["raddr"])
+    texts = _TEXTS.get(family)
+    if texts is None:  # no address family: ""
+        ev["laddr"] = address(family, ev["laddr"])
+        ev["raddr"] = address(family, ev["raddr"])
+        return
+    laddr, raddr = ev["laddr"], ev["raddr"]
+    ev["laddr"] = texts.get(laddr) or _remember(texts, family, laddr)
+    ev["raddr"] = texts.get(raddr) or _remember(texts, family, raddr)

@@ -236,12 +236,19 @@ class ProcessTable:
         related = related_pid_fields()
         key = self.keys.key
         host, boot = self.host, self.keys.boot
+        # what an event's process gives it, by (pid, start, ppid, pstart):
+        # (exe, ancestors, process_key, parent_key).  A storm's events come
+        # from few processes, so most events cost one lookup here; cleared
+        # whenever the table changes (fork, exec, exit).
+        known: dict[tuple[int, int, int, int], tuple] = {}
         lineage: dict[tuple[int, int], list[dict]] = {}  # parent -> ancestry, in this batch
         for ev in events:
-            update = updates.get(ev["kind"])
+            kind = ev["kind"]
+            update = updates.get(kind)
             if update is not None:
                 update(self, ev)
-                lineage.clear()  # the table changed: recompute
+                known.clear()  # the table changed: recompute
+                lineage.clear()
             start = ev.get("start_time")
             if start is None:  # made in user space: the table's start
                 proc = self.get(ev["pid"])
@@ -250,26 +257,39 @@ class ProcessTable:
                 ev["parent_start_time"] = start_of(parent)
                 ev.setdefault("seq", 0)
                 ev.setdefault("cpu", 0)
+            pid, ppid, pstart = ev["pid"], ev["ppid"], ev["parent_start_time"]
+            ident = (pid, start, ppid, pstart)
+            hit = known.get(ident)
+            if hit is None:
+                # an event with its own exe (a successful exec) does not ask
+                # the table (which, live, may read /proc for an unknown pid)
+                proc = None if ev.get("exe") else self.get(pid, start)
+                chain = lineage.get((ppid, pstart))
+                if chain is None:
+                    chain = lineage[(ppid, pstart)] = self.ancestors(ppid, pstart)
+                hit = (
+                    proc.exe if proc is not None else b"",
+                    chain,
+                    key(pid, start),
+                    key(ppid, pstart) if ppid else "",
+                )
+                if proc is not None:  # an unknown process may be found in /proc later
+                    known[ident] = hit
             # `exe` is the process's executable at the event: a successful
             # exec brings its own (kernel-resolved); others take the table's
             if not ev.get("exe"):
-                proc = self.get(ev["pid"], start)
-                ev["exe"] = proc.exe if proc is not None else b""
+                ev["exe"] = hit[0]
             # another process the event names (a signal's target): who it is
-            for pid_field, exe_field, comm_field in related.get(ev["kind"], ()):
+            for pid_field, exe_field, comm_field in related.get(kind, ()):
                 other = ev.get(pid_field, 0)
                 proc = self.get(other) if other > 0 else None
                 ev[exe_field] = proc.exe if proc is not None else b""
                 ev[comm_field] = proc.comm if proc is not None else b""
-            ppid, pstart = ev["ppid"], ev["parent_start_time"]
-            chain = lineage.get((ppid, pstart))
-            if chain is None:
-                chain = lineage[(ppid, pstart)] = self.ancestors(ppid, pstart)
-            ev["ancestors"] = chain
+            ev["ancestors"] = hit[1]
             ev["host"] = host
             ev["boot_id"] = boot
-            ev["process_key"] = key(ev["pid"], start)
-            ev["parent_key"] = key(ppid, pstart) if ppid else ""
+            ev["process_key"] = hit[2]
+            ev["parent_key"] = hit[3]
             if "child_start_time" in ev:
                 ev["child_key"] = key(ev["child_pid"], ev["child_start_time"])
 

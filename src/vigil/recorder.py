@@ -485,23 +485,15 @@ class Replay:
         recs = bpf.split_records(raw)
         unknown = decoder.undecodable
         try:
-            events = self._finished(decoder.decode_batch(recs), finish)
+            return decoder.decode_batch(recs, finish)
         except Exception:  # noqa: BLE001 - see the docstring: one record at a time
             decoder.undecodable = unknown  # counted again below
             events = []
             for rec in recs:
                 try:
-                    events.extend(self._finished(decoder.decode_batch([rec]), finish))
+                    events.extend(decoder.decode_batch([rec], finish))
                 except Exception:  # noqa: BLE001
                     self.damage.bad_records += 1
-        return events
-
-    @staticmethod
-    def _finished(events: list[dict], finish: dict) -> list[dict]:
-        for ev in events:
-            fn = finish.get(ev["kind"])
-            if fn is not None:
-                fn(ev)
         return events
 
 
