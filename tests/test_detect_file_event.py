@@ -21,7 +21,7 @@ CRON_RULE = "rules/linux/file_event/file_event_lnx_susp_cron_file_created.yml"
 CRON_ID = "6c4e2f43-d94d-4ead-b64d-97e53fa2bd05"
 
 
-def test_cron_file_creation_fires_the_corpus_rule(tmp_path):
+def test_cron_file_creation_fires_the_corpus_rule():
     rs, verdicts = ruleset.load([os.path.join(SIGMA, CRON_RULE)])
     (rule,) = verdicts
     # honest about the blind spot: only the watch list is seen
@@ -29,13 +29,14 @@ def test_cron_file_creation_fires_the_corpus_rule(tmp_path):
     if not os.path.isdir("/etc/cron.d"):
         pytest.skip("no /etc/cron.d here")
     name = f"vigil-sigma-{os.getpid()}"
-    planted, staged = f"/etc/cron.d/{name}", tmp_path / "job"
+    # staged beside /etc/cron.d (a rename cannot cross filesystems), not watched
+    planted, staged = f"/etc/cron.d/{name}", f"/etc/.{name}.staged"
     agent, sink = start_agent(["open", "file"], enrich=False)  # the default watch list
     try:
         code = (
             f"open({planted!r}, 'w').write('* * * * * root true\\n')\n"
-            f"open({str(staged)!r}, 'w').write('x\\n')\n"
-            f"os.rename({str(staged)!r}, {planted + '.2'!r})\n"
+            f"open({staged!r}, 'w').write('x\\n')\n"
+            f"os.rename({staged!r}, {planted + '.2'!r})\n"
             f"open({planted!r}).read()\n"  # a read: no file_event
         )
         child = Child("vsigma-cron", code)
@@ -53,6 +54,6 @@ def test_cron_file_creation_fires_the_corpus_rule(tmp_path):
         assert fired == [("open", "open"), ("file", "rename")]
     finally:
         agent.session.close()
-        for path in (planted, planted + ".2"):
+        for path in (planted, planted + ".2", staged):
             if os.path.exists(path):
                 os.unlink(path)
