@@ -308,6 +308,11 @@ class Session:
         """Follow wall-clock steps (NTP, settimeofday) in event timestamps."""
         self.decoder.set_boot_offset(_boot_offset_ns())
 
+    @property
+    def ring_fd(self) -> int:
+        """The ring's fd: readable past the wake-up threshold (an event loop polls it)."""
+        return self._ring_fd
+
     def wake_on(self, fd: int) -> None:
         """Make wait() also return when `fd` is readable (a signal's wake-up pipe)."""
         self._epoll.register(fd, select.EPOLLIN)
