@@ -17,7 +17,7 @@ import time
 import orjson
 import pytest
 
-from helpers import ROOT, start_vigil, vigil
+from helpers import ROOT, start_vigil, unique_marker, vigil
 
 pytestmark = pytest.mark.kernel
 
@@ -271,3 +271,42 @@ def test_stop_with_a_backlog_leaves_it_for_the_next_start(tmp_path, accept_storm
     con.close()
     assert mine > 10_000
     assert n >= emitted - lost, (n1, n, emitted, lost)
+
+
+def test_analysed_events_keep_their_identities_and_the_config_names_the_log(tmp_path):
+    """Events that went through the log carry the kernel's seq and the
+    capture's host, boot_id and process keys (schema 2), as the live ones do;
+    the log goes where the config file's [log] dir says."""
+    import socket
+
+    db = tmp_path / "events.db"
+    log_dir = tmp_path / "elsewhere"
+    conf = tmp_path / "vigil.toml"
+    conf.write_text(f'[log]\ndir = "{log_dir}"\nsegment_mb = 2\nanalysis_grace = 5\n')
+    proc = start_vigil(
+        "monitor", "--config", str(conf), "--db", str(db), "--sensor", "exec", "--sensor",
+        "fork", "--sensor", "exit", "-q", "--no-summaries", "--no-rules", "--no-baseline",
+    )  # fmt: skip
+    try:
+        marker = unique_marker()
+        child = subprocess.run(["/bin/echo", marker], capture_output=True, check=True)
+        assert marker in child.stdout
+        time.sleep(1.5)
+    finally:
+        err = _stop(proc, signal.SIGINT)
+    assert proc.returncode == 0, err
+    assert any(n.endswith(".seg") for n in os.listdir(log_dir))
+    assert not os.path.exists(f"{db}.log")
+    rows = vigil("events", "--db", str(db), "--kind", "exec", "--json", "-n", "1000", check=True)
+    evs = [orjson.loads(x) for x in rows.stdout.splitlines()]
+    ours = [ev for ev in evs if marker.decode() in ev["args"]]
+    assert len(ours) == 1, evs[:3]
+    ev = ours[0]
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    assert ev["host"] == socket.gethostname() and ev["boot_id"] == boot
+    assert ev["seq"] > 0 and isinstance(ev["cpu"], int)
+    assert ev["process_key"] == f"{boot}:{ev['start_time']}:{ev['pid']}"
+    assert ev["parent_key"] == f"{boot}:{ev['parent_start_time']}:{ev['ppid']}"
+    assert ev["ppid"] == os.getpid()  # its parent is this test: lineage from the log
+    assert ev["ancestors"][0]["pid"] == os.getpid()
