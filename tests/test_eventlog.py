@@ -310,3 +310,69 @@ def test_analysed_events_keep_their_identities_and_the_config_names_the_log(tmp_
     assert ev["parent_key"] == f"{boot}:{ev['parent_start_time']}:{ev['ppid']}"
     assert ev["ppid"] == os.getpid()  # its parent is this test: lineage from the log
     assert ev["ancestors"][0]["pid"] == os.getpid()
+
+
+class _Lines:
+    """A process's stderr lines, read by a thread: waiting for one can time
+    out instead of hanging the test."""
+
+    def __init__(self, proc):
+        import queue
+        import threading
+
+        self.proc, self.queue = proc, queue.Queue()
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        for line in iter(self.proc.stderr.readline, b""):
+            self.queue.put(line)
+
+    def line(self, timeout: float = 20.0) -> bytes:
+        import queue
+
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return b""
+
+    def stop(self) -> bytes:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=120)
+        self.thread.join(timeout=10)
+        rest = b"".join(iter(lambda: self.line(0.01), b""))
+        assert b"Traceback" not in rest, rest
+        return rest
+
+
+def test_a_restarted_analysis_keeps_what_sighup_applied(tmp_path):
+    """SIGHUP reaches the analysis through the capture; an analysis restarted
+    later runs with the reloaded live settings, not the ones at start."""
+    db = tmp_path / "events.db"
+    conf = tmp_path / "vigil.toml"
+    conf.write_text("[status]\ninterval = 3600\n")
+    proc = start_vigil(
+        "monitor", "--config", str(conf), "--db", str(db), "--sensor", "exec", "-q",
+        "--no-summaries", "--no-rules", "--no-baseline",
+    )  # fmt: skip
+    lines = _Lines(proc)
+    try:
+        conf.write_text("[status]\ninterval = 0.5\n")
+        proc.send_signal(signal.SIGHUP)
+        line = lines.line()
+        assert b"SIGHUP: configuration reloaded" in line and b"status.interval" in line, line
+        assert b"| lag" in lines.line()  # within the new interval
+        first = _analysis_pid(proc)
+        os.kill(first, signal.SIGKILL)
+        seen = b""
+        end = time.monotonic() + 30
+        while b"restarting" not in seen and time.monotonic() < end:
+            seen += lines.line(1.0)
+        assert b"restarting" in seen, seen
+        # status lines every 0.5 s again, not every 3600 s: the reloaded interval
+        after = [lines.line(10.0) for _ in range(3)]
+        assert all(b"| lag" in x for x in after), after
+        assert _analysis_pid(proc) != first
+    finally:
+        lines.stop()
+    assert proc.returncode == 0

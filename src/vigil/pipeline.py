@@ -44,6 +44,7 @@ from . import config, eventlog, recorder
 from . import settings as st
 from .agent import Batch, Enrich, Filter, Stage
 from .encoding import unescape
+from .errors import VigilError
 from .eventlog import Follower, Lag, LogWriter
 from .identity import Keys
 from .outputs.sinks import StatusLine, StoreSink, format_status, lost_summary
@@ -522,6 +523,11 @@ def analyse(settings: Settings, run: Run, ready_fd: int = -1, snapshot: bool = F
         _reloader(settings, run, pipe),
         *(stage.request_reload for stage in pipe.stages if hasattr(stage, "request_reload")),
     ]
+    if not snapshot:
+        # a restart: the capture's copy of the settings predates any SIGHUP;
+        # take the file's live settings as a reload would (a bad file: keep these)
+        with contextlib.suppress(VigilError):
+            reloads[0]()
     with ServiceSignals(
         on_stop=lambda _sig: stopped_at.append(time.monotonic()), reload_hooks=reloads
     ) as sig:
@@ -613,8 +619,6 @@ def analysis_main() -> None:
     try:
         code = analyse(settings, run, int(sys.argv[2]), snapshot=sys.argv[3:] == ["first"])
     except Exception as err:  # noqa: BLE001 - one line, as every vigil error
-        from .errors import VigilError
-
         if not isinstance(err, VigilError):
             raise
         print(f"vigil: error: {err}", file=sys.stderr)
