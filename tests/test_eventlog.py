@@ -376,3 +376,48 @@ def test_a_restarted_analysis_keeps_what_sighup_applied(tmp_path):
     finally:
         lines.stop()
     assert proc.returncode == 0
+
+
+def test_a_batch_stored_before_its_position_was_committed_is_not_stored_again(
+    tmp_path, accept_storm
+):
+    """A kill between the store's commit of a batch (in slices) and the log
+    position's leaves the position behind what the store holds; the restart
+    reads those events again and must drop them, by the kernel's (cpu, seq),
+    after the mark kept with the position.  Made exact here: the position is
+    set back to the oldest segment with a mark of 0 (every stored row is
+    "after the mark"), as a kill at the worst moment would leave it."""
+    db = tmp_path / "events.db"
+    pids: list[int] = []
+    proc = _monitor(db)
+    try:
+        _storm(accept_storm, 2, pids)
+        _wait_caught_up(db)
+    finally:
+        _stop(proc)
+    n1, distinct1 = _rows(db)
+    assert n1 == distinct1 and n1 > 1000
+    log_dir = f"{db}.log"
+    first = min(int(n[:12]) for n in os.listdir(log_dir) if n.endswith(".seg"))
+    with open(f"{log_dir}/pos-store.json", "w") as f:
+        f.write(orjson.dumps({"segment": first, "offset": 0, "mark": 0}).decode())
+    proc = _monitor(db)
+    try:
+        _wait_caught_up(db)
+    finally:
+        err = _stop(proc)
+    assert proc.returncode == 0, err
+    con = sqlite3.connect(str(db))
+    try:
+        (ours,) = con.execute(
+            "SELECT COUNT(*) FROM events WHERE kind='accept' AND pid=?", (pids[0],)
+        ).fetchone()
+        dup = con.execute(
+            "SELECT COUNT(*) - COUNT(DISTINCT json_extract(data, '$.cpu') || ':' ||"
+            " json_extract(data, '$.seq')) FROM events"
+        ).fetchone()[0]
+    finally:
+        con.close()
+    assert dup == 0, f"{dup} events stored twice"
+    n2, distinct2 = _rows(db)
+    assert n2 == distinct2 and ours <= n1 and ours > 1000

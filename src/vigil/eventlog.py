@@ -99,11 +99,17 @@ def load_position(log_dir: str, consumer: str) -> Position:
     return Position()
 
 
-def commit_position(log_dir: str, consumer: str, pos: Position) -> None:
-    write_json(
-        os.path.join(log_dir, f"pos-{consumer}.json"),
-        {"segment": pos.segment, "offset": pos.offset},
-    )
+def load_mark(log_dir: str, consumer: str) -> int | None:
+    """The consumer's own mark at its last commit (the store: its last event row)."""
+    mark = read_json(os.path.join(log_dir, f"pos-{consumer}.json")).get("mark")
+    return mark if type(mark) is int and mark >= 0 else None
+
+
+def commit_position(log_dir: str, consumer: str, pos: Position, mark: int | None = None) -> None:
+    obj = {"segment": pos.segment, "offset": pos.offset}
+    if mark is not None:
+        obj["mark"] = mark
+    write_json(os.path.join(log_dir, f"pos-{consumer}.json"), obj)
 
 
 def open_dir(log_dir: str) -> None:
@@ -461,10 +467,12 @@ class Follower:
     def _abandoned(self, seg: Segment) -> bool:
         return any(n > seg.n for n in segments(self.dir))
 
-    def commit(self) -> None:
-        """Everything read so far is durable in our sink."""
+    def commit(self, mark: Callable[[], int | None] | None = None) -> None:
+        """Everything read so far is durable in our sink; `mark()`: where the
+        sink is now (kept beside the position: what it wrote after it, a
+        batch cut short by a kill, is known at the restart)."""
         if self.pos != self.committed:
-            commit_position(self.dir, self.consumer, self.pos)
+            commit_position(self.dir, self.consumer, self.pos, mark() if mark else None)
             self.committed = self.pos
 
     def lag(self) -> Lag:

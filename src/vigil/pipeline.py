@@ -34,6 +34,8 @@ import logging
 import os
 import select
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -226,10 +228,59 @@ class LogSource:
         return events
 
     def commit(self) -> None:
-        self.follower.commit()
+        self.follower.commit(self.mark)
+
+    mark: Callable[[], int | None] | None = None  # the store's last row (assemble sets it)
 
     def close(self) -> None:
         self.follower.close()
+
+
+class AlreadyStored:
+    """After a restart: the events the killed analysis stored after its last
+    committed position (the store commits a batch in slices, the position
+    after all of them) are dropped after the process table saw them, so
+    that nothing is stored, or alerted on, twice.  They are the store's rows
+    past the mark kept with the position, named by (cpu, seq): the kernel's
+    numbers, the same however often the log is read."""
+
+    def __init__(self, keys: set[tuple[int, int]]):
+        self.keys = keys
+
+    def process(self, batch: Batch) -> None:
+        if not self.keys:
+            return
+        keys = self.keys
+        kept = []
+        for ev in batch.events:
+            key = (ev.get("cpu"), ev.get("seq"))
+            if key in keys:
+                keys.discard(key)
+            else:
+                kept.append(ev)
+        batch.events = kept
+
+
+def _stored_after(store: Store, mark: int | None) -> set[tuple[int, int]]:
+    if mark is None:
+        return set()
+    try:
+        rows = store.db.execute(
+            "SELECT json_extract(data, '$.cpu'), json_extract(data, '$.seq') FROM events"
+            " WHERE id > ?",
+            (mark,),
+        ).fetchall()
+    except sqlite3.Error as err:
+        log.warning("store %s: rows stored after the log position unread (%s)", store.path, err)
+        return set()
+    return {(cpu, seq) for cpu, seq in rows if seq}
+
+
+def _last_row(store: Store) -> int | None:
+    try:
+        return store.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+    except sqlite3.Error:
+        return None  # no mark: a restart then may store one batch again (as before marks)
 
 
 class ReplaySource:
@@ -405,6 +456,8 @@ def assemble(settings: Settings, run: Run, console: bool = True) -> Pipeline:
     )
     try:
         source = LogSource(Follower(log_dir(settings), "store"), table)
+        source.mark = lambda: _last_row(store)
+        already = _stored_after(store, eventlog.load_mark(log_dir(settings), "store"))
         detect: list[Stage] = [detector] if detector is not None else []
         if not run.no_baseline:
             detect.append(detect_cli.make_baseline(store, run.baseline_learn, run.alert_window))
@@ -422,8 +475,9 @@ def assemble(settings: Settings, run: Run, console: bool = True) -> Pipeline:
         sinks.append(JsonSink() if run.json else TableSink(TablePrinter(EVENT_COLUMNS)))
     if console and detect:
         sinks.append(detect_output.AlertPrinter(run.json))
-    # stages: the process table, then the detection slot, then the display filter (none here)
-    stages: list[Stage] = [Enrich(table), *detect]
+    # stages: the process table, (after a kill: what was stored already), then the
+    # detection slot, then the display filter (none here)
+    stages: list[Stage] = [Enrich(table), *([AlreadyStored(already)] if already else []), *detect]
     status = PeriodicLine(settings.status.interval) if console else None
     return Pipeline(EventLoop(), source, stages, sinks, store, store_sink, status, summary)
 
@@ -503,10 +557,13 @@ def _reloader(settings: Settings, run: Run, pipe: Pipeline):
     return reloader
 
 
-def analyse(settings: Settings, run: Run, ready_fd: int = -1, snapshot: bool = False) -> int:
+def analyse(
+    settings: Settings, run: Run, ready_fd: int = -1, snapshot: bool = False, wake_fd: int = -1
+) -> int:
     """The analysis process: follow the log until told to stop, then finish
     the backlog within the grace period.  Exit status 1 when events were
-    not stored."""
+    not stored.  `wake_fd`: the capture's end of it says "appended" (a
+    byte) and "stopped or died" (EOF); without it the log is polled."""
     from .outputs import liveness
 
     liveness.AGENT_PID = os.getppid()  # the record names the capture (see liveness)
@@ -545,11 +602,33 @@ def analyse(settings: Settings, run: Run, ready_fd: int = -1, snapshot: bool = F
             elif pipe.source.follower.capture().get("stopped"):
                 sig.request_stop()
 
-        pipe.loop.add_timer(0.2, capture_gone)
         latency = settings.ring.latency
+        idle_wait = latency
+        if wake_fd >= 0:
+            # woken by the capture's appends: no polling of the log while idle
+            # (the timers still run: status each second, capture_gone)
+            wake = socket.socket(fileno=wake_fd)
+            wake.setblocking(False)
+            idle_wait = 1.0
+
+            def woken() -> None:
+                try:
+                    if wake.recv(4096):
+                        return
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    pass
+                # EOF: the capture stopped (its last word is written) or died
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.loop.epoll.unregister(wake_fd)
+                capture_gone()
+
+            pipe.loop.add_fd(wake_fd, woken)
+        pipe.loop.add_timer(0.2 if wake_fd < 0 else 1.0, capture_gone)
         while not sig.service() and not sig.stopping:
             if not pipe.turn():
-                pipe.loop.turn(latency)
+                pipe.loop.turn(idle_wait)
             else:
                 pipe.loop.turn(0)
         # the stop: finish what the capture wrote, within the grace period
@@ -617,7 +696,13 @@ def analysis_main() -> None:
     _setup_logging(0)
     settings, run = _from_parent(sys.argv[1])
     try:
-        code = analyse(settings, run, int(sys.argv[2]), snapshot=sys.argv[3:] == ["first"])
+        code = analyse(
+            settings,
+            run,
+            int(sys.argv[2]),
+            snapshot=sys.argv[4:] == ["first"],
+            wake_fd=int(sys.argv[3]),
+        )
     except Exception as err:  # noqa: BLE001 - one line, as every vigil error
         if not isinstance(err, VigilError):
             raise
@@ -657,6 +742,7 @@ class Analysis:
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
         self.ready_fd = -1
+        self.wake: socket.socket | None = None  # "appended" to the analysis; closed: stopped
         self.ready = False
         self.failed = 0
 
@@ -665,20 +751,43 @@ class Analysis:
         if self.ready_fd >= 0:
             os.close(self.ready_fd)
         self.ready_fd, wfd = os.pipe2(os.O_CLOEXEC)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from vigil.pipeline import analysis_main; analysis_main()",
-                _to_child(self.settings, self.run),
-                str(wfd),
-                *([] if self.restarts else ["first"]),
-            ],
-            pass_fds=(wfd,),
-            preexec_fn=_lower_priority(self.settings.log.analysis_nice),  # noqa: PLW1509
-            start_new_session=True,  # a terminal's Ctrl-C reaches the capture, which decides
-        )
-        os.close(wfd)
+        if self.wake is not None:
+            self.wake.close()
+        # a socket, not a pipe: a send to a dead analysis fails with EPIPE
+        # (MSG_NOSIGNAL) instead of raising SIGPIPE, which stops the capture
+        self.wake, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.wake.setblocking(False)
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "from vigil.pipeline import analysis_main; analysis_main()",
+                    _to_child(self.settings, self.run),
+                    str(wfd),
+                    str(theirs.fileno()),
+                    *([] if self.restarts else ["first"]),
+                ],
+                pass_fds=(wfd, theirs.fileno()),
+                preexec_fn=_lower_priority(self.settings.log.analysis_nice),  # noqa: PLW1509
+                start_new_session=True,  # a terminal's Ctrl-C reaches the capture, which decides
+            )
+        finally:
+            os.close(wfd)
+            theirs.close()
+
+    def appended(self) -> None:
+        """New bytes in the log: wake the analysis (one byte; a full buffer
+        already says so, a dead analysis is the restart's business)."""
+        if self.wake is not None:
+            with contextlib.suppress(OSError):
+                self.wake.send(b"a", socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+
+    def stopped(self) -> None:
+        """The capture's last word is written: EOF tells the analysis at once."""
+        if self.wake is not None:
+            self.wake.close()
+            self.wake = None
 
     def check(self) -> None:
         """Restart an analysis that died (killed, OOM): it resumes at its position."""
@@ -783,8 +892,12 @@ def run_monitor(
                 latency = settings.ring.latency
                 while not sig.service():
                     loop.turn(latency)
+                    appended = False
                     while not sig.stopping and (raw := reader.drain_raw()):
                         writer.append(raw)
+                        appended = True
+                    if appended:  # one wake-up per drain, not per chunk
+                        analysis.appended()
                     if deadline is not None and time.monotonic() >= deadline:
                         sig.request_stop()
                     if analysis.failed:
@@ -797,6 +910,7 @@ def run_monitor(
                     raw = reader.drain_raw(until=drain.target)
                     if raw:
                         writer.append(raw)
+                        analysis.appended()
                     else:
                         time.sleep(0.001)
                     sig.service()
@@ -805,6 +919,7 @@ def run_monitor(
                 add_unread(kernel, unread)
                 writer.close({"stopped_ns": time.time_ns(), "kernel": kernel, "unread": unread})
                 writer.report_with(kernel, {}, stopped=True)
+                analysis.stopped()
                 terms = 2 if sig.hurry else 0
         finally:
             loop.close()
