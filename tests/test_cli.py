@@ -296,9 +296,14 @@ MONITOR_STORE += ["--sensor", "exec", "--sensor", "fork", "--sensor", "exit"]
 
 
 @pytest.mark.kernel
-def test_full_store_says_so_resumes_when_freed_and_counts_exactly(small_tmpfs, exec_storm):
+def test_full_store_says_so_resumes_when_freed_and_counts_exactly(
+    small_tmpfs, exec_storm, tmp_path
+):
     db = small_tmpfs / "v.db"
-    proc = start_vigil("monitor", "--db", str(db), *MONITOR_STORE, "--store-backlog-mb", "1")
+    # the event log on another disk: this is about the store's disk (the log's
+    # own full disk: tests/test_eventlog.py)
+    log = ["--log-dir", str(tmp_path / "log")]
+    proc = start_vigil("monitor", "--db", str(db), *MONITOR_STORE, "--store-backlog-mb", "1", *log)
     try:
         filler = _fill(small_tmpfs)
         subprocess.run([exec_storm, "3000"], check=True, capture_output=True)
@@ -327,9 +332,9 @@ def test_full_store_says_so_resumes_when_freed_and_counts_exactly(small_tmpfs, e
 
 
 @pytest.mark.kernel
-def test_stop_while_store_full_reports_unwritten_events(small_tmpfs, exec_storm):
+def test_stop_while_store_full_reports_unwritten_events(small_tmpfs, exec_storm, tmp_path):
     db = small_tmpfs / "v.db"
-    proc = start_vigil("monitor", "--db", str(db), *MONITOR_STORE)
+    proc = start_vigil("monitor", "--db", str(db), *MONITOR_STORE, "--log-dir", str(tmp_path / "l"))
     try:
         _fill(small_tmpfs)
         subprocess.run([exec_storm, "500"], check=True, capture_output=True)

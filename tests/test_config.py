@@ -384,3 +384,22 @@ def test_record_takes_sensors_ring_and_latency_from_the_file(tmp_path):
         .splitlines()[-1]
         .endswith(b"ring.size_mb: 0 is not in the range 1<=x<=1024.")
     )
+
+
+def test_event_log_keys_are_checked_as_their_flags():
+    found = problems(
+        "[log]\nbudget_mb = 2\nsegment_mb = 0\nanalysis_grace = -1\nanalysis_nice = 20\n"
+        "dir = 3\nsegmnet_mb = 1\n"
+    )
+    assert sorted(found) == sorted(
+        [
+            "log.budget_mb: 2 is not in the range 8<=x<=1048576.",
+            "log.segment_mb: 0 is not in the range 1<=x<=1024.",
+            "log.analysis_grace: -1.0 is not in the range 0.0<=x<=3600.0.",
+            "log.analysis_nice: 20 is not in the range 0<=x<=19.",
+            "log.dir: must be a string, not an integer",
+            "log.segmnet_mb: unknown key (did you mean log.segment_mb?)",
+        ]
+    ), found
+    res = vigil("monitor", "--analysis-nice", "20", "--config", "/dev/null")
+    assert res.returncode == 2 and b"20 is not in the range 0<=x<=19" in res.stderr

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import os
 import sys
@@ -16,8 +15,8 @@ from . import (
     __version__,
     config,
     kernel,
-    listeners,
     loader,
+    pipeline,
     recorder,
     sensors,
     summaries,
@@ -25,17 +24,14 @@ from . import (
     watchlist,
 )
 from . import options as opt
-from .agent import Agent, Batch
 from .config_cmd import config_cmd
 from .detect import cli as detect_cli
-from .detect import output as detect_output
 from .encoding import as_text, display, escape
 from .errors import StoreError, VigilError
 from .outputs import liveness
-from .outputs.sinks import JsonSink, StatusLine, StoreSink, TableSink
 from .outputs.store import Store
 from .paths import DEFAULT_DB
-from .process import ProcessTable
+from .settings import Settings
 from .signals import add_unread
 from .table import Column, TablePrinter, clock_time
 from .tools import live
@@ -118,11 +114,20 @@ def _describe(ev: dict) -> str:
 @watchlist.watch_options
 @config.option("store.backlog_mb", "--store-backlog-mb")
 @config.option("log.stop_grace", "--stop-grace")
+@config.option("log.dir", "--log-dir", "log_dir")
+@config.option("log.budget_mb", "--log-budget-mb")
+@config.option("log.segment_mb", "--log-segment-mb")
+@config.option("log.analysis_grace", "--analysis-grace")
+@config.option("log.analysis_nice", "--analysis-nice")
 @config.option("summaries.interval", "--summary-interval")
 @live.ring_options
 @click.pass_context
 def monitor(ctx, config_path, summary_specs, no_summaries, as_json, quiet, duration, **given):
     """Run every sensor this kernel supports; store events and show them live.
+
+    Capture copies the ring to the event log (--log-dir); the analysis, a
+    lower-priority process, decodes, detects and stores behind it (lag in
+    the status line and `vigil status`; docs/eventlog.md).
 
     Settings come from the config file (--config, default
     /etc/vigil/vigil.toml if it exists; see docs/config.md); options given
@@ -142,81 +147,43 @@ def monitor(ctx, config_path, summary_specs, no_summaries, as_json, quiet, durat
     db_path = settings.store.path
     names = list(settings.sensors.enable) or _available_sensors()
     options = watchlist.sensor_options(tuple(settings.sensors.files.watch), given["watch_file"])
-    table = ProcessTable()
-    detector = detect_cli.make_detector(
-        tuple(settings.rules.paths),
-        given["no_rules"],
-        given["strict"],
-        given["alert_window"],
-        table,
+    # bad rules (--strict) fail here, in one line, before capture (the analysis loads them)
+    detect_cli.make_detector(
+        tuple(settings.rules.paths), given["no_rules"], given["strict"], given["alert_window"]
     )
-    retention = settings.store.retention
-    store = Store(
-        db_path,
-        max_pending_bytes=settings.store.backlog_mb << 20,
-        retention_age_s=retention.max_age,
-        retention_bytes=retention.max_size_mb << 20,
+    pipeline.check_monitor(settings)  # the store opens and is ours, before capture
+    session = loader.Session(
+        names,
+        ring_bytes=settings.ring.size_mb << 20,
+        monitor=True,
+        rodata=sensors_rodata(settings, names),
+        skip_unloadable=True,
+        sensor_options=options,
     )
-    sinks = []
-    try:
-        stages = [detector] if detector is not None else []
-        if not given["no_baseline"]:
-            stages.append(
-                detect_cli.make_baseline(store, given["baseline_learn"], given["alert_window"])
-            )
-        if stages:
-            sinks.append(detect_output.AlertStoreSink(store, stages))
-        # counters flush into the store: close them before it (sinks close in order)
-        summary_sink = summaries.SummarySink(store, specs, settings.summaries.interval)
-        # baselines learn from the kernel's counts too (detect/baseline.py)
-        summary_sink.listeners.extend(s.merge_counts for s in stages if hasattr(s, "merge_counts"))
-        sinks.append(summary_sink)
-        sinks.append(StoreSink(store))
-        session = loader.Session(
-            names,
-            ring_bytes=settings.ring.size_mb << 20,
-            monitor=True,
-            rodata=sensors_rodata(settings, names),
-            skip_unloadable=True,
-            sensor_options=options,
-        )
-        _say_skipped(session)
-    except BaseException:
-        for sink in sinks:
-            sink.close()
-        if not any(isinstance(sink, StoreSink) for sink in sinks):
-            store.close()
-        raise
+    _say_skipped(session)
     names = [sensor.name for sensor in session.sensors]
-    with session:
-        if not quiet:
-            sinks.append(JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS)))
-        if stages:
-            sinks.append(detect_output.AlertPrinter(as_json))
-        status_line = StatusLine(settings.status.interval, store=store)
-        sinks.append(status_line)
-        table.seed()
-        agent = Agent(
-            session, sinks, processes=table, stages=stages, poll_interval=settings.ring.latency
-        )
-        agent.on_reload(
-            _monitor_reloader(config_path, settings, explicit, status_line, summary_sink)
-        )
-        for stage in stages:  # SIGHUP: rules and baselines reload at the next batch
-            agent.on_reload(stage.request_reload)
-        # sockets already bound or listening: the picture from the first second
-        snapshot_kinds = {"bind", "listen"} & {k for s in session.sensors for k in s.kinds}
-        if snapshot_kinds:
-            agent.inject(listeners.snapshot_events(snapshot_kinds, processes=table))
-        stats = agent.run(
-            duration,
-            on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}"),
-            stop_grace=settings.log.stop_grace,
-        )
-    stored = sum(store.stored.values())
-    click.echo(f"vigil: {stored} events stored in {db_path}", err=True)
-    live.finish(stats)
-    _store_accounts(store, db_path)
+    run = pipeline.Run(
+        alert_window=given["alert_window"],
+        baseline_learn=given["baseline_learn"],
+        no_rules=given["no_rules"],
+        strict=given["strict"],
+        no_baseline=given["no_baseline"],
+        quiet=quiet,
+        json=as_json,
+        duration=duration,
+        summaries=specs,
+        sensors=names,
+        config_path=config_path,
+        explicit=explicit,
+    )
+    code = pipeline.run_monitor(
+        session,
+        settings,
+        run,
+        on_ready=lambda: live.ready(f"monitoring {', '.join(names)} into {db_path}"),
+    )
+    if code:
+        sys.exit(code)
 
 
 def sensors_rodata(settings, names: list[str]) -> dict[str, int]:
@@ -225,21 +192,6 @@ def sensors_rodata(settings, names: list[str]) -> dict[str, int]:
     if "capable" in names:
         out["unique"] = int(settings.sensors.capable.unique)
     return out
-
-
-def _monitor_reloader(config_path, settings, explicit, status_line, summary_sink):
-    """SIGHUP: the status interval and the summaries change live."""
-    reloader = config.Reloader(config_path, settings, explicit)
-
-    def status(new) -> None:
-        status_line.set_interval(new.status.interval)
-
-    def counters(new) -> None:
-        summary_sink.reconfigure(config.summary_specs(new), new.summaries.interval)
-
-    reloader.apply("status", status)
-    reloader.apply("summaries", counters)
-    return reloader
 
 
 def _store_accounts(store: Store, db_path: str) -> None:
@@ -341,24 +293,18 @@ def report(path, kinds, as_json, rule_paths, no_rules, strict, alert_window):
     intact chunk is still printed, and one warning line says what was cut
     or skipped.
     """
-    table = recorder.report_table()
-    wanted = set(kinds)
-    detector = detect_cli.make_detector(rule_paths, no_rules, strict, alert_window, table)
-    replay = recorder.replay(path, table)
-    batches = iter(replay)
-    first = next(batches, [])  # a bad file fails here, before any output
-    sinks = [JsonSink() if as_json else TableSink(TablePrinter(EVENT_COLUMNS))]
-    if detector is not None:
-        sinks.append(detect_output.AlertPrinter(as_json))
-    for events in itertools.chain([first], batches):
-        batch = Batch(events)
-        table.enrich(events)
-        if detector is not None:
-            detector.process(batch)
-        if wanted:
-            batch.events = [ev for ev in batch.events if ev["kind"] in wanted]
-        for sink in sinks:
-            sink.write(batch)
+    settings = config.overlay(Settings(), {"rules.paths": list(rule_paths)})
+    run = pipeline.Run(
+        alert_window=alert_window,
+        no_rules=no_rules,
+        strict=strict,
+        json=as_json,
+        recording=path,
+        kinds=list(kinds),
+    )
+    pipe = pipeline.assemble(settings, run)
+    pipeline.replay_all(pipe)
+    replay = pipe.source.replay
     said = replay.damage.summary()
     if said:
         level = "warning" if replay.damage.damaged else "note"
@@ -516,6 +462,16 @@ def status(db_path, as_json):
         click.echo(orjson.dumps({"events": total, "sensors": rows, "agent": agent}).decode())
         return
     click.echo(f"agent: {line}; {total} events in {as_text(db_path)}")
+    lag = (record or {}).get("lag") or {}
+    if isinstance(lag, dict) and lag.get("bytes"):
+        click.echo(
+            f"analysis lag: {lag.get('events', 0)} events, {lag.get('seconds', 0):.1f}s behind "
+            "capture"
+        )
+    discarded = (record or {}).get("discarded") or {}
+    if isinstance(discarded, dict) and discarded:
+        detail = ", ".join(f"{as_text(str(k))} {n}" for k, n in sorted(discarded.items()))
+        click.echo(f"event log full: discarded unanalysed (lost): {detail}")
     # not yet written (or, once stopped, never written), per kind
     store_state = (record or {}).get("store") or {}
     waiting = (record or {}).get("unwritten") or store_state.get("waiting") or {}

@@ -221,6 +221,9 @@ class Session:
         self.choices: list[Choice] = []
         self._objects: list[bpf.Object] = []
         self._object_kinds: dict[str, list[str]] = {}  # object -> kinds its sensors emit
+        # object -> (stat map, value bytes, slots per kind, {stat: index}): derived from
+        # BTF once; kernel_stats runs every status tick
+        self._stat_plan: dict[str, tuple] = {}
         self._links: list[bpf.Link] = []
         self._finish = {}
         self._ring_fd = -1
@@ -308,6 +311,11 @@ class Session:
         """Follow wall-clock steps (NTP, settimeofday) in event timestamps."""
         self.decoder.set_boot_offset(_boot_offset_ns())
 
+    @property
+    def ring_fd(self) -> int:
+        """The ring's fd: readable past the wake-up threshold (an event loop polls it)."""
+        return self._ring_fd
+
     def wake_on(self, fd: int) -> None:
         """Make wait() also return when `fd` is readable (a signal's wake-up pipe)."""
         self._epoll.register(fd, select.EPOLLIN)
@@ -349,9 +357,12 @@ class Session:
         ncpu = bpf.num_possible_cpus()
         kind_ids = {layout.kind: kind_id for kind_id, layout in self.decoder.layouts.items()}
         for obj in self._objects:
-            m = obj.map("vigil_stats")
-            size = ((m.value_size + 7) // 8) * 8 * ncpu
-            width, stats = stat_slots(obj.btf())
+            plan = self._stat_plan.get(obj.name)
+            if plan is None:
+                m = obj.map("vigil_stats")
+                size = ((m.value_size + 7) // 8) * 8 * ncpu
+                plan = self._stat_plan[obj.name] = (m, size, *stat_slots(obj.btf()))
+            m, size, width, stats = plan
             for kind in self._object_kinds[obj.name]:
                 kind_id = kind_ids[kind]
                 row = out.setdefault(kind, dict.fromkeys(stats, 0))

@@ -12,7 +12,7 @@ table as live events, so its output is the documented JSON.
 File format (version 2):
   line 1   b"VIGIL-RECORDING 2\\n"
   line 2   JSON metadata: boot_offset_ns, the objects' names and SHA-256
-           (decoding needs the same build), sensors, start time, the
+           (decoding needs the same build), sensors, host, boot_id, start time, the
            process table at the start (so ancestry reaches processes older
            than the recording), and chunk_seed (a random u32)
   then     chunks, each a 16-byte header and a payload:
@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import _libbpf as bpf
-from . import paths, records, sensors
+from . import identity, paths, records, sensors
 from .encoding import escape, unescape
 from .errors import ConfigError, VigilError
 from .files import open_output
@@ -130,6 +130,25 @@ class _ChunkWriter:
             self.result.written += len(payload)
 
 
+def recording_meta(session: Session, objects: dict[str, str] | None = None) -> dict:
+    """A recording's metadata line (the module docstring): also the head of
+    every event-log segment.  `objects` (name -> SHA-256) saves hashing the
+    objects again for each segment."""
+    names = sorted({s.object for s in session.sensors})
+    seed = ProcessTable()
+    seed.seed()
+    return {
+        "processes": [[p.pid, p.ppid, escape(p.comm), escape(p.exe)] for p in seed.procs.values()],
+        "boot_offset_ns": session.decoder.clock[0],
+        "objects": objects or {name: _digest(paths.bpf_object(name)) for name in names},
+        "sensors": [s.name for s in session.sensors],
+        "host": socket.gethostname(),
+        "boot_id": identity.boot_id(),  # the event log's analysis names events by it
+        "started_ns": time.time_ns(),
+        "chunk_seed": secrets.randbits(32),
+    }
+
+
 def record(
     session: Session,
     path: str,
@@ -142,19 +161,8 @@ def record(
     """Copy the ring to `path` until a stop signal (vigil.signals) or
     `duration` s; a stop copies what was in the ring when it came, within
     `grace` s, and writes the end mark."""
-    objects = sorted({s.object for s in session.sensors})
-    seed = ProcessTable()
-    seed.seed()
-    chunk_seed = secrets.randbits(32)
-    meta = {
-        "processes": [[p.pid, p.ppid, escape(p.comm), escape(p.exe)] for p in seed.procs.values()],
-        "boot_offset_ns": session.decoder.clock[0],
-        "objects": {name: _digest(paths.bpf_object(name)) for name in objects},
-        "sensors": [s.name for s in session.sensors],
-        "host": socket.gethostname(),
-        "started_ns": time.time_ns(),
-        "chunk_seed": chunk_seed,
-    }
+    meta = recording_meta(session)
+    chunk_seed = meta["chunk_seed"]
     try:
         out = open_output(path, buffering=0)  # no symlinks, 0600, unbuffered; closed below
     except OSError as err:
@@ -391,6 +399,47 @@ def _parse_meta(path: str, line: bytes, version: int) -> dict:
     return meta
 
 
+def decoder_for(path: str, meta: dict) -> records.Decoder:
+    """The decoder for a recording's (or log segment's) records: the layouts
+    of the very objects that wrote them, or a one-line error."""
+    decoder = records.Decoder(meta["boot_offset_ns"])
+    for name, digest in meta["objects"].items():
+        try:
+            obj_path = paths.bpf_object(name)
+        except VigilError:
+            raise ConfigError(
+                f"{path}: recorded with a sensor object {name!r} this build lacks"
+            ) from None
+        if _digest(obj_path) != digest:
+            raise ConfigError(
+                f"{path}: recorded with another build of {name}.bpf.o; "
+                "report it with the build that recorded it"
+            )
+        with bpf.Object(obj_path) as obj:
+            decoder.add_btf(obj.btf())
+    return decoder
+
+
+def finish_hooks() -> dict:
+    """Per kind, the sensor's finish hook (run on every decoded event)."""
+    return {k: s.finish for s in sensors.all_sensors().values() for k in s.kinds}
+
+
+def parse_meta(path: str, line: bytes) -> dict:
+    """A version-2 metadata line, checked (bad metadata: ConfigError)."""
+    return _parse_meta(path, line, VERSION)
+
+
+def decode_chunk(decoder: records.Decoder, finish: dict, raw: bytes, damage: Damage) -> list[dict]:
+    """One chunk's events, finished; what cannot be decoded is counted in `damage`."""
+    return Replay._decode_into(decoder, finish, raw, damage)
+
+
+ChunkWriter = _ChunkWriter
+chunk_head = _chunk_head
+CHUNK_HEAD = _HEAD
+
+
 class Replay:
     """A recording's events, decoded and finished, in batches (iterate it);
     afterwards `damage` says what could not be read.  `table` is seeded
@@ -447,22 +496,8 @@ class Replay:
                 table.procs[pid] = Proc(pid, ppid, unescape(comm), unescape(exe), [])
         except ValueError as err:
             raise _bad_meta(path, f"process name: {err}") from None
-        decoder = records.Decoder(meta["boot_offset_ns"])
-        for name, digest in meta["objects"].items():
-            try:
-                obj_path = paths.bpf_object(name)
-            except VigilError:
-                raise ConfigError(
-                    f"{path}: recorded with a sensor object {name!r} this build lacks"
-                ) from None
-            if _digest(obj_path) != digest:
-                raise ConfigError(
-                    f"{path}: recorded with another build of {name}.bpf.o; "
-                    "report it with the build that recorded it"
-                )
-            with bpf.Object(obj_path) as obj:
-                decoder.add_btf(obj.btf())
-        finish = {k: s.finish for s in sensors.all_sensors().values() for k in s.kinds}
+        decoder = decoder_for(path, meta)
+        finish = finish_hooks()
         pos = end_meta + 1
         if self.version == 1:
             chunks = _chunks_v1(mm, pos, self.damage)
@@ -479,13 +514,19 @@ class Replay:
         self.damage.bad_records += decoder.undecodable  # kinds no recorded object declares
 
     def _decode(self, decoder: records.Decoder, finish: dict, raw: bytes) -> list[dict]:
+        return self._decode_into(decoder, finish, raw, self.damage)
+
+    @classmethod
+    def _decode_into(
+        cls, decoder: records.Decoder, finish: dict, raw: bytes, damage: Damage
+    ) -> list[dict]:
         """One chunk's events.  The bytes are untrusted (a checksum proves
         only that they are what was written): a record the decoder or a
         finish hook cannot take is counted and skipped, never fatal."""
         recs = bpf.split_records(raw)
         unknown = decoder.undecodable
         try:
-            return decoder.decode_batch(recs, finish)
+            events = decoder.decode_batch(recs, finish)
         except Exception:  # noqa: BLE001 - see the docstring: one record at a time
             decoder.undecodable = unknown  # counted again below
             events = []
@@ -493,7 +534,7 @@ class Replay:
                 try:
                     events.extend(decoder.decode_batch([rec], finish))
                 except Exception:  # noqa: BLE001
-                    self.damage.bad_records += 1
+                    damage.bad_records += 1
         return events
 
 

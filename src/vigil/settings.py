@@ -74,17 +74,43 @@ class RingSettings:
 
 @dataclass
 class LogSettings:
+    # `vigil monitor` copies the ring to this log; its analysis follows it (docs/eventlog.md)
+    dir: str = knob(
+        "",
+        str,
+        "The event log capture writes and the analysis follows; empty: the store's path + .log.",
+    )
     budget_mb: int = knob(
         1024,
-        click.IntRange(16, 1 << 20),
+        click.IntRange(8, 1 << 20),
         "Disk the event log may use, MiB; past it the oldest"
         " unanalysed segment is discarded (counted per kind).",
     )
-    segment_mb: int = knob(16, click.IntRange(1, 1024), "Size of one event-log segment, MiB.")
+    # 16 MiB is about 150,000 events: a rotation (a /proc walk for the process
+    # table, an fdatasync) every few seconds of a storm at most, and the unit
+    # the budget discards, so it is small against any sensible budget
+    segment_mb: int = knob(
+        16,
+        click.IntRange(1, 1024),
+        "Size of one event-log segment (the unit the budget discards), MiB.",
+    )
     stop_grace: float = knob(
         STOP_GRACE_S,
         opt.seconds(0.0, 3600.0),
-        "Longest a stop spends analysing what was captured before it, s (what is left is counted).",
+        "Longest a stop spends copying what was in the ring when it came, s (what is left is"
+        " counted as lost).",
+    )
+    analysis_grace: float = knob(
+        30.0,
+        opt.seconds(0.0, 3600.0),
+        "Longest the analysis spends on its backlog after a stop, s (the rest stays in the"
+        " event log for the next start).",
+    )
+    analysis_nice: int = knob(
+        10,
+        click.IntRange(0, 19),
+        "CPU priority of the analysis below the workload's (nice; >0 also SCHED_BATCH);"
+        " 0: as the capture.",
     )
 
 

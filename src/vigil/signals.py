@@ -86,8 +86,12 @@ class ServiceSignals:
         on_stop: Callable[[int], None] | None = None,
         reload_hooks: list[Callable[[], str | None]] | None = None,
         out: TextIO | None = None,
+        announce_reloads: bool = True,
     ):
+        """`announce_reloads=False`: a process that only passes SIGHUP on
+        (`vigil monitor`'s capture to its analysis) leaves the line to it."""
         self.on_stop = on_stop
+        self.announce_reloads = announce_reloads
         self.reload_hooks = reload_hooks if reload_hooks is not None else []
         self.out = out
         self.stop_signal: int | None = None  # the first stop signal received
@@ -161,7 +165,8 @@ class ServiceSignals:
             line += ": " + "; ".join(notes)
         if failed:
             line = f"vigil: SIGHUP: reload failed, running on: {'; '.join(failed)}"
-        self._say(line)
+        if self.announce_reloads or failed:
+            self._say(line)
 
     def stop_notice(self) -> None:
         """One line when an unusual signal (not INT/TERM) stopped us."""

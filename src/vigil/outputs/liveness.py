@@ -57,8 +57,14 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
+# The process that stands for the agent: `vigil monitor`'s analysis writes the
+# record in the name of its capture process (vigil.pipeline), the one an
+# operator signals and `vigil status` must find alive.
+AGENT_PID: int | None = None
+
+
 def identity() -> dict:
-    pid = os.getpid()
+    pid = AGENT_PID or os.getpid()
     return {"pid": pid, "start_time": process_start_time(pid), "boot_id": _boot_id()}
 
 
@@ -87,7 +93,10 @@ _FIELDS = {
     "status": str,
     "store": "record",  # _STORE_FIELDS
     "unwritten": dict,
+    "lag": "lag",  # _LAG_FIELDS: the analysis behind the capture (vigil.pipeline)
+    "discarded": dict,  # per kind, deleted from the event log unanalysed
 }
+_LAG_FIELDS = {"bytes": int, "events": int, "seconds": float}
 _STORE_FIELDS = {
     "error": str,
     "failing_since_ns": int,
@@ -104,9 +113,9 @@ def _typed(obj: dict, fields: dict) -> dict:
     out = {}
     for key, kind in fields.items():
         value = obj.get(key)
-        if kind == "record":
+        if kind in ("record", "lag"):
             if isinstance(value, dict):
-                out[key] = _typed(value, _STORE_FIELDS)
+                out[key] = _typed(value, _STORE_FIELDS if kind == "record" else _LAG_FIELDS)
             continue
         if isinstance(value, kind) and not isinstance(value, bool):
             if kind is dict:  # per-kind counts
