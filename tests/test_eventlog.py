@@ -159,6 +159,29 @@ def test_storm_lags_then_catches_up_with_every_event_stored(tmp_path, accept_sto
     assert row["stored"] == n
 
 
+def test_the_analysis_waits_out_a_storm_then_stores_every_event(tmp_path, accept_storm):
+    """Above --storm-rate the analysis leaves the CPUs to the workload (the
+    events wait in the log, lag shown), for --storm-hold at most; then it
+    catches up, every event stored once."""
+    db = tmp_path / "events.db"
+    proc = _monitor(db, "--storm-rate", "1000", "--storm-hold", "3")
+    try:
+        _storm(accept_storm, 6)  # longer than the hold: it ends while the storm runs
+        _wait_caught_up(db)
+    finally:
+        err = _stop(proc)
+    assert proc.returncode == 0, err
+    lines = err.decode(errors="replace").splitlines()
+    waiting = [i for i, line in enumerate(lines) if "waiting out a storm" in line]
+    assert waiting, err[-2000:]  # it waited, and said so
+    # ...then caught up: the last status lines are not waiting
+    assert "waiting out a storm" not in lines[-3] + lines[-2], lines[-6:]
+    row = _accept_row(_status(db))
+    n, distinct = _rows(db)
+    assert row["emitted"] > 10_000 and n == distinct
+    assert n == row["emitted"] - row["lost"], (n, row)
+
+
 def test_analysis_killed_mid_storm_resumes_without_loss_or_duplicates(tmp_path, accept_storm):
     db = tmp_path / "events.db"
     proc = _monitor(db)

@@ -119,6 +119,8 @@ def _describe(ev: dict) -> str:
 @config.option("log.segment_mb", "--log-segment-mb")
 @config.option("log.analysis_grace", "--analysis-grace")
 @config.option("log.analysis_nice", "--analysis-nice")
+@config.option("log.storm_rate", "--storm-rate")
+@config.option("log.storm_hold", "--storm-hold")
 @config.option("summaries.interval", "--summary-interval")
 @live.ring_options
 @click.pass_context

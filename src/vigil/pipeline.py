@@ -139,6 +139,7 @@ class Snapshot:
     lag: Lag = field(default_factory=Lag)
     discarded: dict[str, int] = field(default_factory=dict)  # deleted unanalysed (budget)
     bad_chunks: int = 0
+    storm: bool = False  # the analysis is waiting for a storm to pass
 
     def line(self, store: Store | None) -> str:
         text = format_status(self.kinds, store)
@@ -149,6 +150,8 @@ class Snapshot:
             )
         else:
             text += " | lag 0"
+        if self.storm:
+            text += " (analysis waiting out a storm)"
         if self.discarded:
             text += f" | log full: {sum(self.discarded.values())} discarded unanalysed"
         return text
@@ -362,6 +365,7 @@ class Pipeline:
     status: StatusLine | None
     summaries: object | None = None
     on_output_closed: Callable[[], None] | None = None
+    storm: StormHold | None = None  # the analysis waits out storms (monitor only)
 
     def turn(self) -> int:
         """One batch from the source through the stages to the sinks; the
@@ -410,7 +414,8 @@ class Pipeline:
         for kind, row in (cap.get("rates") or {}).items():
             if kind in kinds and isinstance(row, (int, float)):
                 kinds[kind]["rate"] = row
-        return Snapshot(kinds, fol.lag(), discarded, fol.bad_chunks)
+        storm = self.storm is not None and self.storm.answer
+        return Snapshot(kinds, fol.lag(), discarded, fol.bad_chunks, storm)
 
     def tick(self) -> Snapshot:
         snap = self.snapshot()
@@ -629,7 +634,11 @@ def analyse(
             pipe.loop.add_fd(wake_fd, woken)
         pipe.loop.add_timer(0.2 if wake_fd < 0 else 1.0, capture_gone)
         gc_policy.for_streaming()  # set up: collect for a stream of events (gc_policy.py)
+        storm = pipe.storm = StormHold(settings, pipe.source.follower)
         while not sig.service() and not sig.stopping:
+            if storm.holding():
+                pipe.loop.turn(0.25)  # the timers run on: status, lag, a dead capture
+                continue
             if not pipe.turn():
                 pipe.loop.turn(idle_wait)
             else:
@@ -943,6 +952,43 @@ def _refuse_second_agent(db: str) -> None:
         store.close()
     if rec and rec.get("state") == "running" and liveness.alive(rec) and rec["pid"] != os.getpid():
         raise StoreError(f"{db}: another vigil monitor (pid {rec['pid']}) is writing this store")
+
+
+class StormHold:
+    """Whether the analysis waits out a storm: while the capture reports more
+    than `storm_rate` events/s, for at most `storm_hold` seconds per storm and
+    while the backlog holds less than half the log budget.  The events wait
+    in the log (nothing is lost; lag grows and is shown), and the workload's
+    CPUs are left to the workload; the analysis catches up once the rate
+    falls.  An attacker's storm delays alerts by `storm_hold` at most."""
+
+    def __init__(self, settings: Settings, follower: Follower):
+        lg = settings.log
+        self.rate, self.longest = lg.storm_rate, lg.storm_hold
+        self.budget = (lg.budget_mb << 20) // 2
+        self.follower = follower
+        self.since: float | None = None  # this storm's start
+        self.checked = 0.0
+        self.answer = False
+        self.holds = 0  # storms waited out (status, tests)
+
+    def holding(self) -> bool:
+        if not self.rate or not self.longest:
+            return False
+        now = time.monotonic()
+        if now - self.checked < 0.25:  # the capture reports once a second
+            return self.answer
+        self.checked = now
+        rates = self.follower.capture().get("rates") or {}
+        total = sum(v for v in rates.values() if isinstance(v, (int, float)))
+        if total < self.rate:
+            self.since, self.answer = None, False
+            return False
+        if self.since is None:
+            self.since = now
+            self.holds += 1
+        self.answer = now - self.since < self.longest and self.follower.lag().bytes < self.budget
+        return self.answer
 
 
 class _Rates:

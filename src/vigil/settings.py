@@ -112,6 +112,19 @@ class LogSettings:
         "CPU priority of the analysis below the workload's (nice; >0 also SCHED_BATCH);"
         " 0: as the capture.",
     )
+    # a storm's events wait in the log rather than compete with the workload for
+    # CPU: the analysis catches up once the rate falls (docs/eventlog.md)
+    storm_rate: int = knob(
+        20000,
+        click.IntRange(0, 1 << 30),
+        "Events/s captured above which the analysis waits for the storm to pass; 0: never waits.",
+    )
+    storm_hold: float = knob(
+        30.0,
+        opt.seconds(0.0, 3600.0),
+        "Longest the analysis waits out one storm, s (it also stops waiting once the"
+        " backlog holds half the log budget).",
+    )
 
 
 @dataclass
