@@ -84,24 +84,35 @@ def test_gaps_are_exactly_the_records_the_ring_lost():
     agent, sink = start_agent(ring_bytes=64 << 10)
     marker = unique_marker()
     with agent.session:
+        # a first record on every CPU, received: a loss after it is a gap
+        _one_exec_per_cpu(marker + b"-start")
+        pump_until(
+            agent,
+            sink,
+            lambda evs: sum(marker + b"-start" in e.get("args", ()) for e in evs) >= NCPU,
+        )
+        earlier = sum(s["lost"] for s in agent.stats().values())  # not between records
         procs = [subprocess.Popen([TRUE, marker]) for _ in range(400)]
         for p in procs:
             p.wait()
         agent.step(0)  # drain what the ring kept
+        before = sum(s["lost"] for s in agent.stats().values())
         _one_exec_per_cpu(marker + b"-end")
         pump_until(
             agent,
             sink,
             lambda evs: sum(marker + b"-end" in e.get("args", ()) for e in evs) >= NCPU,
         )
-        stats = agent.stats()
-    lost = sum(s["lost"] for s in stats.values())
-    assert lost > 0, "the ring never filled: the test proves nothing"
+        after = sum(s["lost"] for s in agent.stats().values())
+    before -= earlier
+    assert before > 0, "the ring never filled: the test proves nothing"
     gaps = 0
     for seqs in _by_cpu(sink.events).values():
         assert all(a < b for a, b in zip(seqs, seqs[1:]))
         gaps += sum(b - a - 1 for a, b in zip(seqs, seqs[1:]))
-    assert gaps == lost, (gaps, lost)
+    # every loss counted before the last records is a gap; a shared host's other
+    # processes may lose more after them (counted, no later record to show it)
+    assert before <= gaps <= after - earlier, (before, gaps, after, earlier)
 
 
 def test_seq_is_not_reused_by_a_later_run():
