@@ -637,7 +637,10 @@ def analyse(
         storm = pipe.storm = StormHold(settings, pipe.source.follower)
         while not sig.service() and not sig.stopping:
             if storm.holding():
-                pipe.loop.turn(0.25)  # the timers run on: status, lag, a dead capture
+                # asleep, not woken by each of the capture's appends; the timers
+                # (status, lag, a dead capture) and a stop are seen 4 times a second
+                time.sleep(0.25)
+                pipe.loop.turn(0)
                 continue
             if not pipe.turn():
                 pipe.loop.turn(idle_wait)
