@@ -308,7 +308,7 @@ def test_sighup_starts_a_counter_and_its_losses_are_reported(tmp_path):
         # 20,000 distinct fds closed: more keys than the map's 10,240 entries
         child = "import os\nfor fd in range(100000, 120000):\n    try: os.close(fd)\n    except OSError: pass\n"
         subprocess.run([sys.executable, "-c", child], check=True)
-        seen = _read_until(proc, b"summary:closes 0/s stored 0 lost ", timeout=15)
+        seen = _read_until(proc, b"summary:closes 0/s stored 0 lost ", timeout=40)
         lost = int(re.findall(rb"summary:closes 0/s stored 0 lost (\d+)", seen)[-1])
         assert lost >= 20000 - 10240 - 100
         rows = {r["kind"]: r for r in _status_rows(db)}
