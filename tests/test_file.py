@@ -407,27 +407,36 @@ def open_trigger():
     )
 
 
+def _open_under_a_bind_mount(tree, comm: str, source, target, then: str) -> dict:
+    """A child in a private mount namespace bind-mounts `source` on `target`,
+    then runs `then`; its one watched open, as the agent saw it."""
+    agent, sink = _agent(tree)
+    try:
+        code = (
+            "import subprocess\n"
+            f"subprocess.run(['mount', '--bind', {str(source)!r}, {str(target)!r}], check=True)\n"
+            + then
+        )
+        argv = ["unshare", "-m", "--propagation", "private", *Child.argv(comm, code)]
+        proc = subprocess.run(argv, capture_output=True, timeout=60, check=True)
+        pid = int(proc.stderr.split()[-1])
+        events = pump_until(agent, sink, lambda evs: _opens(evs, pid))
+        (e,) = _opens(events, pid)
+        return e
+    finally:
+        agent.session.close()
+
+
 def test_bind_mount_alias_is_matched_by_inode(tree, tmp_path):
     """Another name for a watched directory (a bind mount in a private mount
     namespace) opens the same inode: seen, with the path through the alias."""
     alias = tmp_path / "alias"
     alias.mkdir()
-    agent, sink = _agent(tree)
-    try:
-        code = (
-            "import subprocess\n"
-            f"subprocess.run(['mount', '--bind', {str(tree)!r}, {str(alias)!r}], check=True)\n"
-            f"open({str(alias / 'secret')!r}).read()\n"
-        )
-        argv = ["unshare", "-m", "--propagation", "private", *Child.argv("vopen-alias", code)]
-        proc = subprocess.run(argv, capture_output=True, timeout=60, check=True)
-        pid = int(proc.stderr.split()[-1])
-        events = pump_until(agent, sink, lambda evs: _opens(evs, pid))
-        (e,) = _opens(events, pid)
-        assert (e["path"], e["path_source"]) == (os.fsencode(alias / "secret"), "kernel")
-        assert e["ino"] == os.stat(tree / "secret").st_ino
-    finally:
-        agent.session.close()
+    e = _open_under_a_bind_mount(
+        tree, "vopen-alias", tree, alias, f"open({str(alias / 'secret')!r}).read()\n"
+    )
+    assert (e["path"], e["path_source"]) == (os.fsencode(alias / "secret"), "kernel")
+    assert e["ino"] == os.stat(tree / "secret").st_ino
 
 
 def test_single_file_bind_mounted_over_a_watched_name_is_seen(tree, tmp_path):
@@ -437,22 +446,11 @@ def test_single_file_bind_mounted_over_a_watched_name_is_seen(tree, tmp_path):
     decoy = tmp_path / "decoy"
     decoy.write_text("d")
     target = tree / "secret"
-    agent, sink = _agent(tree)
-    try:
-        code = (
-            "import subprocess\n"
-            f"subprocess.run(['mount', '--bind', {str(decoy)!r}, {str(target)!r}], check=True)\n"
-            f"assert open({str(target)!r}).read() == 'd'\n"
-        )
-        argv = ["unshare", "-m", "--propagation", "private", *Child.argv("vopen-bindf", code)]
-        proc = subprocess.run(argv, capture_output=True, timeout=60, check=True)
-        pid = int(proc.stderr.split()[-1])
-        events = pump_until(agent, sink, lambda evs: _opens(evs, pid))
-        (e,) = _opens(events, pid)
-        assert (e["path"], e["path_source"]) == (os.fsencode(target), "kernel")
-        assert e["ino"] == os.stat(decoy).st_ino  # the file really opened
-    finally:
-        agent.session.close()
+    e = _open_under_a_bind_mount(
+        tree, "vopen-bindf", decoy, target, f"assert open({str(target)!r}).read() == 'd'\n"
+    )
+    assert (e["path"], e["path_source"]) == (os.fsencode(target), "kernel")
+    assert e["ino"] == os.stat(decoy).st_ino  # the file really opened
 
 
 def test_io_uring_open_is_seen_by_the_lsm_hook(tree):
