@@ -69,6 +69,19 @@ static __always_inline void stamp_seq(struct vigil_header *hdr)
  */
 const volatile __u64 wakeup_bytes = 0;
 
+/*
+ * And wake it for the first record after a quiet spell: a reader that found
+ * the ring empty for its latency sleeps until its own timers (a second or
+ * so) instead of polling every latency, so a record made then must wake it.
+ * A record made less than `quiet_wake_ns` after the last such wake-up is
+ * drained by the reader's polling, which goes on for twice that after any
+ * record (Session.poll_wait).  Each object keeps its own time: more
+ * wake-ups, never fewer.  At most one forced wake-up per object per
+ * quiet_wake_ns in a storm.  0: the reader polls; no clock read here.
+ */
+const volatile __u64 quiet_wake_ns = 0;
+__u64 last_wake_ns = 0;
+
 static __always_inline void stat_inc(__u32 kind, __u32 stat)
 {
 	__u32 slot = (kind % VIGIL_KIND_MAX) * VIGIL_STAT_MAX + stat;
@@ -88,6 +101,14 @@ static __always_inline __u64 submit_flags(__u64 pending, __u64 size)
 		return 0;
 	if (pending >= wakeup_bytes && pending - taken < wakeup_bytes)
 		return BPF_RB_FORCE_WAKEUP;
+	if (quiet_wake_ns) {
+		__u64 now = bpf_ktime_get_ns();
+
+		if (now - last_wake_ns >= quiet_wake_ns) {
+			last_wake_ns = now;
+			return BPF_RB_FORCE_WAKEUP;
+		}
+	}
 	return BPF_RB_NO_WAKEUP;
 }
 

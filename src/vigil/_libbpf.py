@@ -17,6 +17,7 @@ import mmap
 import os
 import platform
 import struct
+import time
 from collections import deque
 from collections.abc import Iterator
 from ctypes import (
@@ -568,6 +569,11 @@ class RingReader:
         self._prod = memoryview(self._prod_map)
         self._prod_pos = self._prod[:8].cast("Q")
         self._data = self._prod[page:]
+        self._data_at = time.monotonic()  # the last drain that found records
+
+    def quiet_for(self) -> float:
+        """Seconds since a drain last found records."""
+        return time.monotonic() - self._data_at
 
     def pending_bytes(self) -> int:
         return self._prod_pos[0] - self._cons[0]
@@ -599,6 +605,7 @@ class RingReader:
         prod = self._prod_pos[0] if until is None else min(until, self._prod_pos[0])
         if cons >= prod:
             return b""
+        self._data_at = time.monotonic()  # reserved counts: its record comes
         stop = self._committed_end(cons, min(prod, cons + limit))
         off = cons & self._mask
         # the data area is mapped twice in a row: no wrap to handle
@@ -676,6 +683,8 @@ class LibbpfRingReader(RingReader):
 
     def drain_raw(self, limit: int = 4 << 20, until: int | None = None) -> bytes:
         self._out, self._limit, self._until, self._rewind = bytearray(), limit, until, None
+        if self._prod_pos[0] > self._cons[0]:
+            self._data_at = time.monotonic()
         rc = _rb_consume(self._rb)
         if self._rewind is not None:
             # libbpf consumed the record we refused: give it back (we are

@@ -209,7 +209,9 @@ class Agent:
                     if self._stop:
                         signals.request_stop()
                         break
-                    self.step()
+                    now = time.monotonic()
+                    due = min(next_status, deadline or next_status) - now
+                    self.step(self.session.poll_wait(self.poll_interval, idle=min(1.0, due)))
                     now = time.monotonic()
                     if now >= next_status:
                         self._report_status()

@@ -157,6 +157,7 @@ def monitor(ctx, config_path, summary_specs, no_summaries, as_json, quiet, durat
     session = loader.Session(
         names,
         ring_bytes=settings.ring.size_mb << 20,
+        latency=settings.ring.latency,
         monitor=True,
         rodata=sensors_rodata(settings, names),
         skip_unloadable=True,
@@ -261,6 +262,7 @@ def record(ctx, config_path, path, duration, all_events, **_given):
     session = loader.Session(
         names,
         ring_bytes=settings.ring.size_mb << 20,
+        latency=settings.ring.latency,
         monitor=not all_events,
         rodata=None if all_events else sensors_rodata(settings, names),
         skip_unloadable=True,

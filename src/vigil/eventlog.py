@@ -76,6 +76,27 @@ def write_json(path: str, obj: dict, sync: bool = True) -> None:
     os.replace(tmp, path)
 
 
+class JsonFile:
+    """A JSON file another process replaces (write_json), read again only
+    when it was replaced: the analysis looks at the capture's every tick."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._seen: tuple | None = None
+        self._obj: dict = {}
+
+    def read(self) -> dict:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            self._seen, self._obj = None, {}
+            return self._obj
+        seen = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        if seen != self._seen:
+            self._seen, self._obj = seen, read_json(self.path)
+        return self._obj
+
+
 def read_json(path: str) -> dict:
     try:
         with open(path, "rb") as f:
@@ -381,6 +402,8 @@ class Follower:
     def __init__(self, log_dir: str, consumer: str):
         self.dir = log_dir
         self.consumer = consumer
+        self._capture = JsonFile(os.path.join(log_dir, "capture.json"))
+        self._discarded = JsonFile(os.path.join(log_dir, "discarded.json"))
         self.committed = load_position(log_dir, consumer)
         self.pos = self.committed
         self.seg: Segment | None = None
@@ -476,7 +499,7 @@ class Follower:
             self.committed = self.pos
 
     def lag(self) -> Lag:
-        cap = read_json(os.path.join(self.dir, "capture.json"))
+        cap = self.capture()
         behind = 0
         pos = self.pos
         for n in segments(self.dir):
@@ -497,11 +520,12 @@ class Follower:
         return Lag(behind, int(behind / per_event), max(0.0, seconds))
 
     def discarded(self) -> dict[str, int]:
-        obj = read_json(os.path.join(self.dir, "discarded.json"))
+        obj = self._discarded.read()
         return {k: v for k, v in obj.items() if isinstance(k, str) and type(v) is int}
 
     def capture(self) -> dict:
-        return read_json(os.path.join(self.dir, "capture.json"))
+        """The capture's last word (do not modify: it is cached)."""
+        return self._capture.read()
 
     def close(self) -> None:
         if self.seg is not None:

@@ -163,7 +163,7 @@ def _open_group(group: list[Sensor], rodata: dict, forced: dict, session: Sessio
             prog.autoload = prog.name in names
         obj.map("events").reuse_fd(session._ring_fd)
         obj.map("vigil_seq").reuse_fd(session._seq_fd)
-        wanted = {"wakeup_bytes": session.wakeup_bytes}
+        wanted = {"wakeup_bytes": session.wakeup_bytes, "quiet_wake_ns": session.quiet_wake_ns}
         for s in group:
             wanted.update({k: v() if callable(v) else v for k, v in s.rodata.items()})
             if session._monitor:
@@ -192,6 +192,7 @@ class Session:
         *,
         ring_bytes: int = DEFAULT_RING_BYTES,
         wakeup_bytes: int | None = None,
+        latency: float | None = None,
         rodata: dict[str, int] | None = None,
         choices: dict[str, str] | None = None,
         monitor: bool = False,
@@ -200,6 +201,9 @@ class Session:
     ):
         """`rodata` goes to every object that declares the variable; with
         `monitor`, each sensor's own `monitor_rodata` goes to its object.
+
+        With `latency` (s), the reader may sleep past it once the ring is
+        quiet: the first record after a quiet spell wakes it (poll_wait).
 
         `choices` forces a hook's attach type ({hook: "raw_tp"}): tests use it
         to exercise each attach mode the kernel allows.
@@ -217,6 +221,9 @@ class Session:
         self.ring_bytes = ring_bytes
         # Default: wake the reader when a quarter of the ring is full.
         self.wakeup_bytes = ring_bytes // 4 if wakeup_bytes is None else wakeup_bytes
+        # half the latency: a record made just before the reader stops polling wakes it
+        self.latency = latency
+        self.quiet_wake_ns = int(latency * 5e8) if latency and self.wakeup_bytes else 0
         self.decoder = records.Decoder(_boot_offset_ns())
         self.choices: list[Choice] = []
         self._objects: list[bpf.Object] = []
@@ -319,6 +326,15 @@ class Session:
     def wake_on(self, fd: int) -> None:
         """Make wait() also return when `fd` is readable (a signal's wake-up pipe)."""
         self._epoll.register(fd, select.EPOLLIN)
+
+    def poll_wait(self, latency: float, idle: float = 1.0) -> float:
+        """How long the reader may sleep before its next drain: `latency`
+        while records flow (a record too soon after the kernel's last forced
+        wake-up wakes no one), `idle` once none came for twice quiet_wake_ns
+        (the first record after that wakes us: bpf/common.bpf.h)."""
+        if not self.quiet_wake_ns or self.reader.quiet_for() < 4 * self.quiet_wake_ns / 1e9:
+            return latency
+        return max(idle, latency)
 
     def wait(self, timeout: float) -> None:
         """Block until the kernel wakes us (or a wake_on fd) or `timeout` s pass."""

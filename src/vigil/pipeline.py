@@ -42,6 +42,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import orjson
+
 from . import config, eventlog, gc_policy, recorder
 from . import settings as st
 from .agent import Batch, Enrich, Filter, Stage
@@ -56,6 +58,10 @@ from .settings import Settings
 from .signals import ServiceSignals, StopDrain, add_unread
 
 log = logging.getLogger("vigil")
+
+# s between two reports of an unchanged status (the capture's word, the
+# agent's record): often enough for `vigil status` (stale past 15 s)
+QUIET_REPORT = 5.0
 
 
 @dataclass
@@ -343,11 +349,21 @@ class LogStoreSink(StoreSink):
     def status(self, stats: dict[str, dict]) -> None:
         pass  # status_with: the record carries the lag too
 
+    _said: bytes = b""
+    _said_at = 0.0
+
     def status_with(self, snap: Snapshot) -> None:
         stats = snap.kinds
         self._count(stats)
         self._stats = stats
         lag = asdict(snap.lag)
+        # A quiet host's status does not change: the record is rewritten (and
+        # retention run) every few seconds only, for `vigil status`'s liveness
+        said = orjson.dumps((stats, lag, snap.discarded, self.store.error))
+        now = time.monotonic()
+        if said == self._said and now - self._said_at < QUIET_REPORT:
+            return
+        self._said, self._said_at = said, now
         self.agent.update(stats, snap.line(self.store), lag=lag, discarded=snap.discarded)
         self.store.set_meta("lag", json.dumps(lag))
         self.store.enforce_retention(self.retention_budget)
@@ -417,9 +433,13 @@ class Pipeline:
         storm = self.storm is not None and self.storm.answer
         return Snapshot(kinds, fol.lag(), discarded, fol.bad_chunks, storm)
 
-    def tick(self) -> Snapshot:
+    def tick(self, final: bool = False) -> Snapshot:
+        """The status: one snapshot, to every sink.  `final`: the last one,
+        which must be exact (a sink may read some counters less often)."""
         snap = self.snapshot()
         for sink in self.sinks:
+            if final and hasattr(sink, "expire"):
+                sink.expire()
             sink.status(snap.kinds)
         if self.store_sink is not None:
             self.store_sink.status_with(snap)
@@ -611,6 +631,7 @@ def analyse(
 
         latency = settings.ring.latency
         idle_wait = latency
+        storm = pipe.storm = StormHold(settings, pipe.source.follower)
         if wake_fd >= 0:
             # woken by the capture's appends: no polling of the log while idle
             # (the timers still run: status each second, capture_gone)
@@ -620,7 +641,9 @@ def analyse(
 
             def woken() -> None:
                 try:
-                    if wake.recv(4096):
+                    if said := wake.recv(4096):
+                        if b"s" in said:
+                            storm.signal()
                         return
                 except (BlockingIOError, InterruptedError):
                     return
@@ -634,7 +657,6 @@ def analyse(
             pipe.loop.add_fd(wake_fd, woken)
         pipe.loop.add_timer(0.2 if wake_fd < 0 else 1.0, capture_gone)
         gc_policy.for_streaming()  # set up: collect for a stream of events (gc_policy.py)
-        storm = pipe.storm = StormHold(settings, pipe.source.follower)
         while not sig.service() and not sig.stopping:
             if storm.holding():
                 # asleep, not woken by each of the capture's appends; the timers
@@ -657,7 +679,7 @@ def analyse(
             time.sleep(min(0.05, latency))
         if os.getppid() != parent:  # killed: the record must not say "stopped"
             pipe.store_sink.capture_died = True
-    snap = pipe.tick()
+    snap = pipe.tick(final=True)
     left = snap.lag
     fol = pipe.source.follower
     db = settings.store.path
@@ -791,12 +813,13 @@ class Analysis:
             os.close(wfd)
             theirs.close()
 
-    def appended(self) -> None:
-        """New bytes in the log: wake the analysis (one byte; a full buffer
-        already says so, a dead analysis is the restart's business)."""
+    def appended(self, storm: bool = False) -> None:
+        """New bytes in the log: wake the analysis (one byte, "s" while the
+        capture sees a storm; a full buffer already says so, a dead analysis
+        is the restart's business)."""
         if self.wake is not None:
             with contextlib.suppress(OSError):
-                self.wake.send(b"a", socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                self.wake.send(b"s" if storm else b"a", socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
 
     def stopped(self) -> None:
         """The capture's last word is written: EOF tells the analysis at once."""
@@ -872,9 +895,21 @@ def run_monitor(
         stop_at: list[tuple[int, float]] = []
         loop = EventLoop()
 
+        said = [-1, 0.0, True]  # producer position, time, whether anything was moving
+        meter = StormMeter(lg.storm_rate)
+
         def report(**extra) -> None:
+            # A quiet ring changes no counter (a loss needs a full ring): the
+            # capture's word stands, rewritten every few seconds for `vigil
+            # status`.  Writing it anyway was half of an idle monitor's CPU.
+            prod, now = reader.producer_position(), time.monotonic()
+            if not extra and prod == said[0] and not said[2] and now - said[1] < QUIET_REPORT:
+                return
             kernel = session.kernel_stats()
-            writer.report_with(kernel, rates.of(kernel), **extra)
+            now_rates = rates.of(kernel)
+            meter.learn(kernel)
+            writer.report_with(kernel, now_rates, **extra)
+            said[:] = prod, now, prod != said[0] or any(now_rates.values())
 
         report()  # before the analysis starts: the last run's "stopped" is gone
         analysis = Analysis(settings, run)
@@ -906,13 +941,13 @@ def run_monitor(
                 deadline = None if run.duration is None else time.monotonic() + run.duration
                 latency = settings.ring.latency
                 while not sig.service():
-                    loop.turn(latency)
-                    appended = False
+                    loop.turn(session.poll_wait(latency))  # the timers bound it too
+                    appended = 0
                     while not sig.stopping and (raw := reader.drain_raw()):
                         writer.append(raw)
-                        appended = True
+                        appended += len(raw)
                     if appended:  # one wake-up per drain, not per chunk
-                        analysis.appended()
+                        analysis.appended(meter.storm(appended))
                     if deadline is not None and time.monotonic() >= deadline:
                         sig.request_stop()
                     if analysis.failed:
@@ -957,6 +992,43 @@ def _refuse_second_agent(db: str) -> None:
         raise StoreError(f"{db}: another vigil monitor (pid {rec['pid']}) is writing this store")
 
 
+class StormMeter:
+    """The capture's view of a storm, at once: its append rate over the last
+    tenth of a second against `storm_rate` events/s (in bytes, by the mean
+    record size the kernel's counters give at each report).  The analysis
+    hears it with the wake-up, before it decodes a batch of the storm."""
+
+    WINDOW = 0.1  # s
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self.record_bytes = 160.0  # until the counters say (an accept record is ~150)
+        self.total = 0  # ring bytes drained
+        self._seen = (0, 0)  # events emitted, bytes drained at the last report
+        self._since, self._bytes, self._storm = time.monotonic(), 0, False
+
+    def learn(self, kernel: dict) -> None:
+        """The kernel's counters at a report: the mean record size since the last."""
+        events = sum(row.get("emitted", 0) for row in kernel.values())
+        d_events, d_bytes = events - self._seen[0], self.total - self._seen[1]
+        if d_events >= 1000 and d_bytes > 0:
+            self.record_bytes = d_bytes / d_events
+        self._seen = (events, self.total)
+
+    def storm(self, appended: int) -> bool:
+        """`appended` ring bytes were drained just now: is it a storm?"""
+        self.total += appended
+        if not self.rate:
+            return False
+        now = time.monotonic()
+        self._bytes += appended
+        span = now - self._since
+        if span >= self.WINDOW:
+            self._storm = self._bytes / span > self.rate * self.record_bytes
+            self._since, self._bytes = now, 0
+        return self._storm
+
+
 class StormHold:
     """Whether the analysis waits out a storm: while the capture reports more
     than `storm_rate` events/s, for at most `storm_hold` seconds per storm and
@@ -973,7 +1045,13 @@ class StormHold:
         self.since: float | None = None  # this storm's start
         self.checked = 0.0
         self.answer = False
+        self.heard = -1.0  # when the capture last said "storm" with a wake-up
         self.holds = 0  # storms waited out (status, tests)
+
+    def signal(self) -> None:
+        """The capture sees a storm now (its wake-up said so)."""
+        self.heard = time.monotonic()
+        self.checked = 0.0
 
     def holding(self) -> bool:
         if not self.rate or not self.longest:
@@ -984,7 +1062,9 @@ class StormHold:
         self.checked = now
         rates = self.follower.capture().get("rates") or {}
         total = sum(v for v in rates.values() if isinstance(v, (int, float)))
-        if total < self.rate:
+        # its word with each drain, or its report each second (which lags a
+        # storm's start by up to a second, and outlives its end by as much)
+        if total < self.rate and now - self.heard > 0.5:
             self.since, self.answer = None, False
             return False
         if self.since is None:

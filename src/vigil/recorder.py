@@ -208,7 +208,8 @@ def _copy_ring(
             on_ready()
         deadline = None if duration is None else time.monotonic() + duration
         while not sig.service():
-            session.wait(latency)
+            idle = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            session.wait(session.poll_wait(latency, idle))
             # a storm faster than the disk must not keep us from a stop
             while not sig.stopping and (raw := reader.drain_raw()):
                 writer.chunk(raw)

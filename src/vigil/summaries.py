@@ -88,6 +88,9 @@ def _without_self(text: str, parse) -> str:
 LOSS_PREFIX = "summary:"
 
 
+LOSSES_EVERY = 5.0  # s between reads of the counters' own loss counts
+
+
 class SummarySink:
     """An agent sink that flushes in-kernel counters to the store each interval.
 
@@ -105,6 +108,8 @@ class SummarySink:
         self._start(specs)
         self._last = time.time_ns()
         self._next = time.monotonic() + interval
+        self._losses: dict[str, int] = {}
+        self._losses_due = 0.0
         # called with (name, rows, flush time in ns) at each flush: the
         # baselines learn from the kernel's counts (detect/baseline.py)
         self.listeners: list = []
@@ -177,11 +182,18 @@ class SummarySink:
         return out
 
     def status(self, stats: dict) -> None:
-        for name, n in self.losses().items():
+        now = time.monotonic()
+        if now >= self._losses_due:  # two map reads per counter: not every tick
+            self._losses, self._losses_due = self.losses(), now + LOSSES_EVERY
+        for name, n in self._losses.items():
             stats[LOSS_PREFIX + name] = {"emitted": 0, "lost": n, "partial": 0, "rate": 0.0}
         if time.monotonic() >= self._next:
             self._next = time.monotonic() + self.interval
             self.flush()
+
+    def expire(self) -> None:
+        """The next status reads the loss counts again (the last one is exact)."""
+        self._losses_due = 0.0
 
     def close_aggregations(self) -> None:
         for agg in self.aggregations.values():

@@ -105,6 +105,7 @@ def run_live(
         rodata=rodata,
         choices=choices,
         wakeup_bytes=min(64 << 10, ring // 4),
+        latency=latency,
         sensor_options=sensor_options,
     )
     with session:
