@@ -405,6 +405,7 @@ class Follower:
         self._capture = JsonFile(os.path.join(log_dir, "capture.json"))
         self._discarded = JsonFile(os.path.join(log_dir, "discarded.json"))
         self.committed = load_position(log_dir, consumer)
+        self._committed_at = 0.0
         self.pos = self.committed
         self.seg: Segment | None = None
         self.skipped_segments = 0  # gone (discarded by the budget) before we read them
@@ -490,13 +491,17 @@ class Follower:
     def _abandoned(self, seg: Segment) -> bool:
         return any(n > seg.n for n in segments(self.dir))
 
-    def commit(self, mark: Callable[[], int | None] | None = None) -> None:
+    def commit(self, mark: Callable[[], int | None] | None = None, every: float = 0.0) -> None:
         """Everything read so far is durable in our sink; `mark()`: where the
         sink is now (kept beside the position: what it wrote after it, a
-        batch cut short by a kill, is known at the restart)."""
+        batch cut short by a kill, is known at the restart).  Not again
+        within `every` s of the last commit (a position file is an fdatasync)."""
         if self.pos != self.committed:
+            now = time.monotonic()
+            if now - self._committed_at < every:
+                return
             commit_position(self.dir, self.consumer, self.pos, mark() if mark else None)
-            self.committed = self.pos
+            self.committed, self._committed_at = self.pos, now
 
     def lag(self) -> Lag:
         cap = self.capture()

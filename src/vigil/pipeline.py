@@ -59,6 +59,12 @@ from .signals import ServiceSignals, StopDrain, add_unread
 
 log = logging.getLogger("vigil")
 
+# A batch under GATHER_BELOW events is followed by a GATHER s pause: at a
+# trickle of events, 5 batches a second instead of one per capture drain
+GATHER_BELOW, GATHER = 1000, 0.2
+# s between two commits of the log position (a restart re-reads at most
+# this much, and drops what the store already holds: AlreadyStored)
+COMMIT_EVERY = 0.5
 # s between two reports of an unchanged status (the capture's word, the
 # agent's record): often enough for `vigil status` (stale past 15 s)
 QUIET_REPORT = 5.0
@@ -236,8 +242,8 @@ class LogSource:
             fol.last_ts_ns = events[-1]["ts_ns"]
         return events
 
-    def commit(self) -> None:
-        self.follower.commit(self.mark)
+    def commit(self, force: bool = False) -> None:
+        self.follower.commit(self.mark, every=0.0 if force else COMMIT_EVERY)
 
     mark: Callable[[], int | None] | None = None  # the store's last row (assemble sets it)
 
@@ -318,7 +324,7 @@ class ReplaySource:
             return events
         return [] if self.done else self._next()
 
-    def commit(self) -> None:
+    def commit(self, force: bool = False) -> None:
         pass
 
     def close(self) -> None:
@@ -448,6 +454,8 @@ class Pipeline:
         return snap
 
     def close(self) -> None:
+        if self.store is None or not self.store.pending:
+            self.source.commit(force=True)  # what the last turns stored
         for sink in self.sinks:
             with contextlib.suppress(BrokenPipeError):
                 sink.close()
@@ -664,10 +672,15 @@ def analyse(
                 time.sleep(0.25)
                 pipe.loop.turn(0)
                 continue
-            if not pipe.turn():
+            n = pipe.turn()
+            if not n:
                 pipe.loop.turn(idle_wait)
             else:
                 pipe.loop.turn(0)
+                if n < GATHER_BELOW and wake_fd >= 0:
+                    # a trickle: let the next batch gather (each costs a store
+                    # commit); an event is still queryable well within a second
+                    time.sleep(GATHER)
         # the stop: finish what the capture wrote, within the grace period
         grace = settings.log.analysis_grace
         deadline = (stopped_at[0] if stopped_at else time.monotonic()) + grace
