@@ -681,6 +681,7 @@ def analyse(
                     # a trickle: let the next batch gather (each costs a store
                     # commit); an event is still queryable well within a second
                     time.sleep(GATHER)
+                    pipe.loop.turn(0)  # what the capture said meanwhile (a storm?)
         # the stop: finish what the capture wrote, within the grace period
         grace = settings.log.analysis_grace
         deadline = (stopped_at[0] if stopped_at else time.monotonic()) + grace
