@@ -15,6 +15,7 @@ import pytest
 
 from helpers import start_vigil, stop_vigil, vigil
 from test_detect_baseline import _listen_connect
+from vigil import summaries
 from vigil.detect.baseline import Baseline
 from vigil.outputs.store import Store
 
@@ -27,9 +28,9 @@ def _show(db: str, kind: str) -> list[dict]:
     return [json.loads(x) for x in res.stdout.splitlines()]
 
 
-def _monitor(db: str, *sensors: str):
+def _monitor(db: str, *sensors: str, extra: tuple[str, ...] = ()):
     args = ["monitor", "-q", "--db", db, "--no-rules", "--baseline-learn", f"{LEARN}s"]
-    args += ["--summary-interval", "1", "--status-interval", "1"]
+    args += ["--summary-interval", "1", "--status-interval", "1", *extra]
     for s in sensors:
         args += ["--sensor", s]
     return start_vigil(*args)
@@ -38,8 +39,10 @@ def _monitor(db: str, *sensors: str):
 def test_listen_learned_from_counters_then_armed(tmp_path):
     db = str(tmp_path / "db")
     # 1. learning, with the listen sensor off: no listen event is processed,
-    #    the kernel's `listens` counter still sees the listener
-    proc = _monitor(db, "exec", "fork", "exit")
+    #    the kernel's `listens` counter still sees the listener (asked for:
+    #    by default a counter runs with its sensor only)
+    listens = "listens=" + summaries.DEFAULT_SUMMARIES["listens"]
+    proc = _monitor(db, "exec", "fork", "exit", extra=("--summary", listens))
     try:
         port = _listen_connect(0)
         deadline = time.monotonic() + 20
@@ -90,7 +93,6 @@ def test_listen_learned_from_counters_then_armed(tmp_path):
 
 def _counted_listen(tmp_path) -> tuple[list, int]:
     """Real rows of the `listens` counter after a real listener."""
-    from vigil import summaries
     from vigil.argdist import Aggregation, parse
 
     agg = Aggregation(parse(summaries.DEFAULT_SUMMARIES["listens"]))

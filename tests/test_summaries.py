@@ -32,8 +32,17 @@ def test_monitor_counts_in_kernel_and_stores_per_interval(tmp_path):
     db = tmp_path / "s.db"
     proc = subprocess.Popen(
         vigil_argv(
-            "monitor", "--db", str(db), "-q", "--summary-interval", "0.5", "--sensor", "exec"
-        ),
+            "monitor",
+            "--db",
+            str(db),
+            "-q",
+            "--summary-interval",
+            "0.5",
+            "--sensor",
+            "exec",
+            "--sensor",
+            "capable",
+        ),  # fmt: skip
         stderr=subprocess.PIPE,
     )
     line = proc.stderr.readline()
@@ -57,6 +66,8 @@ def test_monitor_counts_in_kernel_and_stores_per_interval(tmp_path):
     assert total == N
     execs = [i for i in intervals if i["name"] == "execs"]
     assert execs, "the execs counter is stored too"
+    # a default counter runs with its sensor only: no connect or listen sensor here
+    assert {i["name"] for i in intervals} == {"capabilities", "execs"}
     # compact: one row per interval per counter, not one per event
     row_bytes = sum(len(orjson.dumps(i["counts"])) for i in intervals) / len(intervals)
     assert row_bytes < 4096

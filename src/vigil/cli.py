@@ -143,9 +143,8 @@ def monitor(ctx, config_path, summary_specs, no_summaries, as_json, quiet, durat
             **{n: s for n, _eq, s in (v.partition("=") for v in summary_specs)},
         }
     settings = config.overlay(settings, explicit)
-    specs = config.summary_specs(settings)
-    if summary_specs and not no_summaries:
-        specs = summaries.parse_option(summary_specs, base=specs)
+    if summary_specs and not no_summaries:  # a bad spec fails before any sensor loads
+        summaries.parse_option(summary_specs, base=config.summary_specs(settings))
     db_path = settings.store.path
     names = list(settings.sensors.enable) or _available_sensors()
     options = watchlist.sensor_options(tuple(settings.sensors.files.watch), given["watch_file"])
@@ -165,6 +164,9 @@ def monitor(ctx, config_path, summary_specs, no_summaries, as_json, quiet, durat
     )
     _say_skipped(session)
     names = [sensor.name for sensor in session.sensors]
+    specs = config.summary_specs(settings, names)  # a default counter goes with its sensor
+    if summary_specs and not no_summaries:
+        specs = summaries.parse_option(summary_specs, base=specs)
     run = pipeline.Run(
         alert_window=given["alert_window"],
         baseline_learn=given["baseline_learn"],

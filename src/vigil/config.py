@@ -15,7 +15,7 @@ import difflib
 import logging
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import click
@@ -252,13 +252,22 @@ def _summary_specs(table: Any, where: str, problems: list[str]) -> dict[str, str
 
 
 # -- the effective summaries -----------------------------------------------------------
-def summary_specs(settings: Settings) -> dict[str, str]:
-    """name -> spec the monitor keeps: the defaults (unless turned off),
-    then the file's table ("" drops a name)."""
+def summary_specs(settings: Settings, sensors: Collection[str] | None = None) -> dict[str, str]:
+    """name -> spec the monitor keeps: the defaults (unless turned off; with
+    `sensors`, those of a running sensor only), then the file's table (""
+    drops a name)."""
     s = settings.summaries
     if not s.enabled:
         return {}
-    out = dict(summaries.DEFAULT_SUMMARIES) if s.defaults else {}
+    out = (
+        {
+            name: spec
+            for name, spec in summaries.DEFAULT_SUMMARIES.items()
+            if sensors is None or summaries.DEFAULT_SENSOR[name] in sensors
+        }
+        if s.defaults
+        else {}
+    )
     for name, spec in s.specs.items():
         if spec:
             out[name] = spec

@@ -586,7 +586,7 @@ def _reloader(settings: Settings, run: Run, pipe: Pipeline):
         reloader.apply(
             "summaries",
             lambda new: pipe.summaries.reconfigure(
-                config.summary_specs(new), new.summaries.interval
+                config.summary_specs(new, run.sensors), new.summaries.interval
             ),
         )
     return reloader

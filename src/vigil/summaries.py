@@ -29,6 +29,15 @@ DEFAULT_SUMMARIES: dict[str, str] = {
     # TCP_LISTEN: the baseline's `listen` kind learns from it too (detect/baseline.py)
     "listens": "t:sock:inet_sock_set_state():u16:comm,sport:newstate==10&&protocol==6",
 }
+# The sensor each default counter goes with: it runs only when that sensor
+# does.  `connects` and `listens` sit on a tracepoint every TCP state change
+# fires: a monitor of accepts alone paid ~10% of an accept storm for them.
+DEFAULT_SENSOR: dict[str, str] = {
+    "capabilities": "capable",
+    "connects": "connect",
+    "execs": "exec",
+    "listens": "listen",
+}
 
 
 # A summary's name is a key in the store and a heading in `vigil summaries`.
