@@ -42,7 +42,7 @@ def test_monitor_counts_in_kernel_and_stores_per_interval(tmp_path):
             "exec",
             "--sensor",
             "capable",
-        ),  # fmt: skip
+        ),
         stderr=subprocess.PIPE,
     )
     line = proc.stderr.readline()
