@@ -176,6 +176,20 @@ def test_an_explicit_flag_wins_over_the_file_a_default_does_not(tmp_path):
     assert (s.ring.size_mb, s.status.interval, s.sensors.enable) == (16, 3.0, ["fork"])
 
 
+def test_every_flag_of_a_setting_wins_over_the_file(tmp_path):
+    # each option made from a setting, given with a value unlike the file's
+    # and the default: the run gets it (--storm-rate and --storm-hold were
+    # once missing from a hand-kept list, so silently ignored)
+    f = tmp_path / "v.toml"
+    f.write_text("[log]\nstorm_rate = 7\nstorm_hold = 7.0\n")
+    s = _effective(["--storm-rate", "1234", "--storm-hold", "5"], f)
+    assert (s.log.storm_rate, s.log.storm_hold) == (1234, 5.0)
+    for command in (monitor, record):
+        for param in command.params:
+            if param.help and any(param.help == st.help_of(d) for d in st.leaves(st.DEFAULTS)):
+                assert param.name in config.OPTION_SETTINGS, param.name
+
+
 # -- hostile input: one line per problem, never a traceback --------------------------------
 KEYS = [k.split(".") for k in st.leaves(st.DEFAULTS)]
 toml_values = hs.one_of(

@@ -307,8 +307,10 @@ def overlay(settings: Settings, explicit: dict[str, Any]) -> Settings:
     return settings
 
 
-# click parameter name -> setting.  Options not named here do not come from
-# the file (per-run choices: --json, --duration, --quiet).
+# click parameter name -> setting: those made by option() register here
+# themselves (a flag missing from a hand-kept list was silently ignored).
+# Options not named here do not come from the file (per-run choices:
+# --json, --duration, --quiet).
 OPTION_SETTINGS = {
     "sensor_names": "sensors.enable",
     "ring_mb": "ring.size_mb",
@@ -329,7 +331,11 @@ OPTION_SETTINGS = {
 
 
 def option(dotted: str, *decls: str, **kwargs):
-    """A click option whose default, type and help come from the setting."""
+    """A click option whose default, type and help come from the setting,
+    and whose value, when given, overrides it (explicit_options)."""
+    name = click.Option(list(decls)).name
+    if OPTION_SETTINGS.setdefault(name, dotted) != dotted:
+        raise ValueError(f"option {name} names both {OPTION_SETTINGS[name]} and {dotted}")
     kind = st.param_type(dotted)
     kwargs.setdefault("default", st.default(dotted))
     kwargs.setdefault("show_default", True)
