@@ -182,6 +182,26 @@ def test_the_analysis_waits_out_a_storm_then_stores_every_event(tmp_path, accept
     assert n == row["emitted"] - row["lost"], (n, row)
 
 
+def test_the_analysis_hears_a_storm_at_once(tmp_path, accept_storm):
+    """The capture's wake-up says "storm" within a tenth of a second, so the
+    analysis stores next to nothing while a storm runs (when the capture's
+    report each second alone decided, the storm's first second was analysed,
+    on the workload's CPUs)."""
+    db = tmp_path / "events.db"
+    proc = _monitor(db, "--storm-rate", "500")
+    try:
+        _storm(accept_storm, 4)
+        during, _ = _rows(db)
+        _wait_caught_up(db)
+    finally:
+        err = _stop(proc)
+    assert proc.returncode == 0, err
+    assert b"waiting out a storm" in err
+    n, distinct = _rows(db)
+    assert n > 5000 and n == distinct
+    assert during < n * 0.1, (during, n)
+
+
 def test_analysis_killed_mid_storm_resumes_without_loss_or_duplicates(tmp_path, accept_storm):
     db = tmp_path / "events.db"
     proc = _monitor(db)
