@@ -115,7 +115,7 @@ class LogSettings:
     # a storm's events wait in the log rather than compete with the workload for
     # CPU: the analysis catches up once the rate falls (docs/eventlog.md)
     storm_rate: int = knob(
-        5000,
+        20000,
         click.IntRange(0, 1 << 30),
         "Events/s captured above which the analysis waits for the storm to pass; 0: never waits.",
     )
