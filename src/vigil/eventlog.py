@@ -82,18 +82,18 @@ class JsonFile:
 
     def __init__(self, path: str):
         self.path = path
-        self._seen: tuple | None = None
+        self.seen: tuple | None = None  # (inode, mtime, ctime, size) of what was read
         self._obj: dict = {}
 
     def read(self) -> dict:
         try:
             st = os.stat(self.path)
         except OSError:
-            self._seen, self._obj = None, {}
+            self.seen, self._obj = None, {}
             return self._obj
         seen = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-        if seen != self._seen:
-            self._seen, self._obj = seen, read_json(self.path)
+        if seen != self.seen:
+            self.seen, self._obj = seen, read_json(self.path)
         return self._obj
 
 
@@ -531,6 +531,11 @@ class Follower:
     def capture(self) -> dict:
         """The capture's last word (do not modify: it is cached)."""
         return self._capture.read()
+
+    def capture_version(self) -> tuple | None:
+        """Which of the capture's words is there: changes when it writes one."""
+        self._capture.read()
+        return self._capture.seen
 
     def close(self) -> None:
         if self.seg is not None:
