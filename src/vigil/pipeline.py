@@ -179,6 +179,7 @@ class LogSource:
         self.damage = recorder.Damage()
         self.received: dict[str, int] = {}
         self._decoders: dict[str, tuple] = {}
+        self._segment: tuple = (None, None)  # (segment number, its decoder)
         self._resumed = False
         self.finish = recorder.finish_hooks()
 
@@ -192,11 +193,16 @@ class LogSource:
             self.table.keys = Keys(boot)
 
     def _decoder(self, seg: eventlog.Segment):
+        """The segment's decoder: looked up once per segment (every batch
+        asks), shared by segments of the same objects and clock."""
+        if self._segment[0] == seg.n:
+            return self._segment[1]
         self._identify(seg)
         key = json.dumps([seg.meta["objects"], seg.meta["boot_offset_ns"]], sort_keys=True)
         if key not in self._decoders:
             self._decoders[key] = recorder.decoder_for(seg.path, seg.meta)
-        return self._decoders[key]
+        self._segment = (seg.n, self._decoders[key])
+        return self._segment[1]
 
     def _resume(self, seg: eventlog.Segment, offset: int) -> None:
         """Starting inside a segment: the process table as it was at our
