@@ -167,20 +167,26 @@ def test_failed_relative_open_is_made_absolute(tree):
         agent.session.close()
 
 
-# Two threads: one opens through a buffer, the other flips the buffer between
-# a watched and a plain name of the same length.  Each open's fd is kept; the
-# child prints fd -> the file really opened.
-RACE = """
+# The Phantom Attack's child: a thread flips a path buffer (`buf`) between a
+# watched name (argv[1]) and an unwatched one (argv[2]), each written with its
+# NUL, while the main thread passes `buf` to a path call.
+FLIPPER = """
 import ctypes, threading
 libc = ctypes.CDLL(None, use_errno=True)
 W, P = sys.argv[1].encode(), sys.argv[2].encode()
-buf = ctypes.create_string_buffer(W, len(W) + 1)
+buf = ctypes.create_string_buffer(max(len(W), len(P)) + 1)
 stop = False
 def flip():
     while not stop:
-        ctypes.memmove(buf, P, len(P))
-        ctypes.memmove(buf, W, len(W))
+        ctypes.memmove(buf, P, len(P) + 1)
+        ctypes.memmove(buf, W, len(W) + 1)
 t = threading.Thread(target=flip); t.start()
+"""
+
+# Each open's fd is kept; the child prints fd -> the file really opened.
+RACE = (
+    FLIPPER
+    + """
 fds, plain, nsecret = [], 0, 0
 for i in range(200000):  # until both names were opened a few times
     fd = libc.open(buf, 0)
@@ -201,6 +207,7 @@ for fd in fds:
     print(fd, os.readlink(f'/proc/self/fd/{fd}'))
 print('secret-opens', nsecret)
 """
+)
 
 
 def test_racing_thread_rewriting_the_path_reports_the_file_opened(tree):
@@ -328,17 +335,9 @@ def test_path_calls_through_unnormalised_paths_are_matched_by_the_kernel(tree):
 # A thread flips the path between a watched and an unwatched file while the
 # main thread chmods it; after each call the child finds which file the kernel
 # changed (both reset first, by fd: fchmod, another syscall).
-CHMOD_RACE = """
-import ctypes, threading
-libc = ctypes.CDLL(None, use_errno=True)
-W, P = sys.argv[1].encode(), sys.argv[2].encode()
-buf = ctypes.create_string_buffer(W, len(W) + 1)
-stop = False
-def flip():
-    while not stop:
-        ctypes.memmove(buf, P, len(P) + 1)
-        ctypes.memmove(buf, W, len(W) + 1)
-t = threading.Thread(target=flip); t.start()
+CHMOD_RACE = (
+    FLIPPER
+    + """
 fw, fp = os.open(W, os.O_RDONLY), os.open(P, os.O_RDONLY)
 hits = {W: 0, P: 0}
 for i in range(3000):
@@ -351,6 +350,7 @@ for i in range(3000):
 stop = True; t.join()
 print(hits[W], hits[P])
 """
+)
 
 
 def test_a_path_rewritten_around_a_chmod_neither_hides_nor_forges_it(tree):
