@@ -77,3 +77,31 @@ def test_a_burst_while_the_reader_sleeps_is_all_there_at_its_next_drain():
         events = [e for e in session.read() if e["kind"] == "exec" and e["uid"] == UID]
         trues = [e for e in events if e["ret"] == 0 and e["filename"] == b"/bin/true"]
         assert len(trues) == 300
+
+
+def test_a_record_right_after_a_forced_wake_up_is_not_left_asleep():
+    # The timing an evader would pick: a second record inside quiet_wake_ns
+    # of the first (it forces no wake-up), just as the reader, having read
+    # the first, might go back to sleep.  The reader polls for twice the
+    # latency after any record, so the second arrives within it, not at
+    # the 30 s idle timeout.
+    with loader.Session(
+        ["exec"], ring_bytes=1 << 20, latency=0.05, rodata={"targ_uid": UID}
+    ) as session:
+        _quiet(session)
+        script = "/bin/true; /bin/true"  # two execs a few ms apart
+        timer = threading.Timer(
+            0.3, lambda: subprocess.run(["sh", "-c", script], user=UID, check=True)
+        )
+        timer.start()
+        seen, t0 = [], time.monotonic()
+        while len(seen) < 2 and time.monotonic() - t0 < 10:
+            session.wait(session.poll_wait(0.05, idle=30.0))
+            seen += [
+                e
+                for e in session.read()
+                if e["kind"] == "exec" and e["ret"] == 0 and e["filename"] == b"/bin/true"
+            ]
+        timer.join()
+        assert len(seen) == 2
+        assert time.monotonic() - t0 < 3.0  # woken, then polled: never the idle timeout
