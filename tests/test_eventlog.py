@@ -202,6 +202,37 @@ def test_the_analysis_hears_a_storm_at_once(tmp_path, accept_storm):
     assert during < n * 0.1, (during, n)
 
 
+def _waiting_runs(err: bytes) -> int:
+    """How many separate holds the status lines show."""
+    runs, before = 0, False
+    for line in err.decode(errors="replace").splitlines():
+        now = "waiting out a storm" in line
+        runs += now and not before
+        before = now
+    return runs
+
+
+def test_storms_one_after_another_cannot_chain_holds(tmp_path, accept_storm):
+    """An attacker's storms, back to back with a short pause, each longer
+    than the hold: only the first is waited out; the second finds the first's
+    backlog unread and is analysed as it comes (alerts are late by one hold
+    and its catching up, not by one hold per storm)."""
+    db = tmp_path / "events.db"
+    proc = _monitor(db, "--storm-rate", "500", "--storm-hold", "2")
+    try:
+        _storm(accept_storm, 10)  # its hold ends while it runs: a backlog of seconds
+        time.sleep(3)  # long enough for the storm to be seen over, too short to catch up
+        _storm(accept_storm, 4)
+        _wait_caught_up(db)
+    finally:
+        err = _stop(proc)
+    assert proc.returncode == 0, err
+    assert _waiting_runs(err) == 1, err[-3000:]
+    n, distinct = _rows(db)
+    row = _accept_row(_status(db))
+    assert n == distinct and n == row["emitted"] - row["lost"], (n, row)
+
+
 def test_analysis_killed_mid_storm_resumes_without_loss_or_duplicates(tmp_path, accept_storm):
     db = tmp_path / "events.db"
     proc = _monitor(db)

@@ -708,6 +708,8 @@ def analyse(
                 continue
             n = pipe.turn()
             if not n:
+                if not storm.drained:  # nothing read: at the end, or between segments?
+                    storm.drained = pipe.source.follower.lag().bytes == 0
                 pipe.loop.turn(idle_wait)
             else:
                 pipe.loop.turn(0)
@@ -1083,7 +1085,9 @@ class StormHold:
     while the backlog holds less than half the log budget.  The events wait
     in the log (nothing is lost; lag grows and is shown), and the workload's
     CPUs are left to the workload; the analysis catches up once the rate
-    falls.  An attacker's storm delays alerts by `storm_hold` at most."""
+    falls.  An attacker's storm delays alerts by `storm_hold` at most, and
+    storms one after another cannot chain holds: a new one waits until the
+    analysis has read the whole log since the last (`drained`)."""
 
     def __init__(self, settings: Settings, follower: Follower):
         lg = settings.log
@@ -1094,7 +1098,7 @@ class StormHold:
         self.checked = 0.0
         self.answer = False
         self.heard = -1.0  # when the capture last said "storm" with a wake-up
-        self.holds = 0  # storms waited out (status, tests)
+        self.drained = True  # the analysis read to the log's end since the last hold
 
     def signal(self) -> None:
         """The capture sees a storm now (its wake-up said so)."""
@@ -1116,8 +1120,10 @@ class StormHold:
             self.since, self.answer = None, False
             return False
         if self.since is None:
-            self.since = now
-            self.holds += 1
+            if not self.drained:  # the last hold's backlog first
+                self.answer = False
+                return False
+            self.since, self.drained = now, False
         self.answer = now - self.since < self.longest and self.follower.lag().bytes < self.budget
         return self.answer
 
