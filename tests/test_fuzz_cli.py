@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import sqlite3
+import struct
 import tempfile
 
 import click
@@ -30,7 +31,7 @@ from hypothesis import strategies as st
 from inprocess import assert_user_facing, event, make_store, run
 from vigil import cli, options, summaries
 from vigil.argdist import parse
-from vigil.errors import VigilError
+from vigil.errors import ConfigError, VigilError
 from vigil.outputs import store as store_module
 from vigil.tools import live, tcpconnect
 
@@ -486,6 +487,46 @@ def test_fuzz_hostile_elf_for_uprobes_and_usdt(tmp_path):
                 pass
 
     check()
+
+
+@pytest.mark.skipif(not os.path.exists(_ELF), reason="build/bin/usdt-probe not built")
+@pytest.mark.parametrize("name", [".symtab", ".dynsym", ".note.stapsdt"])
+def test_a_section_named_as_symbols_or_notes_but_of_another_type_is_ignored(tmp_path, name):
+    """What the fuzzer found: a crafted file giving `.symtab` to an SHT_NULL
+    section crashed the symbol reader (pyelftools hands back a NullSection).
+    A section is used only when its type is the one its name promises."""
+    from elftools.elf.elffile import ELFFile
+
+    from vigil import elf
+    from vigil.argdist import targets
+
+    with open(_ELF, "rb") as f:
+        data = bytearray(f.read())
+        f.seek(0)
+        parsed = ELFFile(f)
+        index = next(i for i, sec in enumerate(parsed.iter_sections()) if sec.name == name)
+        header = parsed["e_shoff"] + index * parsed["e_shentsize"]
+    struct.pack_into("<I", data, header + 4, 0)  # sh_type: SHT_NULL
+    path = tmp_path / "hostile"
+    path.write_bytes(bytes(data))
+
+    def read(reader):
+        try:
+            return reader(str(path))
+        except ConfigError as err:  # the one-line error a user sees
+            assert "not a readable ELF file" in str(err)
+            return None
+
+    symbols = read(lambda p: elf._read_symbols.__wrapped__(p, 0, 0))
+    probes = read(targets.usdt_probes.__wrapped__)
+    if name == ".note.stapsdt":
+        assert probes == ()  # the probes' notes are gone, not misread
+        assert "main" in symbols
+    elif name == ".symtab":
+        assert symbols is not None and "main" not in symbols  # nothing read from it
+        assert probes == (("vigil", "probe", 1),)
+    else:  # the other sections that link to .dynsym make the file unreadable: said so
+        assert symbols is None
 
 
 def _cache_files():

@@ -8,6 +8,7 @@ import struct
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from .errors import ConfigError
 
@@ -46,7 +47,7 @@ def _read_symbols(path: str, _inode: int, _mtime_ns: int) -> dict[str, int]:
             out: dict[str, int] = {}
             for section_name in (".dynsym", ".symtab"):
                 sec = elf.get_section_by_name(section_name)
-                if sec is None:
+                if not isinstance(sec, SymbolTableSection):  # absent, or a name on another type
                     continue
                 for sym in sec.iter_symbols():
                     if sym["st_info"]["type"] != "STT_FUNC" or not sym["st_value"]:

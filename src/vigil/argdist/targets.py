@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection
 
 from .. import paths
 from ..elf import MALFORMED as MALFORMED_ELF
@@ -62,8 +63,8 @@ def usdt_probes(path: str) -> tuple[tuple[str, str, int], ...]:
             elf = ELFFile(f)
             addr = 8 if elf.elfclass == 64 else 4
             for sec in elf.iter_sections():
-                if sec.name != ".note.stapsdt":
-                    continue
+                if sec.name != ".note.stapsdt" or not isinstance(sec, NoteSection):
+                    continue  # (a crafted file may give the name to another type)
                 for note in sec.iter_notes():
                     desc = note["n_descdata"]
                     if isinstance(desc, str):
