@@ -213,15 +213,21 @@ def _waiting_runs(err: bytes) -> int:
 
 
 def test_storms_one_after_another_cannot_chain_holds(tmp_path, accept_storm):
-    """An attacker's storms, back to back with a short pause, each longer
-    than the hold: only the first is waited out; the second finds the first's
-    backlog unread and is analysed as it comes (alerts are late by one hold
-    and its catching up, not by one hold per storm)."""
+    """An attacker's storms, one after another, each longer than the hold:
+    only the first is waited out; the second finds the first's backlog unread
+    and is analysed as it comes (alerts are late by one hold and its catching
+    up, not by one hold per storm)."""
     db = tmp_path / "events.db"
     proc = _monitor(db, "--storm-rate", "500", "--storm-hold", "2")
     try:
-        _storm(accept_storm, 10)  # its hold ends while it runs: a backlog of seconds
-        time.sleep(3)  # long enough for the storm to be seen over, too short to catch up
+        _storm(accept_storm, 6)  # its hold ends while it runs: a backlog of seconds
+        # between the storms the analysis sees the first one end, but (held
+        # back here, so however fast this host) it cannot read the backlog
+        analysis = _analysis_pid(proc)
+        os.kill(analysis, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(analysis, signal.SIGCONT)
+        time.sleep(1.0)
         _storm(accept_storm, 4)
         _wait_caught_up(db)
     finally:
