@@ -41,6 +41,26 @@ const volatile __u8 skip_noaudit = 0;	/* drop checks known to be CAP_OPT_NOAUDIT
 const volatile __u8 unique = 0;		/* report a repeated check once */
 
 /*
+ * The memory-accounting check: cap_vm_enough_memory() asks whether the
+ * process has CAP_SYS_ADMIN to size its overcommit reserve, on every exec,
+ * fork, mmap and brk of every process.  Never audited, it grants nothing,
+ * and on kernels whose cap_capable() is reached by fexit or kprobes it is
+ * not seen at all (inlined there).  The tracepoint does not say who asked
+ * (no `opts`), so the caller is read from the kernel stack: a return
+ * address in cap_vm_enough_memory(), or in security_vm_enough_memory_mm()
+ * where that is inlined (6.18).  Their text, [start, end), is found in
+ * kallsyms by user space; 0: unknown, and every check is kept.
+ */
+const volatile __u64 acct_fn_start = 0;		/* cap_vm_enough_memory */
+const volatile __u64 acct_fn_end = 0;
+const volatile __u64 acct_hook_start = 0;	/* security_vm_enough_memory_mm */
+const volatile __u64 acct_hook_end = 0;
+const volatile __u8 skip_accounting = 0;	/* drop those checks (the monitor) */
+#define CAP_SYS_ADMIN 21
+/* [0] is cap_capable() itself, [1] its caller; one more in case */
+#define ACCT_FRAMES 3
+
+/*
  * --unique: what makes a check "the same".  The syscall in progress: a
  * mount's CAP_SYS_ADMIN is news even after the one every exec makes for
  * memory accounting (execve, mmap).  The process image, not just
@@ -189,11 +209,38 @@ static __always_inline enum capable_audit audit_of(unsigned int opts)
 	return opts & CAP_OPT_NOAUDIT ? CAPABLE_AUDIT_NO : CAPABLE_AUDIT_YES;
 }
 
+/* Whether the memory accounting made this check (see acct_fn_start). */
+static __always_inline bool accounting_check(void *ctx)
+{
+	__u64 ips[ACCT_FRAMES];
+	long len;
+
+	if (!acct_fn_start && !acct_hook_start)
+		return false;
+	len = bpf_get_stack(ctx, ips, sizeof(ips), 0);
+	for (int i = 0; i < ACCT_FRAMES; i++) {
+		if (len < (i + 1) * (long)sizeof(ips[0]))
+			break;
+		if ((ips[i] >= acct_fn_start && ips[i] < acct_fn_end) ||
+		    (ips[i] >= acct_hook_start && ips[i] < acct_hook_end))
+			return true;
+	}
+	return false;
+}
+
 /* -- tracepoint (6.14+) ---------------------------------------------------------- */
 SEC("tracepoint/capability/cap_capable")
 int handle_cap_capable(struct trace_event_raw_cap_capable *ctx)
 {
-	return emit(ctx->cred, ctx->target_ns, ctx->cap, ctx->ret, CAPABLE_AUDIT_UNKNOWN);
+	enum capable_audit audit = CAPABLE_AUDIT_UNKNOWN;
+
+	/* the stack is read only for CAP_SYS_ADMIN, the one accounting asks */
+	if (ctx->cap == CAP_SYS_ADMIN && accounting_check(ctx)) {
+		if (skip_accounting)
+			return 0;
+		audit = CAPABLE_AUDIT_NO;
+	}
+	return emit(ctx->cred, ctx->target_ns, ctx->cap, ctx->ret, audit);
 }
 
 /*

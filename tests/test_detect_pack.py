@@ -155,6 +155,11 @@ class Scenario:
         p = subprocess.Popen(["/usr/bin/true"])  # every exec makes a noaudit CAP_SYS_ADMIN check
         p.wait(timeout=30)
         self.ids["sys_admin_benign"] = p.pid
+        # ... and every fork (syscall clone): it alerted for any root program that forked
+        fork = "import os\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)"
+        p = subprocess.Popen([PY, "-c", fork])
+        p.wait(timeout=30)
+        self.ids["sys_admin_forks"] = p.pid
 
     def port(self):
         ids = {}
@@ -277,6 +282,7 @@ def test_cap_sys_admin_noaudit_checks_stay_quiet(pack_alerts):
     ids, alerts, caps = pack_alerts
     pids = {a["event"]["pid"] for a in of(alerts, "sys_admin")}
     assert ids["sys_admin_benign"] not in pids  # the noaudit check every exec makes
+    assert ids["sys_admin_forks"] not in pids  # and every fork
     mine = [
         c for c in caps if c["pid"] == ids["sys_admin_trigger"] and c["cap_name"] == "CAP_SYS_ADMIN"
     ]

@@ -9,6 +9,7 @@ and in /run/vigil, keyed by boot id, so only the first run after boot pays.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import json
@@ -132,6 +133,36 @@ def _kallsyms() -> frozenset[str]:
             return frozenset(line.split()[2] for line in f)
     except OSError:
         return frozenset()
+
+
+@functools.cache
+def _kernel_text() -> tuple[dict[str, int], list[int]]:
+    """Core kernel text symbols from kallsyms: name -> address, and every
+    address sorted.  Empty when addresses are hidden (kptr_restrict, not root)."""
+    names: dict[str, int] = {}
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                # a module's symbols end in [module]: only the core kernel's
+                if len(parts) == 3 and parts[1] in ("t", "T"):
+                    names.setdefault(parts[2], int(parts[0], 16))
+    except (OSError, ValueError):
+        return {}, []
+    if not any(names.values()):
+        return {}, []  # all zeros: hidden from this reader
+    return names, sorted(set(names.values()))
+
+
+def function_range(name: str) -> tuple[int, int]:
+    """[start, end) of a kernel function's text: its address and the next
+    text symbol's.  (0, 0) when unknown (no such function, addresses hidden)."""
+    names, addrs = _kernel_text()
+    start = names.get(name, 0)
+    if not start:
+        return 0, 0
+    i = bisect.bisect_right(addrs, start)
+    return (start, addrs[i]) if i < len(addrs) else (0, 0)
 
 
 def target_exists(feature: str, target: str) -> bool:

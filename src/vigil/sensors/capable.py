@@ -1,6 +1,6 @@
 """capable: capability checks and their verdicts (bpf/capable.bpf.c)."""
 
-from .. import caps
+from .. import caps, kernel
 from . import Attach, Sensor, hook, register, tracepoint
 
 
@@ -54,6 +54,17 @@ SENSOR = register(
         # A busy host checks CAP_SYS_ADMIN on many mmaps and CAP_SETUID on
         # every setuid(): the monitor keeps one record per process image,
         # capability, verdict and namespace kind (a denial is never hidden).
-        monitor_rodata={"unique": 1},
+        # the memory-accounting CAP_SYS_ADMIN check, told by its caller
+        # (bpf/capable.bpf.c): found in kallsyms at load
+        rodata={
+            "acct_fn_start": lambda: kernel.function_range("cap_vm_enough_memory")[0],
+            "acct_fn_end": lambda: kernel.function_range("cap_vm_enough_memory")[1],
+            "acct_hook_start": lambda: kernel.function_range("security_vm_enough_memory_mm")[0],
+            "acct_hook_end": lambda: kernel.function_range("security_vm_enough_memory_mm")[1],
+        },
+        # One record per process image, capability, verdict, namespace kind
+        # and syscall; none for the memory-accounting check, which every
+        # exec, mmap and brk makes (counted by the `capabilities` summary).
+        monitor_rodata={"unique": 1, "skip_accounting": 1},
     )
 )

@@ -22,7 +22,7 @@ _AUDIT = {"yes": "1", "no": "0"}
     "--verbose",
     is_flag=True,
     help="Include non-audit checks (CAP_OPT_NOAUDIT).  Through the tracepoint "
-    "the audit bit is unknown and every check is shown either way.",
+    "only the memory-accounting check is known as one; other checks show either way.",
 )
 @click.option(
     "--unique",
