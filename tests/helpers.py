@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 import pytest
 
-from vigil.agent import Agent, Batch
 from vigil.loader import Session
 from vigil.process import ProcessTable
+from vigil.ring_pipeline import RingPipeline, assemble_live
+from vigil.stages import Batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Waits for the kernel are multiplied by this: `make test-kernels` sets it in
@@ -71,11 +72,13 @@ def start_agent(sensors=("exec", "fork", "exit"), *, enrich=True, sinks=(), **se
         table = ProcessTable()
         table.seed()
     sink = ListSink()
-    agent = Agent(session, [sink, *sinks], processes=table, poll_interval=0.05)
+    agent = assemble_live(session, [sink, *sinks], processes=table, poll_interval=0.05)
     return agent, sink
 
 
-def pump_until(agent: Agent, sink: ListSink, done: Callable[[list[dict]], bool], timeout=10.0):
+def pump_until(
+    agent: RingPipeline, sink: ListSink, done: Callable[[list[dict]], bool], timeout=10.0
+):
     """Drive the agent until `done(events)` holds; returns the events."""
     timeout *= TIME_SCALE
     deadline = time.monotonic() + timeout

@@ -413,7 +413,7 @@ def _toml_value(value: Any) -> str:
 
 # -- SIGHUP ---------------------------------------------------------------------------------
 class Reloader:
-    """A reload hook (Agent.on_reload): re-read the file, apply what can
+    """A reload hook (RingPipeline.on_reload): re-read the file, apply what can
     change while running, and return what changed and what needs a restart
     (ServiceSignals puts it on its one SIGHUP line).  A
     broken file raises ConfigError; the signal handler's line then says the

@@ -46,7 +46,6 @@ import orjson
 
 from . import config, eventlog, gc_policy, recorder
 from . import settings as st
-from .agent import Batch, Enrich, Filter, Stage
 from .encoding import unescape
 from .errors import VigilError
 from .eventlog import Follower, Lag, LogWriter
@@ -56,6 +55,7 @@ from .outputs.store import Store
 from .process import Proc, ProcessTable
 from .settings import Settings
 from .signals import ServiceSignals, StopDrain, add_unread
+from .stages import Batch, Enrich, Filter, Stage
 
 log = logging.getLogger("vigil")
 
@@ -385,7 +385,7 @@ class LogStoreSink(StoreSink):
 @dataclass
 class Pipeline:
     loop: EventLoop
-    source: LogSource | ReplaySource
+    source: LogSource | ReplaySource  # or vigil.ring_pipeline.RingSource
     stages: list[Stage]
     sinks: list
     store: Store | None
@@ -426,6 +426,8 @@ class Pipeline:
             self.on_output_closed()
 
     def snapshot(self) -> Snapshot:
+        if not isinstance(self.source, LogSource):
+            return Snapshot(self.source.stats())  # the ring's (vigil.ring_pipeline)
         fol = self.source.follower
         cap = fol.capture()
         kinds: dict[str, dict] = {}
@@ -449,7 +451,10 @@ class Pipeline:
 
     def _seen(self) -> tuple:
         """What a status depends on, cheaply: the capture's word (replaced or
-        not), the events read, the store's state."""
+        not), the events read, the store's state.  None: it cannot tell (a
+        live tool's ring), every tick is a full one."""
+        if not isinstance(self.source, LogSource):
+            return None
         fol = self.source.follower
         store = self.store
         return (
@@ -469,7 +474,13 @@ class Pipeline:
         seen = self._seen()
         now = time.monotonic()
         last = self._last
-        if not final and last and seen == last[0] and now - last[1] < QUIET_REPORT:
+        if (
+            not final
+            and last
+            and seen is not None
+            and seen == last[0]
+            and now - last[1] < QUIET_REPORT
+        ):
             if self.summaries is not None:
                 self.summaries.status(dict(last[2].kinds))  # its flush interval
             if self.status is not None:

@@ -3,7 +3,7 @@
 A service manager, an operator or a closed pipe can send any of these; left
 at their default action each one kills the process where it stands, with
 the events in user space (and in the ring) lost and the store marked
-"running" forever.  Vigil's loops (`Agent.run`, `vigil record`, the
+"running" forever.  Vigil's loops (the live tools' `RingPipeline.run`, `vigil record`, the
 interval tools' `tools.live.every`) enter a :class:`ServiceSignals` instead:
 
 - SIGHUP: reload the configuration.  Components register a hook

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import BinaryIO, TextIO
 
-from ..agent import Batch
+from ..stages import Batch
 from ..table import TablePrinter
 from .liveness import AgentRecord
 from .store import Store

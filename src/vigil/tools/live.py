@@ -12,10 +12,10 @@ import click
 from .. import config, loader
 from .. import options as opt
 from .. import sensors as sensor_table
-from ..agent import Agent
 from ..errors import ConfigError
 from ..outputs.sinks import JsonSink, TableSink, lost_summary
 from ..process import ProcessTable
+from ..ring_pipeline import assemble_live
 from ..signals import ServiceSignals
 from ..table import Column, TablePrinter, clock_time, relative_time
 
@@ -114,12 +114,12 @@ def run_live(
         out = JsonSink() if as_json else TableSink(TablePrinter(columns))
         table = ProcessTable()
         table.seed()
-        agent = Agent(
+        pipe = assemble_live(
             session, [out, *(sinks or [])], processes=table, keep=keep, poll_interval=latency
         )
         if first is not None:
-            agent.inject(first(table))
-        stats = agent.run(duration, on_ready=lambda: ready(what))
+            pipe.inject(first(table))
+        stats = pipe.run(duration, on_ready=lambda: ready(what))
     finish(stats)
     return stats
 
