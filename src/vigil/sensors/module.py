@@ -49,8 +49,9 @@ SENSOR = register(
                 ),
                 # the return of every syscall, filtered by number first:
                 # kernels without modules still see (and refuse, ENOSYS) the
-                # attempts; raw_tp skips the perf record the classic
-                # tracepoint builds per call
+                # attempts; tp_btf reads the number with one load, raw_tp
+                # skips the perf record the classic tracepoint builds per call
+                Attach("tp_btf", "sys_exit", ("module_btf_exit",)),
                 Attach("raw_tp", "sys_exit", ("module_rawtp_exit",)),
                 Attach("tracepoint", "raw_syscalls/sys_exit", ("module_raw_exit",)),
             ),
