@@ -219,10 +219,14 @@ static __always_inline __u32 watched_dentry(struct vfsmount *vfsmnt, struct dent
 	return access ? *access : 0;
 }
 
-/* The same for an opened file. */
+/* The same for an opened file (its struct path in one read: every open). */
 static __always_inline __u32 watched_file(struct file *f)
 {
-	return watched_dentry(BPF_CORE_READ(f, f_path.mnt), BPF_CORE_READ(f, f_path.dentry));
+	struct path p = {};
+
+	if (bpf_core_read(&p, sizeof(p), &f->f_path))
+		return 0;
+	return watched_dentry(p.mnt, p.dentry);
 }
 
 static __always_inline bool is_dir(struct dentry *d)

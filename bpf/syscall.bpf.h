@@ -49,17 +49,26 @@ static __always_inline long current_syscall_nr(void)
 	return regs_syscall_nr(regs);
 }
 
-/* The struct file behind descriptor `fd` of the current task, or NULL. */
+/*
+ * The struct file behind descriptor `fd` of the current task, or NULL.
+ * Every open's return comes here: the walk to the fd array is typed
+ * loads from the task (BTF pointers, 5.11+), not a helper call each; only
+ * the array slot, a pointer to a pointer, is read with one.
+ */
 static __always_inline struct file *current_fd_file(long fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct files_struct *files = task->files;
+	struct fdtable *fdt;
 	struct file **fds;
 	struct file *f = NULL;
 
-	if (!fdt || fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+	if (!files || fd < 0)
 		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
+	fdt = files->fdt;
+	if (!fdt || fd >= fdt->max_fds)
+		return NULL;
+	fds = fdt->fd;
 	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]))
 		return NULL;
 	return f;
