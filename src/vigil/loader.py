@@ -146,8 +146,7 @@ class _Loaded:
     links: list[bpf.Link]
 
     def close(self) -> None:
-        for link in self.links:
-            link.destroy()
+        bpf.destroy_links(self.links)
         self.obj.close()
 
 
@@ -389,8 +388,7 @@ class Session:
         return out
 
     def close(self) -> None:
-        for link in self._links:
-            link.destroy()
+        bpf.destroy_links(self._links)
         self._links.clear()
         if self._epoll is not None:
             self._epoll.close()

@@ -135,8 +135,7 @@ class Aggregation:
         self._links.append(link)
 
     def close(self) -> None:
-        for link in self._links:
-            link.destroy()
+        bpf.destroy_links(self._links)
         self._links.clear()
         if self._obj is not None:
             self._obj.close()
