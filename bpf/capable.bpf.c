@@ -234,10 +234,10 @@ int handle_cap_capable(struct trace_event_raw_cap_capable *ctx)
 {
 	enum capable_audit audit = CAPABLE_AUDIT_UNKNOWN;
 
-	/* the stack (about 1 us) is read only for CAP_SYS_ADMIN, the one
-	 * accounting asks, of a process we report */
+	/* the stack (about 1 us) is read only for what accounting asks:
+	 * CAP_SYS_ADMIN against the initial user namespace, of a process we report */
 	if (ctx->cap == CAP_SYS_ADMIN && pid_wanted(bpf_get_current_pid_tgid() >> 32) &&
-	    accounting_check(ctx)) {
+	    BPF_CORE_READ(ctx->target_ns, level) == 0 && accounting_check(ctx)) {
 		if (skip_accounting)
 			return 0;
 		audit = CAPABLE_AUDIT_NO;
