@@ -51,20 +51,19 @@ SENSOR = register(
         ),
         finish=_finish,
         describe=_describe,
-        # A busy host checks CAP_SYS_ADMIN on many mmaps and CAP_SETUID on
-        # every setuid(): the monitor keeps one record per process image,
-        # capability, verdict and namespace kind (a denial is never hidden).
-        # the memory-accounting CAP_SYS_ADMIN check, told by its caller
-        # (bpf/capable.bpf.c): found in kallsyms at load
+        # The memory-accounting CAP_SYS_ADMIN check is told by its caller
+        # (bpf/capable.bpf.c), whose text is found in kallsyms at load.
         rodata={
             "acct_fn_start": lambda: kernel.function_range("cap_vm_enough_memory")[0],
             "acct_fn_end": lambda: kernel.function_range("cap_vm_enough_memory")[1],
             "acct_hook_start": lambda: kernel.function_range("security_vm_enough_memory_mm")[0],
             "acct_hook_end": lambda: kernel.function_range("security_vm_enough_memory_mm")[1],
         },
-        # One record per process image, capability, verdict, namespace kind
-        # and syscall; none for the memory-accounting check, which every
-        # exec, mmap and brk makes (counted by the `capabilities` summary).
+        # A busy host checks CAP_SYS_ADMIN on many mmaps and CAP_SETUID on
+        # every setuid(): the monitor keeps one record per process image,
+        # capability, verdict, namespace kind and syscall (a denial is never
+        # hidden), and none of the memory-accounting check, which every
+        # exec, fork, mmap and brk makes (counted by the `capabilities` summary).
         monitor_rodata={"unique": 1, "skip_accounting": 1},
     )
 )
