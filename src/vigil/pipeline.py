@@ -449,7 +449,7 @@ class Pipeline:
 
     _last: tuple | None = None  # (what the last full tick saw, when, its snapshot)
 
-    def _seen(self) -> tuple:
+    def _seen(self) -> tuple | None:
         """What a status depends on, cheaply: the capture's word (replaced or
         not), the events read, the store's state.  None: it cannot tell (a
         live tool's ring), every tick is a full one."""
