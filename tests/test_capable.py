@@ -632,3 +632,43 @@ def test_cli_hides_the_accounting_check_unless_verbose():
     verbose = seen[("-v",)]
     assert verbose and {e["audit"] for e in verbose} == {"no"}, verbose
     assert {e["syscall"] for e in verbose} >= {"execve", "mmap"}
+
+
+# -- where the accounting check's callers are (kernel.function_range) -------------------
+def test_function_range_reads_core_text_only(tmp_path):
+    """The ranges the sensor compares return addresses with: a function's
+    address to the next core text symbol's; module symbols, data and
+    hidden (all-zero) addresses give nothing to compare with."""
+    from vigil import kernel
+
+    syms = tmp_path / "kallsyms"
+    syms.write_text(
+        "ffffffff81000000 T _text\n"
+        "ffffffff81abce80 T cap_vm_enough_memory\n"
+        "ffffffff81abcea0 d some_data\n"  # data: not the end of the function
+        "ffffffff81abceb0 t __pfx_next_fn\n"
+        "ffffffffc0000000 t mod_fn\t[somemod]\n"
+        "ffffffff81ffff00 T last_fn\n"
+    )
+    assert kernel.function_range("cap_vm_enough_memory", str(syms)) == (
+        0xFFFFFFFF81ABCE80,
+        0xFFFFFFFF81ABCEB0,
+    )
+    assert kernel.function_range("mod_fn", str(syms)) == (0, 0)  # a module's
+    assert kernel.function_range("last_fn", str(syms)) == (0, 0)  # no end known
+    assert kernel.function_range("absent", str(syms)) == (0, 0)
+    hidden = tmp_path / "hidden"
+    hidden.write_text("0000000000000000 T _text\n0000000000000000 T cap_vm_enough_memory\n")
+    assert kernel.function_range("cap_vm_enough_memory", str(hidden)) == (0, 0)
+    missing = tmp_path / "missing"
+    assert kernel.function_range("cap_vm_enough_memory", str(missing)) == (0, 0)
+
+
+def test_function_range_of_this_kernel():
+    from vigil import kernel
+
+    for name in ("cap_vm_enough_memory", "security_vm_enough_memory_mm"):
+        start, end = kernel.function_range(name)
+        if not start:
+            pytest.skip(f"{name}: not in this kernel's kallsyms")
+        assert 0 < end - start < 64 << 10, (name, hex(start), hex(end))

@@ -136,12 +136,12 @@ def _kallsyms() -> frozenset[str]:
 
 
 @functools.cache
-def _kernel_text() -> tuple[dict[str, int], list[int]]:
+def _kernel_text(path: str = "/proc/kallsyms") -> tuple[dict[str, int], list[int]]:
     """Core kernel text symbols from kallsyms: name -> address, and every
     address sorted.  Empty when addresses are hidden (kptr_restrict, not root)."""
     names: dict[str, int] = {}
     try:
-        with open("/proc/kallsyms") as f:
+        with open(path) as f:
             for line in f:
                 parts = line.split()
                 # a module's symbols end in [module]: only the core kernel's
@@ -154,10 +154,10 @@ def _kernel_text() -> tuple[dict[str, int], list[int]]:
     return names, sorted(set(names.values()))
 
 
-def function_range(name: str) -> tuple[int, int]:
+def function_range(name: str, kallsyms: str = "/proc/kallsyms") -> tuple[int, int]:
     """[start, end) of a kernel function's text: its address and the next
     text symbol's.  (0, 0) when unknown (no such function, addresses hidden)."""
-    names, addrs = _kernel_text()
+    names, addrs = _kernel_text(kallsyms)
     start = names.get(name, 0)
     if not start:
         return 0, 0
