@@ -280,3 +280,28 @@ def test_sigterm_ends_a_tool_whose_reader_stopped_reading():
             proc.kill()
             proc.wait()
         os.close(r)
+
+
+@pytest.mark.parametrize("fmt", [(), ("--json",)])
+def test_closed_stdout_is_a_clean_exit_or_a_one_line_error(fmt):
+    """BUG (expected to FAIL; not new with RingPipeline): started with stdout
+    closed (`vigil execsnoop >&-`, a service unit with no stdout), the sinks
+    reach for sys.stdout, which Python sets to None: `vigil: internal
+    error: AttributeError: 'NoneType' object has no attribute ...`, exit 70.
+    A closed output is the `| head` case from the start: exit 0 (or at
+    worst a `vigil: error:` line), never an internal error."""
+    proc = subprocess.run(
+        [
+            os.path.join(os.path.dirname(os.sys.executable), "vigil"),
+            "execsnoop",
+            *fmt,
+            "--duration",
+            "0.5",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=60 * TIME_SCALE,
+        preexec_fn=lambda: os.close(1),
+    )
+    _no_crash(proc.stderr)
+    assert proc.returncode in (0, 1), proc.stderr
