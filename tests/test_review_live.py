@@ -305,3 +305,31 @@ def test_closed_stdout_is_a_clean_exit_or_a_one_line_error(fmt):
     )
     _no_crash(proc.stderr)
     assert proc.returncode in (0, 1), proc.stderr
+
+
+def test_sighup_reloads_and_the_tool_keeps_tracing():
+    """SIGHUP (twice) is a reload, not a stop: one line each, and execs
+    after it are still printed; Ctrl-C then ends it with 0."""
+    marker = unique_marker().decode()
+    proc = start_vigil("execsnoop", "--json")
+    try:
+        for _ in range(2):
+            proc.send_signal(signal.SIGHUP)
+            line = proc.stderr.readline()
+            assert b"SIGHUP" in line, line
+        subprocess.run(["/bin/true", marker], check=True)
+        for _ in range(20):  # 1 s: a stop would show by then
+            time.sleep(0.05)
+            if proc.poll() is not None:
+                break
+        assert proc.poll() is None, "SIGHUP stopped the tool"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30 * TIME_SCALE)
+        assert proc.returncode == 0, err
+        _no_crash(err)
+        args = [ev["args"] for ev in map(orjson.loads, out.splitlines())]
+        assert ["/bin/true", marker] in args
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
