@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from helpers import pump_until
+from helpers import ROOT, pump_until
 from test_capable import Child, _settle
 from test_file import _agent, _changes, _opens
 from test_file import tree as _file_tree
@@ -195,5 +195,38 @@ def test_open_by_handle_at_of_a_watched_file_is_seen(tree):
         _settle(agent, 1.0)
         got = [(e["path"], e["access"]) for e in _opens(sink.events, pid)]
         assert (os.fsencode(secret), "read") in got, got
+    finally:
+        agent.session.close()
+
+
+IA32 = os.path.join(ROOT, "build", "bin", "ia32-syscall")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="int $0x80: x86_64 only")
+def test_32bit_open_and_chmod_of_watched_files_are_seen(tree):
+    """BUG (expected to FAIL where the LSM hooks do not load, as here): the
+    open and file sensors hook syscalls:sys_exit_openat, _fchmodat...,
+    which the kernel does not fire for 32-bit syscalls (int $0x80 from any
+    64-bit process, IA32_EMULATION): a read of the watched secret and a
+    chmod of a watched file through the ia32 table leave no record.
+    Reproduce: build/bin/ia32-syscall 5 s:/etc/shadow 0   (open, O_RDONLY);
+    build/bin/ia32-syscall 15 s:/etc/passwd 0666           (chmod)."""
+    agent, sink = _agent(tree)
+    try:
+        secret, target = tree / "secret", tree / "passwd"
+        pids = []
+        for args in (["5", f"s:{secret}", "0"], ["15", f"s:{target}", str(0o606)]):
+            proc = subprocess.Popen([IA32, *args], stdout=subprocess.PIPE)
+            out, _ = proc.communicate(timeout=30)
+            assert proc.returncode == 0
+            pids.append(proc.pid)
+            if int(out) < 0:
+                pytest.skip(f"no 32-bit syscalls here: {int(out)}")
+        assert os.stat(target).st_mode & 0o777 == 0o606
+        _settle(agent, 1.0)
+        opens = [e["path"] for e in _opens(sink.events, pids[0])]
+        changes = [(e["op"], e["path"]) for e in _changes(sink.events, pids[1])]
+        assert opens == [os.fsencode(secret)], opens
+        assert changes == [("chmod", os.fsencode(target))], changes
     finally:
         agent.session.close()

@@ -130,10 +130,10 @@ def test_32bit_module_calls_are_seen(agent, nr, op):
     finit_module 350) left no record, so a loader written that way hid its
     module load.  Still open: on kernels with module support the per-call
     syscalls:* tracepoints are chosen, and they skip compat calls too.
-    Reproduce: build/bin/ia32-syscall 128 x opt  under vigil modules -> nothing."""
+    Reproduce: build/bin/ia32-syscall 128 s:x 1 s:opt  under vigil -> nothing."""
     agent, sink = agent
     _ia32_available()
-    pid, ret = _ia32(str(nr), "vigil_ia32", "p=1")
+    pid, ret = _ia32(str(nr), "s:vigil_ia32", str(len("vigil_ia32")), "s:p=1")
     if not HAS_MODULES:
         assert ret == -errno.ENOSYS
     try:

@@ -5,10 +5,10 @@
  * that compares orig_ax against the x86_64 numbers misses it (or mistakes
  * an unrelated i386 call for a module call).
  *
- *   ia32-syscall NR [STRING [PARAMS]]
- * arg1 (ebx) = STRING copied below 4 GiB, arg2 (ecx) = its length, arg3
- * (edx) = PARAMS copied below 4 GiB (NULL if absent).  Prints the raw
- * return value (-errno).  x86_64 only.
+ *   ia32-syscall NR [ARG...]   (up to 3: ebx, ecx, edx)
+ * An ARG "s:TEXT" is TEXT copied below 4 GiB (its address is passed),
+ * anything else a number.  Prints the raw return value (-errno).
+ * x86_64 only.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -18,18 +18,24 @@
 
 static unsigned int low_copy(const char *s)
 {
-	char *p;
+	char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT,
+		       -1, 0);
 
-	if (!s)
-		return 0;
-	p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT,
-		 -1, 0);
 	if (p == MAP_FAILED) {
 		perror("mmap");
 		exit(2);
 	}
 	strncpy(p, s, 4095);
 	return (unsigned int)(unsigned long)p;
+}
+
+static unsigned int arg(int argc, char **argv, int i)
+{
+	if (i >= argc)
+		return 0;
+	if (!strncmp(argv[i], "s:", 2))
+		return low_copy(argv[i] + 2);
+	return strtoul(argv[i], NULL, 0);
 }
 
 int main(int argc, char **argv)
@@ -39,13 +45,13 @@ int main(int argc, char **argv)
 	int ret;
 
 	if (argc < 2) {
-		fprintf(stderr, "usage: ia32-syscall NR [STRING [PARAMS]]\n");
+		fprintf(stderr, "usage: ia32-syscall NR [ARG...]\n");
 		return 2;
 	}
 	nr = strtoul(argv[1], NULL, 0);
-	a1 = low_copy(argc > 2 ? argv[2] : NULL);
-	a2 = argc > 2 ? strlen(argv[2]) : 0;
-	a3 = low_copy(argc > 3 ? argv[3] : NULL);
+	a1 = arg(argc, argv, 2);
+	a2 = arg(argc, argv, 3);
+	a3 = arg(argc, argv, 4);
 	__asm__ volatile("int $0x80"
 			 : "=a"(ret)
 			 : "a"(nr), "b"(a1), "c"(a2), "d"(a3)
