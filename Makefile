@@ -13,7 +13,7 @@ ARGS        ?=
 PYTEST_ARGS ?=
 
 HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target $(BIN)/accept-storm $(BIN)/failexec-storm \
-	$(BIN)/exec-tricks $(BIN)/cmdline-dump $(BIN)/uring-open \
+	$(BIN)/exec-tricks $(BIN)/cmdline-dump $(BIN)/uring-open $(BIN)/ia32-syscall \
 	build/bpf/test_rejected.bpf.o
 
 .DELETE_ON_ERROR:
@@ -84,6 +84,9 @@ $(BIN)/cmdline-dump: tests/progs/cmdline_dump.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
 
 $(BIN)/uring-open: tests/progs/uring_open.c | $(BIN)
+	$(CC) $(HELPER_CFLAGS) -o $@ $<
+
+$(BIN)/ia32-syscall: tests/progs/ia32_syscall.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
 
 # A sensor object the verifier refuses (tests/test_skip_unloadable.py); it

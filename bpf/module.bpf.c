@@ -157,11 +157,75 @@ struct raw_args {
 	unsigned long args[6];
 };
 
+/*
+ * A 32-bit syscall (int $0x80 from any process, or a 32-bit program, on
+ * x86_64 with IA32_EMULATION): orig_ax holds the ia32 table's number,
+ * where init_module is 128, delete_module 129, finit_module 350, and
+ * 175/176/313 (x86_64's init/delete/finit_module) are rt_sigprocmask,
+ * rt_sigpending and splice; the arguments are in bx, cx, dx.  Unchecked,
+ * a module load that way went unseen, and any user could forge a module
+ * call.  TS_COMPAT is what in_ia32_syscall() tests
+ * (arch/x86/include/asm/thread_info.h).
+ */
+#define VIGIL_TS_COMPAT 0x0002
+#define IA32_SYS_init_module 128
+#define IA32_SYS_delete_module 129
+#define IA32_SYS_finit_module 350
+
+/* The first filter, at every syscall: a module call's number in either table. */
+static __always_inline bool module_nr(long id)
+{
+	if (id == VIGIL_SYS_init_module || id == VIGIL_SYS_finit_module ||
+	    id == VIGIL_SYS_delete_module)
+		return true;
+#if defined(__TARGET_ARCH_x86)
+	return id == IA32_SYS_init_module || id == IA32_SYS_finit_module ||
+	       id == IA32_SYS_delete_module;
+#else
+	return false;
+#endif
+}
+
+static __always_inline bool ia32_syscall(void)
+{
+#if defined(__TARGET_ARCH_x86)
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return BPF_CORE_READ(task, thread_info.status) & VIGIL_TS_COMPAT;
+#else
+	return false;
+#endif
+}
+
 static __always_inline int exit_only(struct pt_regs *regs, long id, long ret)
 {
 	struct raw_args a = {};
 	enum module_op op;
 
+	if (!module_nr(id))
+		return 0;
+#if defined(__TARGET_ARCH_x86)
+	if (ia32_syscall()) {
+		switch (id) {
+		case IA32_SYS_init_module:
+			op = MODULE_OP_INIT_MODULE;
+			break;
+		case IA32_SYS_finit_module:
+			op = MODULE_OP_FINIT_MODULE;
+			break;
+		case IA32_SYS_delete_module:
+			op = MODULE_OP_DELETE_MODULE;
+			break;
+		default:
+			return 0;	/* a 32-bit call with a 64-bit module call's number */
+		}
+		a.args[0] = (__u32)BPF_CORE_READ(regs, bx);
+		a.args[1] = (__u32)BPF_CORE_READ(regs, cx);
+		a.args[2] = (__u32)BPF_CORE_READ(regs, dx);
+		enter(op, &a, 3);
+		return leave(ret);
+	}
+#endif
 	switch (id) {
 	case VIGIL_SYS_init_module:
 		op = MODULE_OP_INIT_MODULE;
@@ -199,8 +263,7 @@ int BPF_PROG(module_btf_exit, struct pt_regs *regs, long ret)
 	long id = -1;
 #endif
 
-	if (id != VIGIL_SYS_init_module && id != VIGIL_SYS_finit_module &&
-	    id != VIGIL_SYS_delete_module)
+	if (!module_nr(id))
 		return 0;
 	return exit_only(regs, id, ret);
 }
@@ -217,8 +280,7 @@ int module_raw_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	long id = ctx->id;
 
-	if (id != VIGIL_SYS_init_module && id != VIGIL_SYS_finit_module &&
-	    id != VIGIL_SYS_delete_module)
+	if (!module_nr(id))
 		return 0;
 	return exit_only((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()), id,
 			 ctx->ret);

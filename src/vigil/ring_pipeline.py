@@ -79,6 +79,7 @@ class RingPipeline(Pipeline):
     source: RingSource
     poll_interval: float = 0.1
     status_interval: float = 1.0
+    closed_before_run = False  # a console sink's reader left during inject()
 
     @property
     def session(self) -> Session:
@@ -113,6 +114,8 @@ class RingPipeline(Pipeline):
                     sink.write(batch)
                 except BrokenPipeError:
                     self._output_closed(sink)
+                    # before run(): nothing to stop yet; run() stops at once
+                    self.closed_before_run |= self.on_output_closed is None
         return len(batch.events)
 
     def run(
@@ -143,6 +146,8 @@ class RingPipeline(Pipeline):
         try:
             with signals:
                 self.on_output_closed = lambda: signals.request_stop(signal.SIGPIPE)
+                if self.closed_before_run:  # the reader left during the snapshot
+                    signals.request_stop(signal.SIGPIPE)
                 loop.add_fd(self.session.ring_fd)
                 if signals.fileno() >= 0:
                     loop.add_fd(signals.fileno())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -108,7 +109,12 @@ def run_live(
         latency=latency,
         sensor_options=sensor_options,
     )
-    with session:
+    # A stop signal after run() returns (a second Ctrl-C or SIGTERM during
+    # the teardown, which detaches every program: ~0.4 s) must not kill us
+    # before the exit line: these handlers, entered just before run() and
+    # left after finish(), only note it (run() installs its own inside).
+    teardown = contextlib.ExitStack()
+    with teardown, session:
         if callable(columns):
             columns = columns(session)
         out = JsonSink() if as_json else TableSink(TablePrinter(columns))
@@ -119,8 +125,9 @@ def run_live(
         )
         if first is not None:
             pipe.inject(first(table))
+        teardown.enter_context(ServiceSignals())
         stats = pipe.run(duration, on_ready=lambda: ready(what))
-    finish(stats)
+        teardown.callback(finish, stats)
     return stats
 
 
