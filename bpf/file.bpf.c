@@ -738,21 +738,57 @@ static __always_inline void change_path(struct file_scratch *s, struct file_even
 	change_send(e, 0);
 }
 
-/* An fd call: the file itself, matched and named by the kernel's objects. */
+/* A change to the object at (mnt, d), matched and named by the kernel's objects. */
+static __always_inline void change_object(struct file_event *e, struct vfsmount *mnt,
+					  struct dentry *d)
+{
+	if (!(watched_dentry(mnt, d) & FILE_WATCH_WRITE))
+		return;
+	e->path_source = FILE_PATH_KERNEL;
+	if (read_path(mnt, d, e->path, sizeof(e->path), &e->hdr.flags) < 0)
+		e->hdr.flags |= VIGIL_F_PARTIAL;
+	change_send(e, 0);
+}
+
+/* An fd call: the file itself. */
 static __always_inline void change_fd(struct file_event *e, long fd)
 {
 	struct file *f = current_fd_file(fd);
-	struct dentry *d;
+	struct path p = {};
 
-	if (!f)
+	if (!f || bpf_core_read(&p, sizeof(p), &f->f_path))
 		return;
-	d = BPF_CORE_READ(f, f_path.dentry);
-	if (!(watched_file(f) & FILE_WATCH_WRITE))
+	change_object(e, p.mnt, p.dentry);
+}
+
+#define AT_EMPTY_PATH 0x1000
+
+/*
+ * A path call given "" and AT_EMPTY_PATH acts on dfd's own object (an
+ * O_PATH descriptor of the file, or the cwd): not a name under it, which
+ * the caller's string made absolute ("<dfd's path>/") would wrongly be.
+ */
+static __always_inline bool empty_path_call(__u32 flags, const char *upath)
+{
+	char first = 0;
+
+	if (!(flags & AT_EMPTY_PATH))
+		return false;
+	return !upath || (!bpf_probe_read_user(&first, 1, upath) && !first);
+}
+
+static __always_inline void change_empty_path(struct file_event *e, long dfd, __u32 seen)
+{
+	struct task_struct *task;
+
+	if (kernel_view(e, seen))
 		return;
-	e->path_source = FILE_PATH_KERNEL;
-	if (read_path(BPF_CORE_READ(f, f_path.mnt), d, e->path, sizeof(e->path), &e->hdr.flags) < 0)
-		e->hdr.flags |= VIGIL_F_PARTIAL;
-	change_send(e, 0);
+	if ((int)dfd != AT_FDCWD) {
+		change_fd(e, dfd);
+		return;
+	}
+	task = (struct task_struct *)bpf_get_current_task();
+	change_object(e, BPF_CORE_READ(task, fs, pwd.mnt), BPF_CORE_READ(task, fs, pwd.dentry));
 }
 
 static __always_inline void rename(struct file_scratch *s, long ret, enum vigil_syscall sc,
@@ -803,6 +839,15 @@ static __always_inline int change_exit(long ret, enum vigil_syscall sc)
 		e->mode = ARG3;
 		change_path(s, e, ARG1, (const char *)ARG2, seen);
 		break;
+	case VIGIL_SYS_fchmodat2:	/* 6.6: fchmodat with flags */
+		e = change_start(s, ret, FILE_OP_CHMOD, sc);
+		e->mode = ARG3;
+		e->call_flags = ARG4;
+		if (empty_path_call(ARG4, (const char *)ARG2))
+			change_empty_path(e, ARG1, seen);
+		else
+			change_path(s, e, ARG1, (const char *)ARG2, seen);
+		break;
 	case VIGIL_SYS_fchmod:
 		e = change_start(s, ret, FILE_OP_CHMOD, sc);
 		e->mode = ARG2;
@@ -813,7 +858,10 @@ static __always_inline int change_exit(long ret, enum vigil_syscall sc)
 		e->owner_uid = ARG3;
 		e->owner_gid = ARG4;
 		e->call_flags = ARG5;
-		change_path(s, e, ARG1, (const char *)ARG2, seen);
+		if (empty_path_call(ARG5, (const char *)ARG2))
+			change_empty_path(e, ARG1, seen);
+		else
+			change_path(s, e, ARG1, (const char *)ARG2, seen);
 		break;
 	case VIGIL_SYS_fchown:
 		e = change_start(s, ret, FILE_OP_CHOWN, sc);
@@ -871,6 +919,7 @@ static __always_inline int change_exit(long ret, enum vigil_syscall sc)
 CHANGE_EXIT(renameat2)
 CHANGE_EXIT(unlinkat)
 CHANGE_EXIT(fchmodat)
+CHANGE_EXIT(fchmodat2)
 CHANGE_EXIT(fchmod)
 CHANGE_EXIT(fchownat)
 CHANGE_EXIT(fchown)

@@ -75,8 +75,8 @@ def _alert_pids(alerts) -> set[int]:
 
 @pytest.mark.parametrize("how", ["unshare", "clone", "clone3"])
 def test_rule_fires_for_a_new_mount_namespace_whatever_the_syscall(how):
-    """BUG (expected to FAIL for clone and clone3): the rule's
-    filter_accounting drops every `audit: unknown` CAP_SYS_ADMIN check made
+    """Was a bug (for clone and clone3; fixed in the rule): the rule's
+    filter_accounting dropped every `audit: unknown` CAP_SYS_ADMIN check made
     in clone/clone3/fork/vfork.  Through the tracepoint every check but the
     accounting one is `unknown`, and the monitor no longer records the
     accounting one at all, so that filter now only hides real uses: a root

@@ -602,7 +602,22 @@ for _command in [*tools.commands(), *detect_cli.COMMANDS]:
 cli.add_command(config_cmd)
 
 
+def _null_missing_streams() -> None:
+    """A process started with stdout or stderr closed (`vigil execsnoop >&-`)
+    has None for them: write there to /dev/null, as `>/dev/null` would,
+    rather than fail on the first line (the fd would be reused by the
+    next file we open, and our output would land in it)."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115
+
+
 def main(argv: list[str] | None = None) -> int:
+    _null_missing_streams()
     try:
         # a command may return its exit status (`report`: 1 for a damaged recording)
         rc = cli.main(args=argv, prog_name="vigil", standalone_mode=False)

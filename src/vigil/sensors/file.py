@@ -134,6 +134,7 @@ FILE = register(
         summary="rename, unlink, chmod, chown, truncate of watched paths",
         hooks=_exits("renameat2", "unlinkat", "fchmodat", "fchmod", "fchownat", "fchown")
         + _exits("truncate", "ftruncate")
+        + _exits("fchmodat2", optional=True)  # 6.6+
         + _exits("rename", "renameat", "unlink", "chmod", "chown", "lchown", optional=True)
         + (
             # the dentries the kernel looked up, matched by inode: neither
