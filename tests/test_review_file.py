@@ -49,7 +49,8 @@ def test_open_at_a_descriptor_the_table_grew_for(tree, spare):
         events = pump_until(agent, sink, lambda evs: _opens(evs, child.pid))
         (ev,) = _opens(events, child.pid)
         assert ev["path"] == os.fsencode(secret) and ev["path_source"] == "kernel", ev
-        assert ev["ret"] > spare
+        # the file_open LSM hook runs before an fd exists: ret 0 (docs/events.md)
+        assert ev["ret"] > spare or (ev["hook"] == "lsm" and ev["ret"] == 0), ev
     finally:
         agent.session.close()
 
@@ -92,7 +93,8 @@ def test_open_after_close_range_unshare(tree):
         child = Child("vrev-crange", code)
         events = pump_until(agent, sink, lambda evs: _opens(evs, child.pid))
         (ev,) = _opens(events, child.pid)
-        assert (ev["path"], ev["ret"]) == (os.fsencode(secret), 3)
+        fd = 0 if ev["hook"] == "lsm" else 3  # the LSM hook runs before the fd exists
+        assert (ev["path"], ev["ret"]) == (os.fsencode(secret), fd), ev
     finally:
         agent.session.close()
 
@@ -158,11 +160,16 @@ def test_fchmodat2_of_a_watched_file_is_seen(tree):
         code = (
             "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
             + f"r = libc.syscall(452, -100, {os.fsencode(target)!r}, 0o606, 0)\n"
+            + "if r != 0 and ctypes.get_errno() == 38:\n"  # ENOSYS: before 6.6
+            + "    print('nosys', file=sys.stderr); sys.exit(0)\n"
             + "assert r == 0, ctypes.get_errno()\n"
         )
-        child = Child("vrev-chmod2", code)
+        proc = subprocess.run(Child.argv("vrev-chmod2", code), capture_output=True, check=True)
+        if b"nosys" in proc.stderr:
+            pytest.skip("no fchmodat2 before Linux 6.6")
+        pid = int(proc.stderr.split()[-1])
         _settle(agent, 1.0)
-        got = [(e["op"], e["path"]) for e in _changes(sink.events, child.pid)]
+        got = [(e["op"], e["path"]) for e in _changes(sink.events, pid)]
         assert got == [("chmod", os.fsencode(target))], got
     finally:
         agent.session.close()
