@@ -9,7 +9,6 @@ talks to the small classes at the bottom (``Object``, ``Program``, ``Map``,
 
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import ctypes.util
 import errno
@@ -299,19 +298,14 @@ class Link:
 
 
 def destroy_links(links: list[Link]) -> None:
-    """Detach all of `links` from threads (ctypes calls release the GIL).
-    Detaching a perf-event tracepoint waits for RCU grace periods
-    (tracepoint_synchronize_unregister, 50-80 ms here) under the kernel's
-    event_mutex, so those still follow one another; the other links' waits
-    overlap them: `vigil monitor`'s stop went from 6.6 s to 4.7 s."""
-    live = [link for link in links if link._ptr]
-    if len(live) <= 1:
-        for link in live:
-            link.destroy()
-        return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(live))) as pool:
-        for done in [pool.submit(link.destroy) for link in live]:
-            done.result()
+    """Detach all of `links`, one after another.  Detaching a perf-event
+    tracepoint waits for RCU grace periods (tracepoint_synchronize_unregister,
+    50-80 ms here) under the kernel's event_mutex, so `vigil monitor`'s 75
+    links take 4-6 s to stop.  Detaching from threads overlapped the other
+    links' waits (6.6 s -> 4.7 s) but a 6.1 guest of the kernel matrix then
+    hung in a soft lockup once, in a test's detach: not worth 2 s."""
+    for link in links:
+        link.destroy()
 
 
 class Program:
