@@ -725,19 +725,6 @@ static __always_inline bool kernel_view(struct file_event *e, __u32 seen)
 	return true;
 }
 
-/* A path call on (dfd, upath): send `e` when the path is watched for writes. */
-static __always_inline void change_path(struct file_scratch *s, struct file_event *e, long dfd,
-					const char *upath, __u32 seen)
-{
-	if (kernel_view(e, seen))
-		return;
-	if (!watched_caller_path(s, dfd, upath, FILE_WATCH_WRITE, &e->hdr.flags))
-		return;
-	e->path_source = FILE_PATH_CALLER;
-	bpf_probe_read_kernel(e->path, sizeof(e->path), s->caller.path);
-	change_send(e, 0);
-}
-
 /* A change to the object at (mnt, d), matched and named by the kernel's objects. */
 static __always_inline void change_object(struct file_event *e, struct vfsmount *mnt,
 					  struct dentry *d)
@@ -791,6 +778,27 @@ static __always_inline void change_empty_path(struct file_event *e, long dfd, __
 	change_object(e, BPF_CORE_READ(task, fs, pwd.mnt), BPF_CORE_READ(task, fs, pwd.dentry));
 }
 
+/*
+ * A path call on (dfd, upath): send `e` when the path is watched for
+ * writes.  `at_flags`: the call's AT_* flags, for AT_EMPTY_PATH (0 for a
+ * call that has none).
+ */
+static __always_inline void change_path(struct file_scratch *s, struct file_event *e, long dfd,
+					const char *upath, __u32 at_flags, __u32 seen)
+{
+	if (empty_path_call(at_flags, upath)) {
+		change_empty_path(e, dfd, seen);
+		return;
+	}
+	if (kernel_view(e, seen))
+		return;
+	if (!watched_caller_path(s, dfd, upath, FILE_WATCH_WRITE, &e->hdr.flags))
+		return;
+	e->path_source = FILE_PATH_CALLER;
+	bpf_probe_read_kernel(e->path, sizeof(e->path), s->caller.path);
+	change_send(e, 0);
+}
+
 static __always_inline void rename(struct file_scratch *s, long ret, enum vigil_syscall sc,
 				   long odfd, const char *old, long ndfd, const char *new,
 				   __u32 flags, __u32 seen)
@@ -832,21 +840,18 @@ static __always_inline int change_exit(long ret, enum vigil_syscall sc)
 	case VIGIL_SYS_unlinkat:
 		e = change_start(s, ret, FILE_OP_UNLINK, sc);
 		e->call_flags = ARG3;
-		change_path(s, e, ARG1, (const char *)ARG2, seen);
+		change_path(s, e, ARG1, (const char *)ARG2, 0, seen);
 		break;
 	case VIGIL_SYS_fchmodat:
 		e = change_start(s, ret, FILE_OP_CHMOD, sc);
 		e->mode = ARG3;
-		change_path(s, e, ARG1, (const char *)ARG2, seen);
+		change_path(s, e, ARG1, (const char *)ARG2, 0, seen);
 		break;
 	case VIGIL_SYS_fchmodat2:	/* 6.6: fchmodat with flags */
 		e = change_start(s, ret, FILE_OP_CHMOD, sc);
 		e->mode = ARG3;
 		e->call_flags = ARG4;
-		if (empty_path_call(ARG4, (const char *)ARG2))
-			change_empty_path(e, ARG1, seen);
-		else
-			change_path(s, e, ARG1, (const char *)ARG2, seen);
+		change_path(s, e, ARG1, (const char *)ARG2, ARG4, seen);
 		break;
 	case VIGIL_SYS_fchmod:
 		e = change_start(s, ret, FILE_OP_CHMOD, sc);
@@ -858,10 +863,7 @@ static __always_inline int change_exit(long ret, enum vigil_syscall sc)
 		e->owner_uid = ARG3;
 		e->owner_gid = ARG4;
 		e->call_flags = ARG5;
-		if (empty_path_call(ARG5, (const char *)ARG2))
-			change_empty_path(e, ARG1, seen);
-		else
-			change_path(s, e, ARG1, (const char *)ARG2, seen);
+		change_path(s, e, ARG1, (const char *)ARG2, ARG5, seen);
 		break;
 	case VIGIL_SYS_fchown:
 		e = change_start(s, ret, FILE_OP_CHOWN, sc);
@@ -872,7 +874,7 @@ static __always_inline int change_exit(long ret, enum vigil_syscall sc)
 	case VIGIL_SYS_truncate:
 		e = change_start(s, ret, FILE_OP_TRUNCATE, sc);
 		e->length = ARG2;
-		change_path(s, e, AT_FDCWD, (const char *)ARG1, seen);
+		change_path(s, e, AT_FDCWD, (const char *)ARG1, 0, seen);
 		break;
 	case VIGIL_SYS_ftruncate:
 		e = change_start(s, ret, FILE_OP_TRUNCATE, sc);
@@ -888,19 +890,19 @@ static __always_inline int change_exit(long ret, enum vigil_syscall sc)
 		break;
 	case VIGIL_SYS_unlink:
 		e = change_start(s, ret, FILE_OP_UNLINK, sc);
-		change_path(s, e, AT_FDCWD, (const char *)ARG1, seen);
+		change_path(s, e, AT_FDCWD, (const char *)ARG1, 0, seen);
 		break;
 	case VIGIL_SYS_chmod:
 		e = change_start(s, ret, FILE_OP_CHMOD, sc);
 		e->mode = ARG2;
-		change_path(s, e, AT_FDCWD, (const char *)ARG1, seen);
+		change_path(s, e, AT_FDCWD, (const char *)ARG1, 0, seen);
 		break;
 	case VIGIL_SYS_chown:
 	case VIGIL_SYS_lchown:
 		e = change_start(s, ret, FILE_OP_CHOWN, sc);
 		e->owner_uid = ARG2;
 		e->owner_gid = ARG3;
-		change_path(s, e, AT_FDCWD, (const char *)ARG1, seen);
+		change_path(s, e, AT_FDCWD, (const char *)ARG1, 0, seen);
 		break;
 #endif
 	default:
