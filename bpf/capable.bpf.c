@@ -209,23 +209,170 @@ static __always_inline enum capable_audit audit_of(unsigned int opts)
 	return opts & CAP_OPT_NOAUDIT ? CAPABLE_AUDIT_NO : CAPABLE_AUDIT_YES;
 }
 
-/* Whether the memory accounting made this check (see acct_fn_start). */
-static __always_inline bool accounting_check(void *ctx)
+static __always_inline bool in_accounting(__u64 ip)
 {
-	__u64 ips[ACCT_FRAMES];
-	long len;
+	return (ip >= acct_fn_start && ip < acct_fn_end) ||
+	       (ip >= acct_hook_start && ip < acct_hook_end);
+}
 
-	if (!acct_fn_start && !acct_hook_start)
-		return false;
-	len = bpf_get_stack(ctx, ips, sizeof(ips), 0);
+/*
+ * Whether the memory accounting made this check (see acct_fn_start), by
+ * the unwinder; fills `ips` (0 past what it read).
+ */
+static __always_inline bool accounting_by_stack(void *ctx, __u64 ips[ACCT_FRAMES])
+{
+	long len = bpf_get_stack(ctx, ips, ACCT_FRAMES * sizeof(ips[0]), 0);
+
 	for (int i = 0; i < ACCT_FRAMES; i++) {
-		if (len < (i + 1) * (long)sizeof(ips[0]))
-			break;
-		if ((ips[i] >= acct_fn_start && ips[i] < acct_fn_end) ||
-		    (ips[i] >= acct_hook_start && ips[i] < acct_hook_end))
+		if (len < (i + 1) * (long)sizeof(ips[0])) {
+			ips[i] = 0;
+			continue;
+		}
+		if (in_accounting(ips[i]))
 			return true;
 	}
 	return false;
+}
+
+/*
+ * The caller without the unwinder.  bpf_get_stack() walks the ORC tables
+ * and checks every address against kernel, module and BPF text: about
+ * 1 us, paid on every mmap, brk and exec of every process.  A perf
+ * tracepoint's context begins with the registers its probe saved
+ * (perf_trace_run_bpf_submit): the probe's frame, called by cap_capable(),
+ * whose return address into its own caller lies a fixed distance above
+ * it, fixed by the kernel build.  That distance is learned here, by
+ * comparing the stack words above the frame with the unwinder's caller
+ * over checks from different callers (accounting and others): the one
+ * word that always equals it is the return address, not a stale copy of
+ * one.  Once learned, a check reads one word instead of walking the
+ * stack.  One check in ACCT_VERIFY_EVERY is still walked as well and
+ * compared; any difference (a livepatched cap_capable(), the function
+ * graph tracer rewriting return addresses) forgets the slot for good and
+ * the unwinder alone is used.  Until learned, or where nothing fits, the
+ * unwinder decides, as before.
+ */
+#define ACCT_SLOTS		64	/* stack words searched: 512 bytes above the frame */
+#define ACCT_LEARN_ACCT		8	/* accounting checks, and ... */
+#define ACCT_LEARN_OTHER	8	/* ... others, agreeing before the slot is trusted */
+#define ACCT_LEARN_MAX		4096	/* checks sampled before giving up */
+#define ACCT_VERIFY_EVERY	64	/* power of 2 */
+
+struct acct_slot_state {
+	__u8 excluded[ACCT_SLOTS];	/* 1: word k differed from the unwinder's caller once */
+	__u32 n_acct;		/* accounting checks compared */
+	__u32 n_other;		/* other checks compared */
+	__u32 n_tried;		/* checks sampled while learning */
+	__s32 slot;		/* 0: learning; > 0: the word; -1: none (the unwinder only) */
+	__u32 n_verified;	/* checks walked again once learned */
+	__u32 n_mismatch;	/* of them, answers that differed (then slot = -1) */
+};
+
+/* One entry, shared by all CPUs: a lost update of a racing CPU costs a
+ * sample, never a wrong slot (the true word never differs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct acct_slot_state);
+} acct_slot_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64[ACCT_SLOTS]);
+} acct_stack_words SEC(".maps");
+
+/* The stack pointer the perf probe saved; 0 if unreadable. */
+static __always_inline __u64 probe_frame(void *ctx, __u64 *ip)
+{
+	struct pt_regs *regs = NULL;
+
+	/* the context's first word: perf_trace_run_bpf_submit() stores the
+	 * probe's pt_regs there (not readable as a field: it is the header) */
+	if (bpf_probe_read_kernel(&regs, sizeof(regs), ctx) || !regs)
+		return 0;
+	*ip = PT_REGS_IP_CORE(regs);
+	return PT_REGS_SP_CORE(regs);
+}
+
+static __noinline void learn_acct_slot(void *ctx, struct acct_slot_state *st, int cap)
+{
+	__u64 ips[ACCT_FRAMES], ip = 0, sp;
+	__u32 zero = 0;
+	__u64 *words = bpf_map_lookup_elem(&acct_stack_words, &zero);
+	bool acct, several = false;
+	int found = 0;
+
+	if (!words)
+		return;
+	/* enough others: only CAP_SYS_ADMIN can still be an accounting check */
+	if (st->n_other >= ACCT_LEARN_OTHER && cap != CAP_SYS_ADMIN)
+		return;
+	if (++st->n_tried > ACCT_LEARN_MAX) {
+		st->slot = -1;
+		return;
+	}
+	acct = accounting_by_stack(ctx, ips);
+	sp = probe_frame(ctx, &ip);
+	/* the unwinder's first address is the probe's return into cap_capable() */
+	if (!sp || !ips[1] || ip != ips[0])
+		return;
+	if (bpf_probe_read_kernel(words, ACCT_SLOTS * sizeof(__u64), (void *)sp))
+		return;
+	/* flags in the map, not bits in a register: the verifier then sees
+	 * one state per word, not one per combination */
+	st->excluded[0] = 1;	/* the saved frame pointer */
+	for (int k = 1; k < ACCT_SLOTS; k++)
+		if (words[k] != ips[1])
+			st->excluded[k] = 1;
+	if (acct)
+		st->n_acct++;
+	else
+		st->n_other++;
+	if (st->n_acct < ACCT_LEARN_ACCT || st->n_other < ACCT_LEARN_OTHER)
+		return;
+	for (int k = 1; k < ACCT_SLOTS; k++) {
+		if (st->excluded[k])
+			continue;
+		if (found)
+			several = true;
+		else
+			found = k;
+	}
+	if (!found)
+		st->slot = -1;
+	else if (!several)
+		st->slot = found;
+	/* several: the next checks tell them apart */
+}
+
+/* Whether the memory accounting made this check. */
+static __always_inline bool accounting_check(void *ctx, struct acct_slot_state *st)
+{
+	__u64 ips[ACCT_FRAMES], ip = 0, sp, ret = 0;
+	__s32 slot;
+	bool acct;
+
+	if (!acct_fn_start && !acct_hook_start)
+		return false;
+	slot = st ? st->slot : -1;
+	if (slot <= 0 || slot >= ACCT_SLOTS)
+		return accounting_by_stack(ctx, ips);
+	sp = probe_frame(ctx, &ip);
+	if (!sp || bpf_probe_read_kernel(&ret, sizeof(ret), (void *)(sp + slot * 8)))
+		return accounting_by_stack(ctx, ips);
+	acct = in_accounting(ip) || in_accounting(ret);
+	if ((bpf_get_prandom_u32() & (ACCT_VERIFY_EVERY - 1)) == 0) {
+		st->n_verified++;
+		if (accounting_by_stack(ctx, ips) != acct) {
+			st->n_mismatch++;
+			st->slot = -1;
+			return !acct;	/* the unwinder's answer */
+		}
+	}
+	return acct;
 }
 
 /* -- tracepoint (6.14+) ---------------------------------------------------------- */
@@ -233,11 +380,16 @@ SEC("tracepoint/capability/cap_capable")
 int handle_cap_capable(struct trace_event_raw_cap_capable *ctx)
 {
 	enum capable_audit audit = CAPABLE_AUDIT_UNKNOWN;
+	__u32 zero = 0;
+	struct acct_slot_state *st = bpf_map_lookup_elem(&acct_slot_state, &zero);
 
-	/* the stack (about 1 us) is read only for what accounting asks:
-	 * CAP_SYS_ADMIN against the initial user namespace, of a process we report */
+	/* learnt from any check of any process: they are many, and varied */
+	if (st && st->slot == 0 && (acct_fn_start || acct_hook_start))
+		learn_acct_slot(ctx, st, ctx->cap);
+	/* the caller is read only for what accounting asks: CAP_SYS_ADMIN
+	 * against the initial user namespace, of a process we report */
 	if (ctx->cap == CAP_SYS_ADMIN && pid_wanted(bpf_get_current_pid_tgid() >> 32) &&
-	    BPF_CORE_READ(ctx->target_ns, level) == 0 && accounting_check(ctx)) {
+	    BPF_CORE_READ(ctx->target_ns, level) == 0 && accounting_check(ctx, st)) {
 		if (skip_accounting)
 			return 0;
 		audit = CAPABLE_AUDIT_NO;

@@ -17,7 +17,8 @@ import orjson
 import pytest
 
 from helpers import pump_until, start_agent, start_vigil, stop_vigil, tcg_slow_cli, vigil
-from vigil import caps, loader, sensors
+from vigil import _libbpf as bpf
+from vigil import caps, loader, records, sensors
 
 pytestmark = pytest.mark.kernel
 
@@ -607,6 +608,53 @@ def test_monitor_records_no_accounting_check_and_keeps_the_real_one():
         assert [e["syscall"] for e in admin] == ["clone"], admin
         assert admin[0]["verdict"] == "allowed" and admin[0]["init_ns"]
         assert admin[0]["audit"] == ("unknown" if cap.feature == "tracepoint" else "yes")
+    finally:
+        agent.session.close()
+
+
+def test_accounting_caller_is_read_from_a_learnt_stack_word():
+    """The unwinder costs about 1 us a check, on every mmap of every process:
+    the tracepoint program learns which stack word holds cap_capable()'s
+    return address (checks of both kinds agreeing with the unwinder), then
+    reads that one word.  Once learnt, the accounting checks are still
+    dropped, a real CAP_SYS_ADMIN check made right after them (the same
+    process image, clone after fork) is still kept, and the sampled
+    re-walks agree with the word."""
+    if default_feature() != "tracepoint":
+        pytest.skip("fexit and kprobes know the accounting check by its `opts`")
+    agent, sink = start_agent(["capable"], enrich=False, monitor=True)
+    try:
+        session = agent.session
+        decode, size = records.struct_decoder(session.btf_of("acct_slot_state"), "acct_slot_state")
+        fd = session.map("acct_slot_state").fd
+
+        def state() -> dict:
+            return decode(bpf.map_lookup(fd, b"\0" * 4, size))
+
+        deadline = time.monotonic() + 30
+        while state()["slot"] == 0 and time.monotonic() < deadline:
+            os.setuid(0)  # CAP_SETUID: a check of another caller
+            Child("vcap-learn", "")  # exec, mmap, brk: accounting checks
+        learnt = state()
+        assert learnt["slot"] > 0, learnt
+        assert learnt["n_acct"] >= 8 and learnt["n_other"] >= 8, learnt
+        children = [Child("vcap-newns", FORK_THEN_NEWNS) for _ in range(20)]
+        pump_until(
+            agent,
+            sink,
+            lambda evs: all(
+                any(e["syscall"] == "clone" for e in _checks(evs, c.pid, CAP_SYS_ADMIN))
+                for c in children
+            ),
+        )
+        _settle(agent)
+        for child in children:
+            admin = _checks(sink.events, child.pid, CAP_SYS_ADMIN)
+            assert [e["syscall"] for e in admin] == ["clone"], admin
+        after = state()
+        assert after["slot"] == learnt["slot"] and after["n_mismatch"] == 0, after
+        # one check in 64 is walked again: 20 execs make well over 64
+        assert after["n_verified"] > learnt["n_verified"], after
     finally:
         agent.session.close()
 
