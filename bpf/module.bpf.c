@@ -36,8 +36,11 @@
 #include "path.bpf.h"
 #include <bpf/bpf_tracing.h>
 #include "module.h"
+#include "syscall32.h"
 
 VIGIL_RECORD(module_load_event);
+VIGIL_RECORD(syscall32_event);
+enum syscall32_abi *__vigil_enum_syscall32_abi __attribute__((unused));
 enum module_op *__vigil_enum_module_op __attribute__((unused));
 enum module_name_source *__vigil_enum_module_name_source __attribute__((unused));
 enum module_path_source *__vigil_enum_module_path_source __attribute__((unused));
@@ -247,6 +250,109 @@ static __always_inline int exit_only(struct pt_regs *regs, long id, long ret)
 }
 
 /*
+ * -- 32-bit syscalls (the syscall32 sensor) -------------------------------------
+ * The every-syscall program above is the host's only one: a second
+ * program on sys_exit would cost every syscall of the host again (about
+ * 40 ns each, bench/open_overhead), so the 32-bit calls are watched from
+ * it too.  User space sets what it does from the hooks it chose:
+ * `exit_modules` where the module_load sensor has no per-call tracepoints,
+ * `exit_syscall32` for the syscall32 sensor.
+ */
+const volatile __u8 exit_modules = 0;
+const volatile __u8 exit_syscall32 = 0;
+
+#define VIGIL_X32_SYSCALL_BIT 0x40000000	/* arch/x86/include/uapi/asm/unistd.h */
+#define VIGIL_USER32_CS 0x23			/* the 32-bit user code segment (GDT entry 4, RPL 3) */
+
+/* The first call of each number, per process image: a 32-bit program makes
+ * every call this way, an evading 64-bit one the few it needs hidden. */
+struct syscall32_key {
+	__u64 start_ns;		/* process start, CLOCK_BOOTTIME */
+	__u64 exec_id;		/* task->self_exec_id: a new image after exec */
+	__u32 pid;
+	__s32 nr;
+	__u32 abi;
+	__u32 __pad;
+};
+
+/* LRU: a forgotten key costs one more record, never a lost one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct syscall32_key);
+	__type(value, __u8);
+} syscall32_seen SEC(".maps");
+
+static __always_inline int syscall32_exit(struct pt_regs *regs, long id, long ret,
+					  enum syscall32_abi abi)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct syscall32_key key = {};
+	struct syscall32_event *e;
+	__u8 one = 1;
+
+	key.pid = bpf_get_current_pid_tgid() >> 32;
+	key.nr = abi == SYSCALL32_ABI_X32 ? id & ~VIGIL_X32_SYSCALL_BIT : id;
+	key.abi = abi;
+	key.start_ns = task_start_boottime(BPF_CORE_READ(task, group_leader));
+	key.exec_id = BPF_CORE_READ(task, self_exec_id);
+	/* lookup first: a repeat (the common case) then costs no LRU update;
+	 * NOEXIST: of two threads racing on a first call, one reports it */
+	if (bpf_map_lookup_elem(&syscall32_seen, &key) ||
+	    bpf_map_update_elem(&syscall32_seen, &key, &one, BPF_NOEXIST))
+		return 0;
+	e = reserve_event(VIGIL_EV_SYSCALL32, sizeof(*e));
+	if (!e)
+		return 0;
+	fill_header(&e->hdr, VIGIL_EV_SYSCALL32);
+	e->ret = ret;
+	e->nr = key.nr;
+	e->abi = abi;
+	e->ia32_syscall = abi == SYSCALL32_ABI_IA32 ? key.nr : -1;
+	e->x32_syscall = abi == SYSCALL32_ABI_X32 ? key.nr : -1;
+	e->mode32 = (BPF_CORE_READ(regs, cs) & 0xffff) == VIGIL_USER32_CS;
+	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
+	if (abi == SYSCALL32_ABI_IA32) {
+		e->arg0 = (__u32)BPF_CORE_READ(regs, bx);
+		e->arg1 = (__u32)BPF_CORE_READ(regs, cx);
+		e->arg2 = (__u32)BPF_CORE_READ(regs, dx);
+		e->arg3 = (__u32)BPF_CORE_READ(regs, si);
+		e->arg4 = (__u32)BPF_CORE_READ(regs, di);
+		e->arg5 = (__u32)BPF_CORE_READ(regs, bp);
+	} else {
+		e->arg0 = BPF_CORE_READ(regs, di);
+		e->arg1 = BPF_CORE_READ(regs, si);
+		e->arg2 = BPF_CORE_READ(regs, dx);
+		e->arg3 = BPF_CORE_READ(regs, r10);
+		e->arg4 = BPF_CORE_READ(regs, r8);
+		e->arg5 = BPF_CORE_READ(regs, r9);
+	}
+	submit_event(&e->hdr, sizeof(*e));
+	return 0;
+}
+
+/*
+ * At every syscall's return: the 32-bit calls first (x32's bit is in the
+ * number; ia32's is TS_COMPAT, one load of the task), then a module
+ * call's number.  Most syscalls leave after those compares.
+ */
+static __always_inline int every_exit(struct pt_regs *regs, long id, long ret)
+{
+#if defined(__TARGET_ARCH_x86)
+	if (exit_syscall32) {
+		/* id -1: no syscall (a tracer's or seccomp's skip), not an x32 call */
+		if (id >= 0 && (id & VIGIL_X32_SYSCALL_BIT))
+			syscall32_exit(regs, id, ret, SYSCALL32_ABI_X32);
+		else if (bpf_get_current_task_btf()->thread_info.status & VIGIL_TS_COMPAT)
+			syscall32_exit(regs, id, ret, SYSCALL32_ABI_IA32);
+	}
+#endif
+	if (!exit_modules || !module_nr(id))
+		return 0;
+	return exit_only(regs, id, ret);
+}
+
+/*
  * tp_btf: `regs` is a typed pointer, so its syscall number is one load,
  * not a helper call: this runs at every syscall of the host (the open
  * loop of bench/open_overhead: about 0.06 of its rate, against 0.10+ for
@@ -263,27 +369,21 @@ int BPF_PROG(module_btf_exit, struct pt_regs *regs, long ret)
 	long id = -1;
 #endif
 
-	if (!module_nr(id))
-		return 0;
-	return exit_only(regs, id, ret);
+	return every_exit(regs, id, ret);
 }
 
 /* raw_tp: no perf record is built per call, unlike the classic tracepoint */
 SEC("raw_tp/sys_exit")
 int BPF_PROG(module_rawtp_exit, struct pt_regs *regs, long ret)
 {
-	return exit_only(regs, regs_syscall_nr(regs), ret);
+	return every_exit(regs, regs_syscall_nr(regs), ret);
 }
 
 SEC("tracepoint/raw_syscalls/sys_exit")
 int module_raw_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	long id = ctx->id;
-
-	if (!module_nr(id))
-		return 0;
-	return exit_only((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()), id,
-			 ctx->ret);
+	return every_exit((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()),
+			  ctx->id, ctx->ret);
 }
 
 /*

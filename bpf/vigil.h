@@ -36,6 +36,7 @@ enum vigil_event_kind {
 	VIGIL_EV_CAPSET = 18,
 	VIGIL_EV_BPF = 19,
 	VIGIL_EV_MEMFD = 20,
+	VIGIL_EV_SYSCALL32 = 21,	/* a 32-bit syscall (past the syscall tracepoints) */
 	VIGIL_EV_FILE = 25,	/* rename, unlink, chmod, chown, truncate (op) */
 };
 

@@ -15,6 +15,7 @@ from test_listen import bind_trigger, listen_trigger
 from test_module import attempt_trigger, request_trigger
 from test_mount import mount_trigger
 from test_signal import kill_trigger, ptrace_trigger
+from test_syscall32 import ia32_trigger
 from test_tcp import connect_trigger
 from vigil import sensors
 from vigil.loader import usable
@@ -44,6 +45,7 @@ TRIGGERS = {
     ("ptrace", "ptrace"): ptrace_trigger,
     ("bpf", "bpf"): bpf_trigger,
     ("open", "open"): open_trigger,
+    ("syscall32", "syscall32"): ia32_trigger,
 }
 
 

@@ -30,7 +30,9 @@ RULE = {
     "sys_ptrace": "7669676c-0006-4000-8000-000000000006",
     "sys_admin": "7669676c-0007-4000-8000-000000000007",
     "port": "7669676c-0008-4000-8000-000000000008",
+    "syscall32": "7669676c-0009-4000-8000-000000000009",
 }
+IA32 = os.path.join(ROOT, "build", "bin", "ia32-syscall")
 
 
 def _run(*args, **kw):
@@ -161,6 +163,17 @@ class Scenario:
         p.wait(timeout=30)
         self.ids["sys_admin_forks"] = p.pid
 
+    def syscall32(self):
+        # a 64-bit program opening a file through int $0x80 (past the tracepoints)
+        p = subprocess.run([IA32, "5", "s:/etc/hostname", "0"], capture_output=True, timeout=30)
+        self.ids["syscall32_available"] = int(p.stdout) >= 0
+        p = subprocess.Popen([IA32, "5", "s:/etc/hostname", "0"], stdout=subprocess.DEVNULL)
+        p.wait(timeout=30)
+        self.ids["syscall32_trigger"] = p.pid
+        p = subprocess.Popen(["/usr/bin/cat", "/etc/hostname"], stdout=subprocess.DEVNULL)
+        p.wait(timeout=30)  # look-alike: the same open, 64-bit
+        self.ids["syscall32_benign"] = p.pid
+
     def port(self):
         ids = {}
         for case, port in (("trigger", 31337), ("benign", 0)):
@@ -188,6 +201,8 @@ def pack_alerts():
         os.chmod(work, 0o755)
         db = os.path.join(work, "events.db")
         sensors = ["exec", "fork", "exit", "capable", "connect", "listen", "bind"]
+        if os.uname().machine == "x86_64":
+            sensors.append("syscall32")
         args = ["monitor", "-q", "--db", db, "--rules", PACK, "--strict"]
         for s in sensors:
             args += ["--sensor", s]
@@ -203,6 +218,7 @@ def pack_alerts():
                 "sys_ptrace",
                 "sys_admin",
                 "port",
+                *(["syscall32"] if "syscall32" in sensors else []),
             ):
                 getattr(sc, step)()
             time.sleep(1.0)
@@ -290,6 +306,16 @@ def test_cap_sys_admin_noaudit_checks_stay_quiet(pack_alerts):
     # told apart by the syscall in progress where the audit flag is unknown
     assert any(c["syscall"] == "unshare" for c in mine), mine
     assert ids["sys_admin_trigger"] in pids
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="int $0x80: x86_64 only")
+def test_syscall32_from_a_64bit_program(pack_alerts):
+    ids, alerts, _ = pack_alerts
+    if not ids["syscall32_available"]:
+        pytest.skip("no 32-bit syscalls here (IA32_EMULATION off or disabled)")
+    pids = {a["event"]["pid"] for a in of(alerts, "syscall32")}
+    assert ids["syscall32_trigger"] in pids
+    assert ids["syscall32_benign"] not in pids
 
 
 def test_connection_to_unusual_port(pack_alerts):

@@ -46,17 +46,23 @@ class Choice:
     feature: str
     target: str
     programs: tuple[str, ...]
+    rodata: tuple[tuple[str, int], ...] = ()
 
 
 def usable(attach: Attach) -> bool:
     return kernel.available(attach.feature) and kernel.target_exists(attach.feature, attach.target)
 
 
-def choose(sensor: Sensor, forced: dict[str, str] | None = None) -> list[Choice]:
+def choose(
+    sensor: Sensor, forced: dict[str, str] | None = None, taken: frozenset[str] = frozenset()
+) -> list[Choice]:
     """The way each of the sensor's hooks is attached on this kernel.
 
     The first usable alternative wins; `forced` ({hook: "type"} or
     {hook: "type:target"}) picks another one (tests use it to check every mode reports the same events).
+    Where the first usable alternative is a shared program's (it sets
+    rodata), one whose programs are `taken` already (chosen by another
+    sensor of the same object) is used instead: one program serves both.
     """
     out = []
     for hook in sensor.hooks:
@@ -79,7 +85,13 @@ def choose(sensor: Sensor, forced: dict[str, str] | None = None) -> list[Choice]
             tried = ", ".join(f"{a.feature} {a.target}" for a in hook.alternatives)
             raise VigilError(f"sensor {sensor.name}: cannot hook {hook.name} here (tried {tried})")
         a = picks[0]
-        out.append(Choice(sensor.name, hook.name, a.feature, a.target, a.programs))
+        # a program two sensors share (alternatives that set its job in
+        # rodata) is attached once, the way the first sensor chose: only
+        # among such alternatives, never over a better hook of its own
+        shared = [s for s in picks if s.rodata and taken.issuperset(s.programs)]
+        if a.rodata and shared:
+            a = shared[0]
+        out.append(Choice(sensor.name, hook.name, a.feature, a.target, a.programs, a.rodata))
     return out
 
 
@@ -156,7 +168,9 @@ def _open_group(group: list[Sensor], rodata: dict, forced: dict, session: Sessio
     obj = bpf.Object(paths.bpf_object(group[0].object))
     loaded = _Loaded(obj, [], [])
     try:
-        loaded.chosen = [c for s in group for c in choose(s, forced)]
+        for s in group:
+            taken = frozenset(p for c in loaded.chosen for p in c.programs)
+            loaded.chosen.extend(choose(s, forced, taken))
         names = {p for c in loaded.chosen for p in c.programs}
         for prog in obj.programs():
             prog.autoload = prog.name in names
@@ -167,15 +181,20 @@ def _open_group(group: list[Sensor], rodata: dict, forced: dict, session: Sessio
             wanted.update({k: v() if callable(v) else v for k, v in s.rodata.items()})
             if session._monitor:
                 wanted.update(s.monitor_rodata)
+        for c in loaded.chosen:
+            wanted.update(c.rodata)
         declared = _rodata_vars(obj)
         wanted.update({k: v for k, v in rodata.items() if k in declared})
         set_rodata(obj, wanted)
         obj.load()
         for fill in dict.fromkeys(s.after_load for s in group if s.after_load):
             fill(obj, session.sensor_options)
+        attached: set[str] = set()
         for c in loaded.chosen:
             for name in c.programs:
-                loaded.links.append(attach(obj.program(name), c))
+                if name not in attached:  # a program two sensors share runs once
+                    attached.add(name)
+                    loaded.links.append(attach(obj.program(name), c))
     except BaseException:
         loaded.close()
         raise

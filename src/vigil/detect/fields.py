@@ -301,6 +301,16 @@ LATER_SENSORS = [
         ),
     ),
     (
+        "syscall32",
+        ("syscall32",),
+        "32-bit syscalls, which the syscall tracepoints skip (first of each per image)",
+        _own(
+            Syscall=_f(_get("syscall"), "`syscall` (the ia32 table's name)"),
+            Abi=_f(_get("abi"), "`abi` (`ia32`, `x32`)"),
+            Program32Bit=_f(_get("mode32"), "`mode32`: the caller runs 32-bit code"),
+        ),
+    ),
+    (
         "memfd",
         ("memfd",),
         "memfd_create (fileless execution starts here)",

@@ -29,6 +29,9 @@ class Attach:
     feature: str
     target: str
     programs: tuple[str, ...]
+    # .rodata this alternative sets when chosen ((name, value) pairs): one
+    # program serving two sensors learns which of its jobs to do
+    rodata: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,17 @@ from ..encoding import display
 from . import Attach, Sensor, hook, register, result_text, tracepoint
 
 
+def every_syscall_exit(*rodata: tuple[str, int]) -> tuple[Attach, ...]:
+    """The exit of every syscall (bpf/module.bpf.c's every_exit), best way
+    first: the host's one such program, which module_load (where there are
+    no per-call tracepoints) and syscall32 share, each setting its job."""
+    return (
+        Attach("tp_btf", "sys_exit", ("module_btf_exit",), rodata),
+        Attach("raw_tp", "sys_exit", ("module_rawtp_exit",), rodata),
+        Attach("tracepoint", "raw_syscalls/sys_exit", ("module_raw_exit",), rodata),
+    )
+
+
 def _finish(ev: dict) -> None:
     ev["params_read"] = bool(ev["params_read"])
 
@@ -51,9 +62,7 @@ SENSOR = register(
                 # kernels without modules still see (and refuse, ENOSYS) the
                 # attempts; tp_btf reads the number with one load, raw_tp
                 # skips the perf record the classic tracepoint builds per call
-                Attach("tp_btf", "sys_exit", ("module_btf_exit",)),
-                Attach("raw_tp", "sys_exit", ("module_rawtp_exit",)),
-                Attach("tracepoint", "raw_syscalls/sys_exit", ("module_raw_exit",)),
+                *every_syscall_exit(("exit_modules", 1)),
             ),
             # the name the kernel loaded, and its taints
             hook(
