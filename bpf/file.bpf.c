@@ -366,6 +366,11 @@ static __always_inline void open_args(struct open_args *a, enum vigil_syscall sc
 		a->mode = PT_REGS_PARM2_CORE_SYSCALL(regs);
 		break;
 #endif
+	case VIGIL_SYS_open_by_handle_at:
+		/* (mount_fd, handle, flags): no path to match a failure by; a
+		 * success is matched by the file it opened, as any other */
+		a->flags = PT_REGS_PARM3_CORE_SYSCALL(regs);
+		break;
 	default:
 		break;
 	}
@@ -464,6 +469,7 @@ static __always_inline int open_done(long ret, enum vigil_syscall sc, bool faile
 
 OPEN_EXIT(openat)
 OPEN_EXIT(openat2)
+OPEN_EXIT(open_by_handle_at)
 #ifdef __TARGET_ARCH_x86
 OPEN_EXIT(open)
 OPEN_EXIT(creat)
@@ -499,6 +505,7 @@ OPEN_EXIT(creat)
 
 OPEN_FEXIT(openat)
 OPEN_FEXIT(openat2)
+OPEN_FEXIT(open_by_handle_at)
 #ifdef __TARGET_ARCH_x86
 OPEN_FEXIT(open)
 OPEN_FEXIT(creat)

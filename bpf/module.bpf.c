@@ -260,6 +260,7 @@ static __always_inline int exit_only(struct pt_regs *regs, long id, long ret)
  */
 const volatile __u8 exit_modules = 0;
 const volatile __u8 exit_syscall32 = 0;
+const volatile __u8 modules_wanted = 0;	/* the module_load sensor is loaded */
 
 #define VIGIL_X32_SYSCALL_BIT 0x40000000	/* arch/x86/include/uapi/asm/unistd.h */
 #define VIGIL_USER32_CS 0x23			/* the 32-bit user code segment (GDT entry 4, RPL 3) */
@@ -341,10 +342,15 @@ static __always_inline int every_exit(struct pt_regs *regs, long id, long ret)
 #if defined(__TARGET_ARCH_x86)
 	if (exit_syscall32) {
 		/* id -1: no syscall (a tracer's or seccomp's skip), not an x32 call */
-		if (id >= 0 && (id & VIGIL_X32_SYSCALL_BIT))
+		if (id >= 0 && (id & VIGIL_X32_SYSCALL_BIT)) {
 			syscall32_exit(regs, id, ret, SYSCALL32_ABI_X32);
-		else if (bpf_get_current_task_btf()->thread_info.status & VIGIL_TS_COMPAT)
+		} else if (bpf_get_current_task_btf()->thread_info.status & VIGIL_TS_COMPAT) {
 			syscall32_exit(regs, id, ret, SYSCALL32_ABI_IA32);
+			/* the module sensor's per-call tracepoints skip 32-bit calls
+			 * too: its ia32 module calls are made here */
+			if (modules_wanted && !exit_modules && module_nr(id))
+				return exit_only(regs, id, ret);
+		}
 	}
 #endif
 	if (!exit_modules || !module_nr(id))

@@ -175,14 +175,11 @@ def test_fchmodat2_of_a_watched_file_is_seen(tree):
         agent.session.close()
 
 
-@pytest.mark.xfail(
-    reason="known gap: open_by_handle_at is seen by the file_open LSM hook only (docs/events.md)",
-    strict=False,
-)
 def test_open_by_handle_at_of_a_watched_file_is_seen(tree):
-    """Known gap (xfail; passes where the file_open LSM hook loads) (expected to FAIL where the file_open LSM hook does not load, as
-    here): open_by_handle_at (root: CAP_DAC_READ_SEARCH) is not hooked; a
-    read of the watched secret through a file handle leaves no record.
+    """BUG (FAILED before sys_exit_open_by_handle_at was hooked, where the
+    file_open LSM hook does not load, as here): open_by_handle_at (root:
+    CAP_DAC_READ_SEARCH) was not hooked; a read of the watched secret
+    through a file handle left no record.
     Reproduce: name_to_handle_at + open_by_handle_at of /etc/shadow."""
     agent, sink = _agent(tree)
     try:

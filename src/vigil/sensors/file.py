@@ -93,7 +93,11 @@ def _exits(*calls: str, optional: bool = False):
 # open and creat exist on x86_64 only (arm64 has openat and openat2)
 # the syscall entry points' names (fexit targets)
 _SYSCALL_FN = "__x64_sys_" if platform.machine() == "x86_64" else "__arm64_sys_"
-_OPEN_CALLS = ("openat", "openat2") + (("open", "creat") if platform.machine() == "x86_64" else ())
+# open_by_handle_at opens a file by its handle, no path: a success is
+# matched by the file's inode like any open (a failure has nothing to match)
+_OPEN_CALLS = ("openat", "openat2", "open_by_handle_at") + (
+    ("open", "creat") if platform.machine() == "x86_64" else ()
+)
 
 OPEN = register(
     Sensor(

@@ -86,5 +86,8 @@ SENSOR = register(
         ),
         finish=_finish,
         describe=_describe,
+        # with syscall32 loaded, its every-syscall program makes the 32-bit
+        # module calls the per-call tracepoints skip (bpf/module.bpf.c)
+        rodata={"modules_wanted": 1},
     )
 )
