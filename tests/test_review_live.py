@@ -245,17 +245,15 @@ def test_second_stop_signal_during_teardown_keeps_the_exit_line(sig, delay):
             proc.wait()
 
 
-@pytest.mark.xfail(
-    reason="known gap: a write blocked on a reader that never reads ignores stop signals",
-    strict=False,
-)
 def test_sigterm_ends_a_tool_whose_reader_stopped_reading():
-    """Known gap (xfail; the deleted Agent did the same): a stdout
-    reader that stops reading (a stuck pager, `| sleep 1000`) blocks the
-    sink's write, and no stop signal gets through: SIGTERM, twice, leaves
-    the tool running past the 5 s grace period the docs promise, until
-    systemd's SIGKILL.  Reproduce: vigil execsnoop --json | sleep 1000,
-    run an exec storm, kill -TERM (twice): it never exits."""
+    """BUG (FAILED before sinks.abort_blocked_write; the deleted Agent did
+    the same): a stdout reader that stops reading (a stuck pager, `| sleep
+    1000`) blocks the sink's write, and no stop signal got through:
+    SIGTERM, twice, left the tool running past the 5 s grace period the
+    docs promise, until systemd's SIGKILL.  Now the second stop signal
+    ends the write, says so on stderr, and the tool stops cleanly.
+    Reproduce: vigil execsnoop --json | sleep 1000, run an exec storm,
+    kill -TERM (twice)."""
     r, w = os.pipe()  # never read
     proc = subprocess.Popen(
         [os.path.join(os.path.dirname(os.sys.executable), "vigil"), "execsnoop", "--json"],
@@ -279,6 +277,8 @@ def test_sigterm_ends_a_tool_whose_reader_stopped_reading():
         except subprocess.TimeoutExpired:
             pytest.fail("SIGTERM (twice) did not end a tool whose stdout is full")
         assert proc.returncode == 0
+        err = proc.stderr.read()
+        assert b"output blocked" in err and b"Traceback" not in err, err
     finally:
         if proc.poll() is None:
             proc.kill()

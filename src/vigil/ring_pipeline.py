@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 from . import gc_policy
 from .loader import Session
+from .outputs.sinks import OutputBlocked, abort_blocked_write
 from .pipeline import EventLoop, Pipeline
 from .process import ProcessTable
 from .signals import STOP_GRACE_S, ServiceSignals, StopDrain, add_unread
@@ -140,6 +141,7 @@ class RingPipeline(Pipeline):
         stop_at: list[tuple[int, float]] = []  # the producer's position and time at the stop
         signals = ServiceSignals(
             on_stop=lambda _sig: stop_at.append((reader.producer_position(), time.monotonic())),
+            on_hurry=abort_blocked_write,
             reload_hooks=self._reload_hooks,
         )
         loop = self.loop
@@ -156,12 +158,17 @@ class RingPipeline(Pipeline):
                     loop.add_timer(duration, signals.request_stop)
                 if on_ready is not None:
                     on_ready()
-                while not signals.service():
-                    idle = self.session.poll_wait(self.poll_interval)
-                    loop.turn(0.0 if reader.pending_bytes() else idle)
-                    self.turn()
-                signals.stop_notice()
-                self._drain_to(*stop_at[0], stop_grace, signals)
+                try:
+                    while not signals.service():
+                        idle = self.session.poll_wait(self.poll_interval)
+                        loop.turn(0.0 if reader.pending_bytes() else idle)
+                        self.turn()
+                    signals.stop_notice()
+                    self._drain_to(*stop_at[0], stop_grace, signals)
+                except OutputBlocked:
+                    # the batch being written, and what the ring still held,
+                    # are not shown: said on stderr, the stop goes on
+                    signals.say("vigil: output blocked (its reader stopped reading): stopping")
                 return self.tick(final=True).kinds
         finally:
             self.close()

@@ -78,12 +78,16 @@ class ServiceSignals:
 
     `on_stop(signum)` runs inside the handler at the first stop signal, so
     it can note where the ring's producer was at that moment; keep it tiny.
+    `on_hurry()` runs inside it at the second; it may raise, to end a
+    blocking call the first could not (a write to a reader that stopped
+    reading: vigil.outputs.sinks.abort_blocked_write).
     """
 
     def __init__(
         self,
         *,
         on_stop: Callable[[int], None] | None = None,
+        on_hurry: Callable[[], None] | None = None,
         reload_hooks: list[Callable[[], str | None]] | None = None,
         out: TextIO | None = None,
         announce_reloads: bool = True,
@@ -91,6 +95,7 @@ class ServiceSignals:
         """`announce_reloads=False`: a process that only passes SIGHUP on
         (`vigil monitor`'s capture to its analysis) leaves the line to it."""
         self.on_stop = on_stop
+        self.on_hurry = on_hurry
         self.announce_reloads = announce_reloads
         self.reload_hooks = reload_hooks if reload_hooks is not None else []
         self.out = out
@@ -128,6 +133,8 @@ class ServiceSignals:
             # an operator's second signal; a closed output raises SIGPIPE at
             # every write and must not cut short the drain into the store
             self.hurry = True
+            if self.on_hurry is not None:
+                self.on_hurry()  # may raise: it ends a write nobody takes
 
     # -- the loop's side ------------------------------------------------------------
     def service(self) -> bool:
@@ -166,14 +173,14 @@ class ServiceSignals:
         if failed:
             line = f"vigil: SIGHUP: reload failed, running on: {'; '.join(failed)}"
         if self.announce_reloads or failed:
-            self._say(line)
+            self.say(line)
 
     def stop_notice(self) -> None:
         """One line when an unusual signal (not INT/TERM) stopped us."""
         if self.stop_signal and self.stop_signal not in USUAL_STOP_SIGNALS:
-            self._say(f"vigil: {signal_name(self.stop_signal)}: stopping cleanly")
+            self.say(f"vigil: {signal_name(self.stop_signal)}: stopping cleanly")
 
-    def _say(self, line: str) -> None:
+    def say(self, line: str) -> None:
         out = self.out or sys.stderr
         try:
             out.write(line + "\n")

@@ -68,13 +68,35 @@ class StoreSink:
         self.store.close()
 
 
+class OutputBlocked(Exception):
+    """A second stop signal came while a write to the output was blocked:
+    its reader stopped reading (`| sleep 1000`, a stuck pager)."""
+
+
+_writing = False  # a write_all is in progress
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Every byte to `fd`.  Python's buffered stdout can drop the rest of a
     write that a signal (Ctrl-C) interrupts while a pipe is full; os.write
-    is retried on EINTR (PEP 475), and we loop over partial writes."""
+    is retried on EINTR (PEP 475), and we loop over partial writes.  Only
+    abort_blocked_write, from a signal handler, ends it early."""
+    global _writing
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    _writing = True
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        _writing = False
+
+
+def abort_blocked_write() -> None:
+    """From a signal handler (the second stop signal): raise OutputBlocked
+    out of a write_all in progress, which PEP 475 would otherwise retry for
+    ever on a reader that never reads; outside a write, nothing."""
+    if _writing:
+        raise OutputBlocked("the output's reader stopped reading")
 
 
 class JsonSink:
