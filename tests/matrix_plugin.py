@@ -29,8 +29,8 @@ def pytest_configure(config):
 
     choose = loader.choose
 
-    def recording_choose(sensor, forced=None):
-        chosen = choose(sensor, forced)
+    def recording_choose(*args, **kwargs):
+        chosen = choose(*args, **kwargs)
         _uses.update((c.sensor, c.feature, c.target) for c in chosen)
         return chosen
 
