@@ -91,11 +91,16 @@ class ServiceSignals:
         reload_hooks: list[Callable[[], str | None]] | None = None,
         out: TextIO | None = None,
         announce_reloads: bool = True,
+        ignore_after: bool = False,
     ):
         """`announce_reloads=False`: a process that only passes SIGHUP on
         (`vigil monitor`'s capture to its analysis) leaves the line to it."""
         self.on_stop = on_stop
         self.on_hurry = on_hurry
+        # leave the stop signals ignored on exit, not restored: the
+        # process is ending (a live tool's teardown guard), and a signal in
+        # its last milliseconds must not kill it with a status of its own
+        self.ignore_after = ignore_after
         self.announce_reloads = announce_reloads
         self.reload_hooks = reload_hooks if reload_hooks is not None else []
         self.out = out
@@ -213,6 +218,8 @@ class ServiceSignals:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._old.items():
+            if self.ignore_after and sig in STOP_SIGNALS:
+                handler = signal.SIG_IGN
             signal.signal(sig, handler)
         self._old.clear()
         if self._rfd >= 0:

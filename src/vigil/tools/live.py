@@ -112,7 +112,8 @@ def run_live(
     # A stop signal after run() returns (a second Ctrl-C or SIGTERM during
     # the teardown, which detaches every program: ~0.4 s) must not kill us
     # before the exit line: these handlers, entered just before run() and
-    # left after finish(), only note it (run() installs its own inside).
+    # left after finish(), only note it (run() installs its own inside);
+    # after them the stop signals stay ignored until the process is gone.
     teardown = contextlib.ExitStack()
     with teardown, session:
         if callable(columns):
@@ -125,7 +126,7 @@ def run_live(
         )
         if first is not None:
             pipe.inject(first(table))
-        teardown.enter_context(ServiceSignals())
+        teardown.enter_context(ServiceSignals(ignore_after=True))
         stats = pipe.run(duration, on_ready=lambda: ready(what))
         teardown.callback(finish, stats)
     return stats
