@@ -263,7 +263,24 @@ const volatile __u8 exit_syscall32 = 0;
 const volatile __u8 modules_wanted = 0;	/* the module_load sensor is loaded */
 
 #define VIGIL_X32_SYSCALL_BIT 0x40000000	/* arch/x86/include/uapi/asm/unistd.h */
-#define VIGIL_USER32_CS 0x23			/* the 32-bit user code segment (GDT entry 4, RPL 3) */
+
+/*
+ * Whether the process image is a 32-bit (i386) program: the exec of an
+ * ia32 ELF sets MM_CONTEXT_UPROBE_IA32, bit 0 of mm->context.flags
+ * (arch/x86/include/asm/mmu.h; bit 0 too where flags is an unsigned short
+ * of BIT() masks, before 6.4), and every exec makes a new mm.  Not the
+ * user code segment at the call: a 64-bit program can far-jump to the
+ * 32-bit segment (0x23) itself and make its int $0x80 calls from there.
+ * The first byte is read: the bit is in it whatever the field's width.
+ */
+static __always_inline bool ia32_image(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u8 low = 0;
+
+	bpf_core_read(&low, sizeof(low), &task->mm->context.flags);
+	return low & 1;
+}
 
 /* The first call of each number, per process image: a 32-bit program makes
  * every call this way, an evading 64-bit one the few it needs hidden. */
@@ -311,7 +328,7 @@ static __always_inline int syscall32_exit(struct pt_regs *regs, long id, long re
 	e->abi = abi;
 	e->ia32_syscall = abi == SYSCALL32_ABI_IA32 ? key.nr : -1;
 	e->x32_syscall = abi == SYSCALL32_ABI_X32 ? key.nr : -1;
-	e->mode32 = (BPF_CORE_READ(regs, cs) & 0xffff) == VIGIL_USER32_CS;
+	e->mode32 = ia32_image();
 	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
 	if (abi == SYSCALL32_ABI_IA32) {
 		e->arg0 = (__u32)BPF_CORE_READ(regs, bx);
