@@ -263,6 +263,7 @@ const volatile __u8 exit_syscall32 = 0;
 const volatile __u8 modules_wanted = 0;	/* the module_load sensor is loaded */
 
 #define VIGIL_X32_SYSCALL_BIT 0x40000000	/* arch/x86/include/uapi/asm/unistd.h */
+#define VIGIL_ENOSYS 38				/* include/uapi/asm-generic/errno.h */
 
 /*
  * Whether the process image is a 32-bit (i386) program: the exec of an
@@ -307,10 +308,15 @@ static __always_inline int syscall32_exit(struct pt_regs *regs, long id, long re
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct syscall32_key key = {};
 	struct syscall32_event *e;
+	__s32 nr = abi == SYSCALL32_ABI_X32 ? id & ~VIGIL_X32_SYSCALL_BIT : id;
 	__u8 one = 1;
 
 	key.pid = bpf_get_current_pid_tgid() >> 32;
-	key.nr = abi == SYSCALL32_ABI_X32 ? id & ~VIGIL_X32_SYSCALL_BIT : id;
+	/* a number the kernel has no call for answers -ENOSYS (so do x32
+	 * calls where x32 is off): one key for all of them, the first one
+	 * recorded; else each of the 2^32 numbers is a record of its own, a
+	 * flood at the will of any process */
+	key.nr = ret == -VIGIL_ENOSYS ? -VIGIL_ENOSYS : nr;
 	key.abi = abi;
 	key.start_ns = task_start_boottime(BPF_CORE_READ(task, group_leader));
 	key.exec_id = BPF_CORE_READ(task, self_exec_id);
@@ -324,10 +330,10 @@ static __always_inline int syscall32_exit(struct pt_regs *regs, long id, long re
 		return 0;
 	fill_header(&e->hdr, VIGIL_EV_SYSCALL32);
 	e->ret = ret;
-	e->nr = key.nr;
+	e->nr = nr;
 	e->abi = abi;
-	e->ia32_syscall = abi == SYSCALL32_ABI_IA32 ? key.nr : -1;
-	e->x32_syscall = abi == SYSCALL32_ABI_X32 ? key.nr : -1;
+	e->ia32_syscall = abi == SYSCALL32_ABI_IA32 ? nr : -1;
+	e->x32_syscall = abi == SYSCALL32_ABI_X32 ? nr : -1;
 	e->mode32 = ia32_image();
 	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
 	if (abi == SYSCALL32_ABI_IA32) {
