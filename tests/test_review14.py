@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
 from helpers import ROOT, pump_until, start_agent
 from test_capable import Child, _settle
+from vigil import watchlist
 
 pytestmark = pytest.mark.kernel
 
@@ -183,6 +186,72 @@ def test_syscall32_alone_makes_no_module_record_for_an_ia32_module_call(s32):
     _settle(agent)
     assert [e["syscall"] for e in _mine(sink.events, proc.pid)] == ["init_module"]
     assert [e for e in sink.events if e["kind"] == "module_load"] == []
+
+
+
+# A file handle of `secret`, the caches dropped (its dentry and inode with
+# them), then open_by_handle_at and a read: the kernel's dentry for the
+# file is then a disconnected one, named "/" (/proc/self/fd shows it).
+BY_HANDLE_COLD = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(8 + 128)
+ctypes.c_uint.from_buffer(buf, 0).value = 128
+mid = ctypes.c_int()
+if libc.name_to_handle_at(-100, sys.argv[1].encode(), buf, ctypes.byref(mid), 0) != 0:
+    print("nohandle", file=sys.stderr); sys.exit(0)
+mfd = os.open(sys.argv[2], os.O_RDONLY)
+open("/proc/sys/vm/drop_caches", "w").write("2")  # dentries and inodes
+fd = libc.open_by_handle_at(mfd, buf, os.O_RDONLY)
+assert fd >= 0, ctypes.get_errno()
+print(os.readlink(f"/proc/self/fd/{fd}"), file=sys.stderr)
+assert os.read(fd, 1) == b"s"
+"""
+
+
+def test_open_by_handle_at_of_a_watched_file_out_of_the_dentry_cache():
+    """BUG (fixed): open_by_handle_at of a watched file whose dentry is no
+    longer cached (memory pressure on a busy host, or drop_caches) gets a
+    disconnected dentry from the kernel: its own parent, named "/".  The
+    open sensor matches an opened file by (its parent directory, its
+    name), so the read of the watched file left no record.
+    Reproduce (root: CAP_DAC_READ_SEARCH): name_to_handle_at(secret) (no
+    open, no record), echo 2 > /proc/sys/vm/drop_caches, then
+    open_by_handle_at(mount fd, handle, O_RDONLY) and read.  Consequence:
+    a watched secret is read unseen by anyone holding its handle.  Now an
+    open by handle of a file the kernel cannot name is reported, named by
+    device and inode, its path partial."""
+    base = tempfile.mkdtemp(dir="/var/tmp")  # a disk file system: tmpfs never drops dentries
+    try:
+        secret = os.path.join(base, "w", "secret")
+        os.makedirs(os.path.dirname(secret))
+        with open(secret, "w") as f:
+            f.write("s")
+        st = os.stat(secret)
+        agent, sink = start_agent(["open"], enrich=False, sensor_options={"watch": [secret]})
+        try:
+            proc = subprocess.run(
+                Child.argv("r14-byhandle", BY_HANDLE_COLD) + [secret, base],
+                capture_output=True,
+                check=True,
+            )
+            if b"nohandle" in proc.stderr:
+                pytest.skip("no file handles on this file system")
+            shown, pid = proc.stderr.split()[-2:]
+            pid = int(pid)
+            if shown != b"/":
+                pytest.skip(f"the dentry stayed cached ({shown!r}): not the case under test")
+            _settle(agent, 1.0)
+            got = [
+                (e["syscall"], e["access"], e["ino"], e["dev"], "partial" in e["flags"])
+                for e in _mine(sink.events, pid, "open")
+            ]
+            dev = watchlist.kernel_dev(st.st_dev)
+            assert got == [("open_by_handle_at", "read", st.st_ino, dev, True)], got
+        finally:
+            agent.session.close()
+    finally:
+        shutil.rmtree(base)
 
 
 if __name__ == "__main__":
