@@ -180,13 +180,14 @@ def test_syscall32_alone_makes_no_module_record_for_an_ia32_module_call(s32):
     record (the module half of the shared program stays off)."""
     agent, sink = s32
     _needs_ia32()
-    proc = subprocess.Popen([IA32, str(I386_INIT_MODULE), "s:r14", "3", "s:"], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [IA32, str(I386_INIT_MODULE), "s:r14", "3", "s:"], stdout=subprocess.PIPE
+    )
     proc.communicate(timeout=30)
     pump_until(agent, sink, lambda evs: _mine(evs, proc.pid))
     _settle(agent)
     assert [e["syscall"] for e in _mine(sink.events, proc.pid)] == ["init_module"]
     assert [e for e in sink.events if e["kind"] == "module_load"] == []
-
 
 
 # A file handle of `secret`, the caches dropped (its dentry and inode with
@@ -252,7 +253,6 @@ def test_open_by_handle_at_of_a_watched_file_out_of_the_dentry_cache():
             agent.session.close()
     finally:
         shutil.rmtree(base)
-
 
 
 CAP_SYS_ADMIN = 21
@@ -422,6 +422,58 @@ def test_real_admin_checks_are_kept_whatever_tracers_come_and_go():
             assert got == ["mount", "sethostname", "setns", "unshare"], (pid, got)
     finally:
         agent.session.close()
+
+
+# An unprivileged flood of checks of both kinds: denied setuid(0)
+# (CAP_SETUID) and mmaps (the accounting's CAP_SYS_ADMIN, denied too).
+NOBODY_FLOOD = """
+import mmap, os, time
+os.setgid(65534); os.setuid(65534)
+end = time.monotonic() + 20
+while time.monotonic() < end:
+    for _ in range(50):
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        mmap.mmap(-1, 1 << 20).close()
+"""
+
+
+UNSHARE_NS = "import ctypes\nassert ctypes.CDLL(None).unshare(0x00020000) == 0\n"
+
+
+def test_an_unprivileged_flood_while_learning_teaches_the_right_word():
+    """Holds: an unprivileged process floods checks of both kinds (denied
+    setuid(0), mmaps) while the sensor starts and learns.  The word learnt
+    is the true one: afterwards the accounting checks of 30 children are
+    dropped, real CAP_SYS_ADMIN checks of 5 more are kept, and no re-walk
+    disagrees."""
+    flood = subprocess.Popen([sys.executable, "-c", NOBODY_FLOOD])
+    try:
+        time.sleep(0.2)
+        agent, sink, state = _monitor_capable()
+        try:
+            learnt = _learn(state)
+            assert learnt["slot"] > 0, learnt
+            assert _accounting_leaks(agent, sink) == []
+            kids = [Child("r14-admin", UNSHARE_NS) for _ in range(5)]
+            _settle(agent, 0.5)
+            for c in kids:
+                got = [
+                    e["syscall"]
+                    for e in sink.events
+                    if e["kind"] == "capable" and e["pid"] == c.pid and e["cap"] == CAP_SYS_ADMIN
+                ]
+                assert got == ["unshare"], got
+            after = state()
+            assert after["slot"] == learnt["slot"] and after["n_mismatch"] == 0, after
+            assert after["n_verified"] > 0, after
+        finally:
+            agent.session.close()
+    finally:
+        flood.kill()
+        flood.wait()
 
 
 if __name__ == "__main__":
