@@ -94,9 +94,10 @@ $(BIN)/ia32-syscall: tests/progs/ia32_syscall.c | $(BIN)
 $(BIN)/farjump32: tests/progs/farjump32.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -no-pie -o $@ $<
 
+PROG32_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-m32 -O2 -Wall -nostdlib -static \
+	-no-pie -fno-pie -ffreestanding -fno-stack-protector,$(HELPER_CFLAGS))
 $(BIN)/prog32: tests/progs/prog32.c | $(BIN)
-	$(CC) -m32 -O2 -Wall -nostdlib -static -no-pie -fno-pie -ffreestanding \
-		-fno-stack-protector -o $@ $<
+	$(CC) $(PROG32_CFLAGS) -o $@ $<
 
 # A sensor object the verifier refuses (tests/test_skip_unloadable.py); it
 # includes the sensors' headers and vmlinux.h from the BPF build.

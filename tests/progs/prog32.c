@@ -3,7 +3,9 @@
  * A real 32-bit program (an i386 ELF, no libc: built -m32 -nostdlib): one
  * int $0x80 getpid, then exit_group(0).  For the syscall32 sensor's
  * `mode32`: a 32-bit program makes every call through the ia32 table.
+ * Elsewhere (no -m32) a stub that says so.
  */
+#if defined(__i386__)
 static inline int sys1(int nr, int a)
 {
 	int ret;
@@ -19,3 +21,12 @@ void _start(void)
 	for (;;)
 		;
 }
+#else
+#include <stdio.h>
+
+int main(void)
+{
+	fputs("prog32: built for x86_64 hosts only (-m32)\n", stderr);
+	return 2;
+}
+#endif
