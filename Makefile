@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 HELPERS := $(BIN)/usdt-probe $(BIN)/uprobe-target $(BIN)/accept-storm $(BIN)/failexec-storm \
 	$(BIN)/exec-tricks $(BIN)/cmdline-dump $(BIN)/uring-open $(BIN)/ia32-syscall \
-	build/bpf/test_rejected.bpf.o
+	$(BIN)/farjump32 $(BIN)/prog32 build/bpf/test_rejected.bpf.o
 
 .DELETE_ON_ERROR:
 .PHONY: setup monitor test test-kernels bench lint format helpers clean distclean
@@ -88,6 +88,16 @@ $(BIN)/uring-open: tests/progs/uring_open.c | $(BIN)
 
 $(BIN)/ia32-syscall: tests/progs/ia32_syscall.c | $(BIN)
 	$(CC) $(HELPER_CFLAGS) -o $@ $<
+
+# 32-bit mode from a 64-bit program (-no-pie: its 32-bit code and stack
+# below 4 GiB), and a real i386 program (no libc: no multilib needed)
+$(BIN)/farjump32: tests/progs/farjump32.c | $(BIN)
+	$(CC) $(HELPER_CFLAGS) -no-pie -o $@ $<
+
+PROG32_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-m32 -O2 -Wall -nostdlib -static \
+	-no-pie -fno-pie -ffreestanding -fno-stack-protector,$(HELPER_CFLAGS))
+$(BIN)/prog32: tests/progs/prog32.c | $(BIN)
+	$(CC) $(PROG32_CFLAGS) -o $@ $<
 
 # A sensor object the verifier refuses (tests/test_skip_unloadable.py); it
 # includes the sensors' headers and vmlinux.h from the BPF build.

@@ -266,6 +266,7 @@ struct acct_slot_state {
 	__s32 slot;		/* 0: learning; > 0: the word; -1: none (the unwinder only) */
 	__u32 n_verified;	/* checks walked again once learned */
 	__u32 n_mismatch;	/* of them, answers that differed (then slot = -1) */
+	__u64 probe_ret;	/* the probe's return address the slot was learnt with */
 };
 
 /* One entry, shared by all CPUs: a lost update of a racing CPU costs a
@@ -319,6 +320,20 @@ static __noinline void learn_acct_slot(void *ctx, struct acct_slot_state *st, in
 	/* the unwinder's first address is the probe's return into cap_capable() */
 	if (!sp || !ips[1] || ip != ips[0])
 		return;
+	/*
+	 * One layout: the probe called from one place.  Another tracer on
+	 * the tracepoint (an ftrace event, a raw_tp) makes cap_capable() call
+	 * __traceiter_cap_capable(), which calls the probe: a frame more, and
+	 * the caller is the unwinder's third address, not its second.  An
+	 * accounting check whose second address is not the accounting's is
+	 * such a layout: it would teach the word of the return into
+	 * cap_capable(), which no accounting check is told by.
+	 */
+	if (st->probe_ret && ip != st->probe_ret)
+		return;
+	if (acct && !in_accounting(ips[0]) && !in_accounting(ips[1]))
+		return;
+	st->probe_ret = ip;
 	if (bpf_probe_read_kernel(words, ACCT_SLOTS * sizeof(__u64), (void *)sp))
 		return;
 	/* flags in the map, not bits in a register: the verifier then sees
@@ -361,7 +376,10 @@ static __always_inline bool accounting_check(void *ctx, struct acct_slot_state *
 	if (slot <= 0 || slot >= ACCT_SLOTS)
 		return accounting_by_stack(ctx, ips);
 	sp = probe_frame(ctx, &ip);
-	if (!sp || bpf_probe_read_kernel(&ret, sizeof(ret), (void *)(sp + slot * 8)))
+	/* the probe called from elsewhere (another tracer came): the word
+	 * is not where it was learnt; the unwinder decides until it leaves */
+	if (!sp || ip != st->probe_ret ||
+	    bpf_probe_read_kernel(&ret, sizeof(ret), (void *)(sp + slot * 8)))
 		return accounting_by_stack(ctx, ips);
 	acct = in_accounting(ip) || in_accounting(ret);
 	if ((bpf_get_prandom_u32() & (ACCT_VERIFY_EVERY - 1)) == 0) {

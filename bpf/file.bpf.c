@@ -314,6 +314,29 @@ static __always_inline void emit_tail(struct vigil_header *hdr, __u32 fixed, __u
 
 /* -- opens ----------------------------------------------------------------------- */
 
+/*
+ * A file opened by handle that the kernel could not name: open_by_handle_at()
+ * of a file whose dentry left the cache (memory pressure, drop_caches)
+ * gets a disconnected dentry (exportfs, d_obtain_alias), its own parent,
+ * named "/", which matches no watched directory and name.  It may be a
+ * watched file: it counts as one, for both accesses, named in its record by
+ * device and inode (the path partial).  Only inside open_by_handle_at():
+ * knfsd's opens by handle are no syscalls, and a directory is always
+ * reconnected by the kernel.
+ */
+static __always_inline __u32 unnamed_by_handle(struct file *f, long sc, __u32 *hflags)
+{
+	struct dentry *d;
+
+	if (sc != VIGIL_SYS_open_by_handle_at)
+		return 0;
+	d = BPF_CORE_READ(f, f_path.dentry);
+	if (BPF_CORE_READ(d, d_parent) != d || BPF_CORE_READ(d, d_sb, s_root) == d)
+		return 0;
+	*hflags |= VIGIL_F_PARTIAL;
+	return FILE_WATCH_READ | FILE_WATCH_WRITE;
+}
+
 /* open_how.flags and .mode (include/uapi/linux/openat2.h) */
 struct user_open_how {
 	__u64 flags;
@@ -440,8 +463,11 @@ static __always_inline int open_done(long ret, enum vigil_syscall sc, bool faile
 		if (!f)
 			return 0;
 		watched = watched_file(f);
-		if (!watched && !match_all)
-			return 0;
+		if (!watched && !match_all) {
+			watched = unnamed_by_handle(f, sc, &hflags);
+			if (!watched)
+				return 0;
+		}
 		open_args(&a, sc);
 		want = open_access(a.flags);
 		/* a directory opened for a listing is not an access to its entries */
@@ -527,7 +553,7 @@ int BPF_PROG(file_open_lsm, struct file *f)
 {
 	struct open_args a = { .dfd = AT_FDCWD };
 	struct file_scratch *s;
-	__u32 watched, want;
+	__u32 watched, want, hflags = 0;
 	long sc;
 
 	if (targ_tgid && (bpf_get_current_pid_tgid() >> 32) != targ_tgid)
@@ -540,8 +566,11 @@ int BPF_PROG(file_open_lsm, struct file *f)
 	if (BPF_CORE_READ(f, f_mode) & FMODE_NOACCOUNT)
 		return 0;
 	watched = watched_file(f);
-	if (!watched && !match_all)
-		return 0;
+	if (!watched && !match_all) {
+		watched = unnamed_by_handle(f, current_syscall_nr(), &hflags);
+		if (!watched)
+			return 0;
+	}
 	sc = current_syscall_nr();
 	switch (sc) {
 	case VIGIL_SYS_openat:
@@ -564,7 +593,7 @@ int BPF_PROG(file_open_lsm, struct file *f)
 		return 0;
 	s = scratch();
 	if (s)
-		send_open(s, f, &a, 0, sc, want, 0, OPEN_HOOK_LSM);
+		send_open(s, f, &a, 0, sc, want, hflags, OPEN_HOOK_LSM);
 	return 0;
 }
 

@@ -263,7 +263,25 @@ const volatile __u8 exit_syscall32 = 0;
 const volatile __u8 modules_wanted = 0;	/* the module_load sensor is loaded */
 
 #define VIGIL_X32_SYSCALL_BIT 0x40000000	/* arch/x86/include/uapi/asm/unistd.h */
-#define VIGIL_USER32_CS 0x23			/* the 32-bit user code segment (GDT entry 4, RPL 3) */
+#define VIGIL_ENOSYS 38				/* include/uapi/asm-generic/errno.h */
+
+/*
+ * Whether the process image is a 32-bit (i386) program: the exec of an
+ * ia32 ELF sets MM_CONTEXT_UPROBE_IA32, bit 0 of mm->context.flags
+ * (arch/x86/include/asm/mmu.h; bit 0 too where flags is an unsigned short
+ * of BIT() masks, before 6.4), and every exec makes a new mm.  Not the
+ * user code segment at the call: a 64-bit program can far-jump to the
+ * 32-bit segment (0x23) itself and make its int $0x80 calls from there.
+ * The first byte is read: the bit is in it whatever the field's width.
+ */
+static __always_inline bool ia32_image(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u8 low = 0;
+
+	bpf_core_read(&low, sizeof(low), &task->mm->context.flags);
+	return low & 1;
+}
 
 /* The first call of each number, per process image: a 32-bit program makes
  * every call this way, an evading 64-bit one the few it needs hidden. */
@@ -290,10 +308,15 @@ static __always_inline int syscall32_exit(struct pt_regs *regs, long id, long re
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct syscall32_key key = {};
 	struct syscall32_event *e;
+	__s32 nr = abi == SYSCALL32_ABI_X32 ? id & ~VIGIL_X32_SYSCALL_BIT : id;
 	__u8 one = 1;
 
 	key.pid = bpf_get_current_pid_tgid() >> 32;
-	key.nr = abi == SYSCALL32_ABI_X32 ? id & ~VIGIL_X32_SYSCALL_BIT : id;
+	/* a number the kernel has no call for answers -ENOSYS (so do x32
+	 * calls where x32 is off): one key for all of them, the first one
+	 * recorded; else each of the 2^32 numbers is a record of its own, a
+	 * flood at the will of any process */
+	key.nr = ret == -VIGIL_ENOSYS ? -VIGIL_ENOSYS : nr;
 	key.abi = abi;
 	key.start_ns = task_start_boottime(BPF_CORE_READ(task, group_leader));
 	key.exec_id = BPF_CORE_READ(task, self_exec_id);
@@ -307,11 +330,11 @@ static __always_inline int syscall32_exit(struct pt_regs *regs, long id, long re
 		return 0;
 	fill_header(&e->hdr, VIGIL_EV_SYSCALL32);
 	e->ret = ret;
-	e->nr = key.nr;
+	e->nr = nr;
 	e->abi = abi;
-	e->ia32_syscall = abi == SYSCALL32_ABI_IA32 ? key.nr : -1;
-	e->x32_syscall = abi == SYSCALL32_ABI_X32 ? key.nr : -1;
-	e->mode32 = (BPF_CORE_READ(regs, cs) & 0xffff) == VIGIL_USER32_CS;
+	e->ia32_syscall = abi == SYSCALL32_ABI_IA32 ? nr : -1;
+	e->x32_syscall = abi == SYSCALL32_ABI_X32 ? nr : -1;
+	e->mode32 = ia32_image();
 	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
 	if (abi == SYSCALL32_ABI_IA32) {
 		e->arg0 = (__u32)BPF_CORE_READ(regs, bx);

@@ -37,8 +37,9 @@ struct syscall32_event {
 	enum syscall32_abi abi;
 	enum vigil_syscall_ia32 ia32_syscall;	/* abi ia32: nr named by the ia32 table */
 	enum vigil_syscall x32_syscall;		/* abi x32: nr named by x86_64's table */
-	__u8 mode32;			/* 1: the caller's code runs in 32-bit mode
-					 * (user CS is the 32-bit segment): a 32-bit program */
+	__u8 mode32;			/* 1: the process image is a 32-bit (i386) program
+					 * (its exec set it up so); not the code segment,
+					 * which a 64-bit program can switch itself */
 	__u8 __pad[7];
 };
 

@@ -71,7 +71,7 @@ def test_ia32_open_is_recorded_once_per_number(agent, tmp_path):
     target.write_bytes(b"s")
     pid, fd = run_ia32("-r", "3", str(I386_OPEN), f"s:{target}", "0")
     assert fd >= 0
-    events = pump_until(agent, sink, lambda evs: _mine(evs, pid))
+    pump_until(agent, sink, lambda evs: _mine(evs, pid))
     _settle(agent, 0.5)
     (ev,) = _mine(sink.events, pid)
     # the first of the three: fds 3, 4, 5 (the last printed)
@@ -124,7 +124,9 @@ def test_shares_the_module_program_and_each_keeps_its_job():
     agent, sink = start_agent(["module_load", "syscall32"], enrich=False)
     try:
         needs_ia32()
-        chosen = {c.sensor: c for c in agent.session.choices if c.hook in ("module_syscalls", "syscall32")}
+        chosen = {
+            c.sensor: c for c in agent.session.choices if c.hook in ("module_syscalls", "syscall32")
+        }
         every = chosen["syscall32"]
         if chosen["module_load"].target.startswith("syscalls/"):
             # module support: the module calls have their tracepoints

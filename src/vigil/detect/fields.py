@@ -307,7 +307,7 @@ LATER_SENSORS = [
         _own(
             Syscall=_f(_get("syscall"), "`syscall` (the ia32 table's name)"),
             Abi=_f(_get("abi"), "`abi` (`ia32`, `x32`)"),
-            Program32Bit=_f(_get("mode32"), "`mode32`: the caller runs 32-bit code"),
+            Program32Bit=_f(_get("mode32"), "`mode32`: the process image is a 32-bit program"),
         ),
     ),
     (
