@@ -80,7 +80,12 @@ def test_far_jump_to_the_32bit_segment_is_still_a_64bit_program(s32):
     evaded by one far jump."""
     agent, sink = s32
     _needs_ia32()
-    proc = subprocess.run([FARJUMP32, str(I386_GETPID)], capture_output=True, check=True)
+    proc = subprocess.run([FARJUMP32, str(I386_GETPID)], capture_output=True)
+    if proc.returncode < 0:
+        # the QEMU (TCG) guests of the kernel matrix kill it at the far jump:
+        # the emulator's, not the kernel's; the host runs it
+        pytest.skip(f"farjump32 cannot switch to 32-bit mode here (signal {-proc.returncode})")
+    assert proc.returncode == 0, proc.stderr
     pid = int(proc.stdout)  # getpid's answer: the call worked, in 32-bit mode
     pump_until(agent, sink, lambda evs: _mine(evs, pid))
     _settle(agent)
