@@ -250,7 +250,6 @@ def test_analysis_killed_mid_storm_resumes_without_loss_or_duplicates(tmp_path, 
     db = tmp_path / "events.db"
     proc = _monitor(db)
     try:
-
         storm = threading.Thread(target=_storm, args=(accept_storm, 8))
         storm.start()
         time.sleep(3)
