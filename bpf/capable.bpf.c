@@ -101,7 +101,6 @@ static __always_inline bool repeated(struct task_struct *task, __u32 pid, int ca
 				     bool denied, bool init_ns, long syscall_nr)
 {
 	struct capable_key key = {};
-	__u8 one = 1;
 
 	key.pid = pid;
 	key.cap = cap;
@@ -112,11 +111,7 @@ static __always_inline bool repeated(struct task_struct *task, __u32 pid, int ca
 	/* u64 since 5.7 (d1e7fd6462ca "signal: Extend exec_id to 64bits");
 	 * ring buffers need 5.8, so no older layout reaches this code */
 	key.exec_id = BPF_CORE_READ(task, self_exec_id);
-	/* lookup first: a repeat (the common case) then costs no LRU update */
-	if (bpf_map_lookup_elem(&capable_seen, &key))
-		return true;
-	/* NOEXIST: of two CPUs racing on a first check, one reports it */
-	return bpf_map_update_elem(&capable_seen, &key, &one, BPF_NOEXIST) != 0;
+	return seen_before(&capable_seen, &key);
 }
 
 /* A record with `exe`: too big for the stack, built here and copied out. */

@@ -227,6 +227,24 @@ static __always_inline void output_event(struct vigil_header *hdr, __u64 size)
 	output_event_class(hdr, size, VIGIL_RING_SECURITY);
 }
 
+#define VIGIL_EEXIST 17	/* include/uapi/asm-generic/errno-base.h */
+
+/*
+ * De-duplication: whether `key` was reported already (a repeat), and
+ * remember it if not.  Lookup first: a repeat (the common case) then costs
+ * no LRU update.  Only "exists" (another CPU reported it first, NOEXIST)
+ * counts as seen: any other failure to remember the key (no memory) lets
+ * the record through, a repeat later rather than a record lost now.
+ */
+static __always_inline bool seen_before(void *map, const void *key)
+{
+	__u8 one = 1;	/* every de-duplication map's value */
+
+	if (bpf_map_lookup_elem(map, key))
+		return true;
+	return bpf_map_update_elem(map, key, &one, BPF_NOEXIST) == -VIGIL_EEXIST;
+}
+
 /*
  * Keep a record type in the object's BTF even when the code only reaches
  * it through casts: user space derives its layout from there.

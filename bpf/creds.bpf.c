@@ -52,7 +52,6 @@ static __always_inline bool repeated(__u32 what, __s32 a0, __s32 a1, __s32 a2, _
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct nochange_key key = {};
-	__u8 one = 1;
 
 	key.start_ns = task_start_boottime(BPF_CORE_READ(task, group_leader));
 	key.exec_id = BPF_CORE_READ(task, self_exec_id);
@@ -62,9 +61,7 @@ static __always_inline bool repeated(__u32 what, __s32 a0, __s32 a1, __s32 a2, _
 	key.args[1] = a1;
 	key.args[2] = a2;
 	key.ret = ret;
-	if (bpf_map_lookup_elem(&creds_seen, &key))
-		return true;
-	return bpf_map_update_elem(&creds_seen, &key, &one, BPF_NOEXIST) != 0;
+	return seen_before(&creds_seen, &key);
 }
 
 static __always_inline bool wanted(void)

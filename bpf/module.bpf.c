@@ -309,7 +309,6 @@ static __always_inline int syscall32_exit(struct pt_regs *regs, long id, long re
 	struct syscall32_key key = {};
 	struct syscall32_event *e;
 	__s32 nr = abi == SYSCALL32_ABI_X32 ? id & ~VIGIL_X32_SYSCALL_BIT : id;
-	__u8 one = 1;
 
 	key.pid = bpf_get_current_pid_tgid() >> 32;
 	/* a number the kernel has no call for answers -ENOSYS (so do x32
@@ -320,10 +319,7 @@ static __always_inline int syscall32_exit(struct pt_regs *regs, long id, long re
 	key.abi = abi;
 	key.start_ns = task_start_boottime(BPF_CORE_READ(task, group_leader));
 	key.exec_id = BPF_CORE_READ(task, self_exec_id);
-	/* lookup first: a repeat (the common case) then costs no LRU update;
-	 * NOEXIST: of two threads racing on a first call, one reports it */
-	if (bpf_map_lookup_elem(&syscall32_seen, &key) ||
-	    bpf_map_update_elem(&syscall32_seen, &key, &one, BPF_NOEXIST))
+	if (seen_before(&syscall32_seen, &key))
 		return 0;
 	e = reserve_event(VIGIL_EV_SYSCALL32, sizeof(*e));
 	if (!e)

@@ -60,7 +60,6 @@ static __always_inline bool repeated(__u32 what, __s32 target, __s32 ret)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct repeat_key key = {};
-	__u8 one = 1;
 
 	key.start_ns = task_start_boottime(BPF_CORE_READ(task, group_leader));
 	key.exec_id = BPF_CORE_READ(task, self_exec_id);
@@ -68,9 +67,7 @@ static __always_inline bool repeated(__u32 what, __s32 target, __s32 ret)
 	key.target = target;
 	key.ret = ret;
 	key.what = what;
-	if (bpf_map_lookup_elem(&signal_seen, &key))
-		return true;
-	return bpf_map_update_elem(&signal_seen, &key, &one, BPF_NOEXIST) != 0;
+	return seen_before(&signal_seen, &key);
 }
 
 static __always_inline bool sender_wanted(void)
