@@ -148,3 +148,24 @@ def stop_vigil(proc: subprocess.Popen, timeout: float = 60) -> tuple[bytes, byte
     out, err = proc.communicate(timeout=timeout * TIME_SCALE)
     assert proc.returncode == 0, err
     return out, err
+
+
+# -- 32-bit syscalls (tests/progs/ia32_syscall.c) -----------------------------------
+IA32 = os.path.join(ROOT, "build", "bin", "ia32-syscall")
+I386_GETPID = 20
+
+
+def run_ia32(*args: str) -> tuple[int, int]:
+    """Run build/bin/ia32-syscall (an int $0x80 call from a 64-bit
+    process); (its pid, the raw return of its last call)."""
+    proc = subprocess.Popen([IA32, *args], stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    return proc.pid, int(out)
+
+
+def needs_ia32() -> None:
+    """Skip where the kernel takes no 32-bit calls (IA32_EMULATION off)."""
+    pid, ret = run_ia32(str(I386_GETPID))
+    if ret != pid:
+        pytest.skip("no 32-bit syscalls here (IA32_EMULATION off or disabled)")

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, start_vigil, stop_vigil, vigil
+from helpers import IA32, ROOT, start_vigil, stop_vigil, vigil
 
 pytestmark = pytest.mark.kernel
 PACK = os.path.join(ROOT, "rules")
@@ -32,7 +32,6 @@ RULE = {
     "port": "7669676c-0008-4000-8000-000000000008",
     "syscall32": "7669676c-0009-4000-8000-000000000009",
 }
-IA32 = os.path.join(ROOT, "build", "bin", "ia32-syscall")
 
 
 def _run(*args, **kw):

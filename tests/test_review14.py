@@ -21,14 +21,13 @@ import time
 
 import pytest
 
-from helpers import ROOT, pump_until, start_agent
+from helpers import IA32, ROOT, needs_ia32, pump_until, start_agent
 from test_capable import Child, _settle
 from vigil import watchlist
 
 pytestmark = pytest.mark.kernel
 
 BIN = os.path.join(ROOT, "build", "bin")
-IA32 = os.path.join(BIN, "ia32-syscall")
 FARJUMP32 = os.path.join(BIN, "farjump32")
 PROG32 = os.path.join(BIN, "prog32")
 RULE = os.path.join(ROOT, "rules", "vigil_syscall32_from_64bit.yml")
@@ -47,12 +46,6 @@ int80 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(
 
 def _mine(events, pid, kind="syscall32"):
     return [e for e in events if e["kind"] == kind and e["pid"] == pid]
-
-
-def _needs_ia32() -> None:
-    out = subprocess.run([IA32, str(I386_GETPID)], capture_output=True, check=True).stdout
-    if int(out) < 0:
-        pytest.skip("no 32-bit syscalls here (IA32_EMULATION off or disabled)")
 
 
 def _rule_alerts(events) -> list:
@@ -79,7 +72,7 @@ def test_far_jump_to_the_32bit_segment_is_still_a_64bit_program(s32):
     lretl back to 0x33).  Consequence: the rule's evasion detection is
     evaded by one far jump."""
     agent, sink = s32
-    _needs_ia32()
+    needs_ia32()
     proc = subprocess.run([FARJUMP32, str(I386_GETPID)], capture_output=True)
     if proc.returncode < 0:
         # killed (SIGKILL) at the far jump in the kernel matrix's QEMU TCG
@@ -102,7 +95,7 @@ def test_a_real_32bit_program_is_mode32_and_the_rule_leaves_it_out(s32):
     program: its execve's return and its getpid are recorded with mode32
     true, and the rule raises nothing for them."""
     agent, sink = s32
-    _needs_ia32()
+    needs_ia32()
     proc = subprocess.Popen([PROG32])
     assert proc.wait(timeout=30) == 0
     pump_until(agent, sink, lambda evs: len(_mine(evs, proc.pid)) >= 2)
@@ -123,7 +116,7 @@ def test_numbers_no_table_has_do_not_bypass_the_once_per_number_rule(s32):
     records of every sensor sharing it are lost), where the sensor promises
     at most one record per number the kernel knows."""
     agent, sink = s32
-    _needs_ia32()
+    needs_ia32()
     code = INT80 + "for nr in range(100000, 102000):\n    assert int80(nr) == -38\n"
     child = Child("r14-s32flood", code)
     pump_until(agent, sink, lambda evs: _mine(evs, child.pid))
@@ -139,7 +132,7 @@ def test_a_flood_of_keys_by_others_costs_repeats_not_a_first_call(s32):
     8192-key LRU (9100 keys); a later process's first ia32 call is still
     recorded (an evicted key can only cause a repeat record)."""
     agent, sink = s32
-    _needs_ia32()
+    needs_ia32()
     code = (
         INT80
         + "nrs = (20, 64, 24, 47, 49, 50, 199, 200, 201, 202, 65, 158, 224)\n"
@@ -172,7 +165,7 @@ def test_ia32_execve_of_a_64bit_program_is_recorded(s32):
     Consequence: this one ia32 call leaves no syscall32 record (the exec
     sensor still records the exec itself, by sched_process_exec)."""
     agent, sink = s32
-    _needs_ia32()
+    needs_ia32()
     proc = subprocess.Popen([IA32, str(I386_EXECVE), "s:/bin/true", "0", "0"])
     assert proc.wait(timeout=30) == 0  # /bin/true's status: the exec worked
     _settle(agent, 1.0)
@@ -185,7 +178,7 @@ def test_syscall32_alone_makes_no_module_record_for_an_ia32_module_call(s32):
     init_module attempt makes its syscall32 record and no module_load
     record (the module half of the shared program stays off)."""
     agent, sink = s32
-    _needs_ia32()
+    needs_ia32()
     proc = subprocess.Popen(
         [IA32, str(I386_INIT_MODULE), "s:r14", "3", "s:"], stdout=subprocess.PIPE
     )

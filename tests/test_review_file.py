@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT, pump_until
+from helpers import IA32, pump_until
 from test_capable import Child, _settle
 from test_file import _agent, _changes, _opens
 from test_file import tree as _file_tree
@@ -205,9 +205,6 @@ def test_open_by_handle_at_of_a_watched_file_is_seen(tree):
         assert (os.fsencode(secret), "read") in got, got
     finally:
         agent.session.close()
-
-
-IA32 = os.path.join(ROOT, "build", "bin", "ia32-syscall")
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="int $0x80: x86_64 only")

@@ -15,12 +15,11 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT, pump_until, start_agent
+from helpers import needs_ia32, pump_until, run_ia32, start_agent
 from test_capable import Child, _settle
 
 pytestmark = pytest.mark.kernel
 
-IA32 = os.path.join(ROOT, "build", "bin", "ia32-syscall")
 NOBODY = pwd.getpwnam("nobody")
 HAS_MODULES = os.path.exists("/proc/modules")
 
@@ -30,7 +29,7 @@ I386_INIT_MODULE, I386_DELETE_MODULE, I386_FINIT_MODULE = 128, 129, 350
 # (176) and finit_module (313)
 I386_RT_SIGPROCMASK, I386_RT_SIGPENDING, I386_SPLICE = 175, 176, 313
 
-needs_ia32 = pytest.mark.skipif(
+x86_only = pytest.mark.skipif(
     platform.machine() != "x86_64", reason="int $0x80 from a 64-bit process: x86_64 only"
 )
 
@@ -51,20 +50,6 @@ def agent(request):
 
 def _mine(events, pid):
     return [e for e in events if e["kind"] == "module_load" and e["pid"] == pid]
-
-
-def _ia32(*args: str) -> tuple[int, int]:
-    """Run one 32-bit syscall; (pid, its raw return)."""
-    proc = subprocess.Popen([IA32, *args], stdout=subprocess.PIPE)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0
-    return proc.pid, int(out)
-
-
-def _ia32_available() -> None:
-    pid, ret = _ia32("20")  # i386 getpid
-    if ret != pid:
-        pytest.skip("no 32-bit syscalls here (IA32_EMULATION off or disabled)")
 
 
 def test_every_syscall_hook_is_tp_btf_here():
@@ -113,7 +98,7 @@ def test_attempt_by_a_non_root_thread_is_reported_with_its_error(agent):
     assert ev["name"] == b"vigil_from_thread"
 
 
-@needs_ia32
+@x86_only
 @pytest.mark.parametrize(
     ("nr", "op"),
     [
@@ -134,14 +119,14 @@ def test_32bit_module_calls_are_seen(agent, nr, op):
     monitor loads both).
     Reproduce: build/bin/ia32-syscall 128 s:x 1 s:opt  under vigil -> nothing."""
     agent, sink = agent
-    _ia32_available()
+    needs_ia32()
     (choice,) = [c for c in agent.session.choices if c.hook == "module_syscalls"]
     both = None
     if choice.target.startswith("syscalls/"):
         # kernels with module support: with syscall32, as `vigil monitor` runs
         both = agent, sink = start_agent(["module_load", "syscall32"], enrich=False)
     try:
-        pid, ret = _ia32(str(nr), "s:vigil_ia32", str(len("vigil_ia32")), "s:p=1")
+        pid, ret = run_ia32(str(nr), "s:vigil_ia32", str(len("vigil_ia32")), "s:p=1")
         if not HAS_MODULES:
             assert ret == -errno.ENOSYS
         try:
@@ -160,7 +145,7 @@ def test_32bit_module_calls_are_seen(agent, nr, op):
             both[0].session.close()
 
 
-@needs_ia32
+@x86_only
 @pytest.mark.parametrize("nr", [I386_RT_SIGPROCMASK, I386_RT_SIGPENDING, I386_SPLICE])
 def test_unrelated_32bit_calls_forge_no_module_record(agent, nr):
     """BUG (FAILED before the fix in bpf/module.bpf.c; raw_tp had it too):
@@ -171,8 +156,8 @@ def test_unrelated_32bit_calls_forge_no_module_record(agent, nr):
     (an alert any user can raise, with arguments it chooses).
     Reproduce: build/bin/ia32-syscall 175 -> a module_load init_module record."""
     agent, sink = agent
-    _ia32_available()
-    pid, ret = _ia32(str(nr))
+    needs_ia32()
+    pid, ret = run_ia32(str(nr))
     assert ret != -errno.ENOSYS  # a real call, which the kernel ran
     _settle(agent, 0.5)
     forged = _mine(sink.events, pid)

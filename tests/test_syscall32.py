@@ -11,13 +11,12 @@ module tracepoints (bpf/module.bpf.c).
 from __future__ import annotations
 
 import errno
-import os
 import platform
 import subprocess
 
 import pytest
 
-from helpers import ROOT, pump_until, start_agent
+from helpers import needs_ia32, pump_until, run_ia32, start_agent
 from test_capable import Child, _settle
 
 pytestmark = [
@@ -25,22 +24,8 @@ pytestmark = [
     pytest.mark.skipif(platform.machine() != "x86_64", reason="ia32 and x32: x86_64 only"),
 ]
 
-IA32 = os.path.join(ROOT, "build", "bin", "ia32-syscall")
 I386_OPEN, I386_GETPID, I386_INIT_MODULE = 5, 20, 128
 X32_SYSCALL_BIT, X86_64_GETPID = 0x40000000, 39
-
-
-def run_ia32(*args: str) -> tuple[int, int]:
-    proc = subprocess.Popen([IA32, *args], stdout=subprocess.PIPE)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0
-    return proc.pid, int(out)
-
-
-def needs_ia32() -> None:
-    pid, ret = run_ia32(str(I386_GETPID))
-    if ret != pid:
-        pytest.skip("no 32-bit syscalls here (IA32_EMULATION off or disabled)")
 
 
 def ia32_trigger():
