@@ -348,8 +348,49 @@ COUNTS = st.one_of(
 )
 
 
+def _real_layout() -> tuple[str, int]:
+    """(the stored description of a real record layout, its record size):
+    the accept sensor's, from the built object."""
+    from vigil import _libbpf as bpf
+    from vigil import paths, records
+
+    decoder = records.Decoder()
+    with bpf.Object(paths.bpf_object("accept")) as obj:
+        decoder.add_btf(obj.btf())
+    form = next(f for f in decoder.forms.values() if f.layout.kind == "accept")
+    return form.description, form.layout.size
+
+
+_DESCRIPTION, _RECORD_SIZE = _real_layout()
+
+
+def _mutated(draw_value) -> st.SearchStrategy:
+    """The real description with one key (or a field's entry) replaced."""
+    real = json.loads(_DESCRIPTION)
+
+    def edit(args):
+        key, index, value = args
+        out = json.loads(_DESCRIPTION)
+        if key == "fields" and out["fields"]:
+            field = out["fields"][index % len(out["fields"])]
+            field[index % len(field)] = value
+        else:
+            out[key] = value
+        return json.dumps(out)
+
+    return st.tuples(st.sampled_from(sorted(real)), st.integers(0, 50), draw_value).map(edit)
+
+
+# a layout row: the real one, one edited, or anything
+DESCRIPTIONS = st.one_of(st.just(_DESCRIPTION), _mutated(JSONS), JSONS.map(json.dumps), CELLS)
+# a record: of the layout's size (any bytes: decoded, then checked), cut short, or anything
+RECORDS = st.one_of(
+    st.binary(min_size=_RECORD_SIZE, max_size=_RECORD_SIZE + 40), st.binary(max_size=64), CELLS
+)
+
 _COLUMNS = {
-    "events": ("ts_ns", "kind", "pid", "comm", "proc", "data"),
+    "events_p1": ("ts_ns", "kind", "pid", "comm", "proc", "data", "rec", "layout"),
+    "layouts": ("digest", "kind", "description"),
     "processes": (
         "id",
         "process_key",
@@ -374,8 +415,22 @@ def _loose(schema: str) -> str:
     strict=st.booleans(),
     blobs_as_text=st.booleans(),
     events=st.lists(
-        st.tuples(CELLS, CELLS | KINDS, CELLS, CELLS, CELLS | st.integers(1, 3), DATA), max_size=5
+        st.tuples(
+            CELLS,
+            CELLS | KINDS,
+            CELLS,
+            CELLS,
+            CELLS | st.integers(1, 3),
+            DATA | st.just(""),
+            st.none() | RECORDS,
+            st.integers(1, 3) | CELLS,
+        ),
+        max_size=5,
     ),
+    layouts=st.lists(
+        st.tuples(st.integers(1, 3) | CELLS, CELLS, CELLS | KINDS, DESCRIPTIONS), max_size=3
+    ),
+    parts=st.lists(st.tuples(st.integers(0, 3) | CELLS, *[CELLS] * 4), max_size=2),
     procs=st.lists(
         st.tuples(
             st.integers(1, 3) | CELLS, *[CELLS | TEXT] * 5, JSONS.map(json.dumps) | CELLS, CELLS
@@ -392,7 +447,7 @@ def _loose(schema: str) -> str:
     ),
 )
 def test_fuzz_tampered_store(
-    store_dir, strict, blobs_as_text, events, procs, status, sums, filters
+    store_dir, strict, blobs_as_text, events, layouts, parts, procs, status, sums, filters
 ):
     path = os.path.join(store_dir, "tampered.db")
     if strict:
@@ -402,6 +457,9 @@ def test_fuzz_tampered_store(
             os.unlink(path)
         with sqlite3.connect(path) as db:
             db.executescript(_loose(store_module._SCHEMA))
+            db.execute(_loose(store_module._PART_TABLE.format(t="events_p1")))
+            db.execute("INSERT INTO partitions VALUES (1, 0, NULL, NULL, 0)")
+            db.execute("CREATE VIEW events AS SELECT * FROM events_p1")
             db.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?)", (store_module.SCHEMA_VERSION,)
             )
@@ -409,8 +467,10 @@ def test_fuzz_tampered_store(
     db.execute("PRAGMA synchronous=OFF")
     try:
         for sql, rows in (
-            ("INSERT INTO events (ts_ns, kind, pid, comm, proc, data) VALUES (?,?,?,?,?,?)",
-             events),
+            ("INSERT INTO events_p1 (ts_ns, kind, pid, comm, proc, data, rec, layout)"
+             " VALUES (?,?,?,?,?,?,?,?)", events),
+            ("INSERT OR REPLACE INTO layouts VALUES (?,?,?,?)", layouts),
+            ("INSERT OR REPLACE INTO partitions VALUES (?,?,?,?,?)", parts),
             ("INSERT OR REPLACE INTO processes VALUES (?,?,?,?,?,?,?,?)", procs),
             ("INSERT OR REPLACE INTO sensor_status VALUES (?,?,?,?,?,?,?,?)", status),
             ("INSERT INTO summaries (ts_ns, interval_ns, name, spec, counts) VALUES (?,?,?,?,?)",

@@ -18,6 +18,7 @@ from helpers import VIGIL, vigil
 from vigil.encoding import to_json
 from vigil.errors import ConfigError, StoreError
 from vigil.files import open_output
+from vigil.outputs import store as store_module
 from vigil.outputs.store import ROW_OVERHEAD, Store
 
 
@@ -332,13 +333,14 @@ def test_newer_schema_is_refused(tmp_path):
     db = str(tmp_path / "v.db")
     _store_with_pid(db, 1)
     with sqlite3.connect(db) as raw:
-        raw.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+        newer = str(int(store_module.SCHEMA_VERSION) + 1)
+        raw.execute("UPDATE meta SET value=? WHERE key='schema_version'", (newer,))
     raw.close()
     for args in (["events"], ["status"], ["summaries"]):
         res = vigil(*args, "--db", db)
         err = res.stderr.decode().strip()
         assert res.returncode == 1 and len(err.splitlines()) == 1, err
-        assert "written by a newer Vigil (schema version 3" in err, err
+        assert f"written by a newer Vigil (schema version {newer}" in err, err
     before = Path(db).read_bytes()
     with pytest.raises(StoreError, match="newer Vigil"):
         Store(db)

@@ -39,6 +39,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -182,6 +183,10 @@ class LogSource:
         self._segment: tuple = (None, None)  # (segment number, its decoder)
         self._resumed = False
         self.finish = recorder.finish_hooks()
+        # the kinds decoded (None: all); the others' records go to the store
+        # undecoded (stages.Batch).  assemble() sets it from the stages and sinks.
+        self.only: frozenset[str] | None = None
+        self.decoder = None  # the last read's (stages.Batch.decoder)
 
     def _identify(self, seg: eventlog.Segment) -> None:
         """Events are the capture's host's and boot's (a log analysed after a
@@ -237,15 +242,28 @@ class LogSource:
         if seg is None:
             return []
         decoder = self._decoder(seg)
-        events: list[dict] = []
+        only = self.only
+        self.decoder = decoder if only is not None else None
+        events: list = []
         for raw in chunks:
-            events.extend(recorder.decode_chunk(decoder, self.finish, raw, self.damage))
+            events.extend(recorder.decode_chunk(decoder, self.finish, raw, self.damage, only))
         received = self.received
+        undecoded: Counter[int] = Counter()
+        kind_of = decoder.kind_id
         for ev in events:
-            received[ev["kind"]] = received.get(ev["kind"], 0) + 1
+            if type(ev) is dict:
+                received[ev["kind"]] = received.get(ev["kind"], 0) + 1
+            else:
+                undecoded[kind_of(ev)] += 1
+        for kind_id, n in undecoded.items():
+            kind = decoder.layouts[kind_id].kind
+            received[kind] = received.get(kind, 0) + n
         fol.records_read += len(events)
         if events:
-            fol.last_ts_ns = events[-1]["ts_ns"]
+            last = events[-1]
+            if type(last) is not dict:
+                last = {"ts_ns": decoder.head.unpack_from(last)[1] + decoder.clock[0]}
+            fol.last_ts_ns = last["ts_ns"]
         return events
 
     def commit(self, force: bool = False) -> None:
@@ -265,6 +283,8 @@ class AlreadyStored:
     past the mark kept with the position, named by (cpu, seq): the kernel's
     numbers, the same however often the log is read."""
 
+    reads = frozenset()  # the header, decoded or not
+
     def __init__(self, keys: set[tuple[int, int]]):
         self.keys = keys
 
@@ -273,25 +293,23 @@ class AlreadyStored:
             return
         keys = self.keys
         kept = []
-        for ev in batch.events:
-            key = (ev.get("cpu"), ev.get("seq"))
+        for ev in batch.entries:
+            # an undecoded record's (cpu, seq): process.UNDECODED
+            key = (ev.get("cpu"), ev.get("seq")) if type(ev) is dict else (ev[4], ev[5])
             if key in keys:
                 keys.discard(key)
             else:
                 kept.append(ev)
-        batch.events = kept
+        batch.entries = kept
+        batch.events = [ev for ev in kept if type(ev) is dict]
 
 
 def _stored_after(store: Store, mark: int | None) -> set[tuple[int, int]]:
     if mark is None:
         return set()
     try:
-        rows = store.db.execute(
-            "SELECT json_extract(data, '$.cpu'), json_extract(data, '$.seq') FROM events"
-            " WHERE id > ?",
-            (mark,),
-        ).fetchall()
-    except sqlite3.Error as err:
+        rows = store.identities_after(mark)
+    except VigilError as err:
         log.warning("store %s: rows stored after the log position unread (%s)", store.path, err)
         return set()
     return {(cpu, seq) for cpu, seq in rows if seq}
@@ -299,8 +317,8 @@ def _stored_after(store: Store, mark: int | None) -> set[tuple[int, int]]:
 
 def _last_row(store: Store) -> int | None:
     try:
-        return store.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
-    except sqlite3.Error:
+        return store.last_id()
+    except (sqlite3.Error, VigilError):
         return None  # no mark: a restart then may store one batch again (as before marks)
 
 
@@ -354,9 +372,11 @@ class LogStoreSink(StoreSink):
         self.agent.update(self._stats, format_status(self._stats, self.store))
         self.store.close()
 
+    reads = frozenset()  # it stores records undecoded (stages.Batch)
+
     def write(self, batch: Batch) -> None:
-        # not batch.lines: the store makes its own, smaller JSON (StoreSink)
-        self.store.add(batch.events)
+        # not batch.lines: the store makes its own, smaller rows (StoreSink)
+        self.store.add(batch.entries)
 
     def status(self, stats: dict[str, dict]) -> None:
         pass  # status_with: the record carries the lag too
@@ -395,12 +415,25 @@ class Pipeline:
     on_output_closed: Callable[[], None] | None = None
     storm: StormHold | None = None  # the analysis waits out storms (monitor only)
 
+    def wanted(self) -> frozenset[str] | None:
+        """The kinds some stage or sink reads decoded (None: every kind):
+        a part without `reads` reads them all (stages.Stage.reads)."""
+        out: set[str] = set()
+        for part in (*self.stages, *self.sinks):
+            kinds = getattr(part, "reads", None)
+            if kinds is None:
+                return None
+            out |= kinds
+        return frozenset(out)
+
     def turn(self) -> int:
         """One batch from the source through the stages to the sinks; the
         log position is committed once the store holds all of it."""
+        if isinstance(self.source, LogSource):
+            self.source.only = self.wanted()
         events = self.source.read()
         if events:
-            batch = Batch(events)
+            batch = Batch(events, getattr(self.source, "decoder", None))
             for stage in self.stages:
                 stage.process(batch)
             for sink in list(self.sinks):

@@ -224,25 +224,40 @@ class ProcessTable:
             pid, start = proc.ppid, proc.pstart
         return out
 
-    def enrich(self, events: list[dict]) -> None:
+    def enrich(self, events: list, decoder=None) -> None:
         """Update the table from each event, then add `exe`, `ancestors`
         and the identities (`host`, `boot_id`, `process_key`, `parent_key`;
         `seq` and `cpu` come from the kernel, 0 for events made here).
 
         Events are handled in ring order, so a process's fork and exec are
         known before its later events are enriched.
+
+        A record left undecoded (bytes: records.Decoder.decode_batch with
+        `only`; `decoder` is the one that read it) is replaced in its place
+        by an UNDECODED tuple: its header's identity and time, and what its
+        process gives it, as the store needs them.
         """
         updates = self._UPDATES
         related = related_pid_fields()
         key = self.keys.key
         host, boot = self.host, self.keys.boot
         # what an event's process gives it, by (pid, start, ppid, pstart):
-        # (exe, ancestors, process_key, parent_key).  A storm's events come
-        # from few processes, so most events cost one lookup here; cleared
-        # whenever the table changes (fork, exec, exit).
+        # (exe, ancestors, process_key, parent_key, host, boot_id).  A storm's
+        # events come from few processes, so most events cost one lookup
+        # here; cleared whenever the table changes (fork, exec, exit).
         known: dict[tuple[int, int, int, int], tuple] = {}
         lineage: dict[tuple[int, int], list[dict]] = {}  # parent -> ancestry, in this batch
-        for ev in events:
+        if decoder is not None:
+            head, clock, forms = decoder.head.unpack_from, decoder.clock, decoder.forms
+        for i, ev in enumerate(events):
+            if type(ev) is bytes:
+                kind_id, ts, pid, ppid, cpu, seq, start, pstart, comm = head(ev)
+                ident = (pid, start, ppid, pstart)
+                hit = known.get(ident)
+                if hit is None:
+                    hit = self._identify(ident, False, known, lineage)
+                events[i] = (ts + clock[0], forms[kind_id], pid, comm, cpu, seq, hit, ev)
+                continue
             kind = ev["kind"]
             update = updates.get(kind)
             if update is not None:
@@ -257,24 +272,10 @@ class ProcessTable:
                 ev["parent_start_time"] = start_of(parent)
                 ev.setdefault("seq", 0)
                 ev.setdefault("cpu", 0)
-            pid, ppid, pstart = ev["pid"], ev["ppid"], ev["parent_start_time"]
-            ident = (pid, start, ppid, pstart)
+            ident = (ev["pid"], start, ev["ppid"], ev["parent_start_time"])
             hit = known.get(ident)
             if hit is None:
-                # an event with its own exe (a successful exec) does not ask
-                # the table (which, live, may read /proc for an unknown pid)
-                proc = None if ev.get("exe") else self.get(pid, start)
-                chain = lineage.get((ppid, pstart))
-                if chain is None:
-                    chain = lineage[(ppid, pstart)] = self.ancestors(ppid, pstart)
-                hit = (
-                    proc.exe if proc is not None else b"",
-                    chain,
-                    key(pid, start),
-                    key(ppid, pstart) if ppid else "",
-                )
-                if proc is not None:  # an unknown process may be found in /proc later
-                    known[ident] = hit
+                hit = self._identify(ident, bool(ev.get("exe")), known, lineage)
             # `exe` is the process's executable at the event: a successful
             # exec brings its own (kernel-resolved); others take the table's
             if not ev.get("exe"):
@@ -292,6 +293,35 @@ class ProcessTable:
             ev["parent_key"] = hit[3]
             if "child_start_time" in ev:
                 ev["child_key"] = key(ev["child_pid"], ev["child_start_time"])
+
+    def _identify(self, ident: tuple, own_exe: bool, known: dict, lineage: dict) -> tuple:
+        """What the process `ident` (pid, start, ppid, pstart) gives its
+        events: (exe, ancestors, process_key, parent_key, host, boot_id)."""
+        pid, start, ppid, pstart = ident
+        # an event with its own exe (a successful exec) does not ask the
+        # table (which, live, may read /proc for an unknown pid)
+        proc = None if own_exe else self.get(pid, start)
+        chain = lineage.get((ppid, pstart))
+        if chain is None:
+            chain = lineage[(ppid, pstart)] = self.ancestors(ppid, pstart)
+        key = self.keys.key
+        hit = (
+            proc.exe if proc is not None else b"",
+            chain,
+            key(pid, start),
+            key(ppid, pstart) if ppid else "",
+            self.host,
+            self.keys.boot,
+        )
+        if proc is not None:  # an unknown process may be found in /proc later
+            known[ident] = hit
+        return hit
+
+
+# An undecoded record after enrichment (ProcessTable.enrich): its time (Unix
+# epoch ns), layout (records.StoredForm), pid, comm (raw, NUL-padded), cpu and seq, what
+# its process gives it (ProcessTable._identify) and the record itself.
+UNDECODED = ("ts_ns", "layout", "pid", "comm", "cpu", "seq", "process", "record")
 
 
 def start_of(proc: Proc | None) -> int:

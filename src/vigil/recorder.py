@@ -44,6 +44,7 @@ ring bytes, no checksum) is still read.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -431,9 +432,17 @@ def parse_meta(path: str, line: bytes) -> dict:
     return _parse_meta(path, line, VERSION)
 
 
-def decode_chunk(decoder: records.Decoder, finish: dict, raw: bytes, damage: Damage) -> list[dict]:
-    """One chunk's events, finished; what cannot be decoded is counted in `damage`."""
-    return Replay._decode_into(decoder, finish, raw, damage)
+def decode_chunk(
+    decoder: records.Decoder,
+    finish: dict,
+    raw: bytes,
+    damage: Damage,
+    only: frozenset[str] | None = None,
+) -> list:
+    """One chunk's events, finished; what cannot be decoded is counted in
+    `damage`.  With `only`, records of other kinds stay bytes
+    (records.Decoder.decode_batch)."""
+    return Replay._decode_into(decoder, finish, raw, damage, only)
 
 
 ChunkWriter = _ChunkWriter
@@ -454,6 +463,18 @@ class Replay:
         self.version = VERSION
 
     def __iter__(self) -> Iterator[list[dict]]:
+        with self._mapped() as mm:
+            yield from self._read(mm)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The recording's ring chunks, undecoded (the table seeded first):
+        for a caller that decodes them itself with `self.decoder` and
+        `self.finish` (bench/pipeline, as the analysis reads its log)."""
+        with self._mapped() as mm:
+            yield from self._raw(mm)
+
+    @contextlib.contextmanager
+    def _mapped(self) -> Iterator[mmap.mmap]:
         path = self.path
         try:
             # O_NONBLOCK: a FIFO planted under the name must not hang the open
@@ -473,9 +494,20 @@ class Replay:
         finally:
             os.close(fd)  # the mapping stays valid without it
         with mm:
-            yield from self._read(mm)
+            yield mm
 
     def _read(self, mm) -> Iterator[list[dict]]:
+        pending: list[dict] = []
+        for raw in self._raw(mm):
+            pending.extend(self._decode(self.decoder, self.finish, raw))
+            if len(pending) >= self.batch:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+        self.damage.bad_records += self.decoder.undecodable  # kinds no recorded object declares
+
+    def _raw(self, mm) -> Iterator[bytes]:
         path = self.path
         first = mm.find(b"\n", 0, 64) + 1
         magic = mm[:first]
@@ -497,43 +529,39 @@ class Replay:
                 table.procs[pid] = Proc(pid, ppid, unescape(comm), unescape(exe), [])
         except ValueError as err:
             raise _bad_meta(path, f"process name: {err}") from None
-        decoder = decoder_for(path, meta)
-        finish = finish_hooks()
+        self.decoder = decoder_for(path, meta)
+        self.finish = finish_hooks()
         pos = end_meta + 1
         if self.version == 1:
-            chunks = _chunks_v1(mm, pos, self.damage)
+            yield from _chunks_v1(mm, pos, self.damage)
         else:
-            chunks = _chunks_v2(mm, pos, meta["chunk_seed"], self.damage)
-        pending: list[dict] = []
-        for raw in chunks:
-            pending.extend(self._decode(decoder, finish, raw))
-            if len(pending) >= self.batch:
-                yield pending
-                pending = []
-        if pending:
-            yield pending
-        self.damage.bad_records += decoder.undecodable  # kinds no recorded object declares
+            yield from _chunks_v2(mm, pos, meta["chunk_seed"], self.damage)
 
     def _decode(self, decoder: records.Decoder, finish: dict, raw: bytes) -> list[dict]:
         return self._decode_into(decoder, finish, raw, self.damage)
 
     @classmethod
     def _decode_into(
-        cls, decoder: records.Decoder, finish: dict, raw: bytes, damage: Damage
-    ) -> list[dict]:
+        cls,
+        decoder: records.Decoder,
+        finish: dict,
+        raw: bytes,
+        damage: Damage,
+        only: frozenset[str] | None = None,
+    ) -> list:
         """One chunk's events.  The bytes are untrusted (a checksum proves
         only that they are what was written): a record the decoder or a
         finish hook cannot take is counted and skipped, never fatal."""
         recs = bpf.split_records(raw)
         unknown = decoder.undecodable
         try:
-            events = decoder.decode_batch(recs, finish)
+            events = decoder.decode_batch(recs, finish, only)
         except Exception:  # noqa: BLE001 - see the docstring: one record at a time
             decoder.undecodable = unknown  # counted again below
             events = []
             for rec in recs:
                 try:
-                    events.extend(decoder.decode_batch([rec], finish))
+                    events.extend(decoder.decode_batch([rec], finish, only))
                 except Exception:  # noqa: BLE001
                     damage.bad_records += 1
         return events

@@ -23,7 +23,10 @@ Field rules:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,6 +39,20 @@ KIND_PREFIX = "VIGIL_EV_"
 FLAG_ENUM = "vigil_flag"
 FLAG_PREFIX = "VIGIL_F_"
 HEADER_STRUCT = "vigil_header"
+# What the analysis reads of a record it leaves undecoded (the process it
+# names, its identity, its time; vigil.process, vigil.outputs.store): these
+# header fields, in the order vigil_header declares them.
+HEAD_FIELDS = (
+    "kind",
+    "ts_ns",
+    "pid",
+    "ppid",
+    "cpu",
+    "seq",
+    "start_time",
+    "parent_start_time",
+    "comm",
+)
 
 _INT_CODES = {
     (1, False): "B",
@@ -281,6 +298,134 @@ def header_kind_offset(btf: bpf.Btf) -> int:
     raise LayoutError("vigil_header has no kind field")
 
 
+def header_reader(btf: bpf.Btf) -> struct.Struct:
+    """A Struct whose unpack_from(record) is the HEAD_FIELDS of its header."""
+    layout = layout_of(btf, "header", 0, HEADER_STRUCT, tail=False)
+    picked = sorted((f for f in layout.fields if f.name in HEAD_FIELDS), key=lambda f: f.offset)
+    if tuple(f.name for f in picked) != HEAD_FIELDS:
+        raise LayoutError(f"{HEADER_STRUCT} must declare {', '.join(HEAD_FIELDS)} in this order")
+    fmt, pos = ["<"], 0
+    for f in picked:
+        if f.offset > pos:
+            fmt.append(f"{f.offset - pos}x")
+        fmt.append(f.code)
+        pos = f.offset + f.size
+    return struct.Struct("".join(fmt))
+
+
+# -- layouts kept with what they decode (the store: vigil.outputs.store) -----------------
+# A stored record is decoded long after it was written, maybe by another
+# build: the store keeps each layout's description beside the records.  The
+# description is read from a file anyone with write access could have
+# edited, and make_decoder compiles code from it: every value is checked
+# for type and form, and names are identifiers, before it is used.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+_CODE = re.compile(r"(?:[1-9][0-9]{0,4}s|[BbHhIiQq])\Z")
+_FORMS = ("int", "enum", "cstr", "bytes", "ints")
+_MAX_RECORD = 1 << 16
+
+
+def describe(layout: Layout, flags: dict[int, str]) -> dict:
+    """`layout` and the flag names as plain JSON values (see `described`)."""
+
+    def field(f: Field) -> list:
+        return [f.name, f.offset, f.size, f.form, f.code, f.count, [list(n) for n in f.names]]
+
+    return {
+        "kind": layout.kind,
+        "kind_id": layout.kind_id,
+        "struct": layout.struct_name,
+        "size": layout.size,
+        "fields": [field(f) for f in layout.fields],
+        "tail": field(layout.tail) if layout.tail else None,
+        "flags": sorted([bit, name] for bit, name in flags.items()),
+    }
+
+
+def _int_in(value, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise LayoutError(f"{value!r} is not an integer in [{low}, {high}]")
+    return value
+
+
+def _name(value) -> str:
+    if type(value) is not str or not _NAME.match(value):
+        raise LayoutError(f"{value!r} is not a name")
+    return value
+
+
+def _field(value, size: int) -> Field:
+    if type(value) is not list or len(value) != 7:
+        raise LayoutError("a field is not a list of 7 values")
+    name, offset, fsize, form, code, count, names = value
+    if form not in _FORMS or type(code) is not str or not _CODE.match(code):
+        raise LayoutError(f"field {name!r}: bad form {form!r} or code {code!r}")
+    if type(names) is not list:
+        raise LayoutError(f"field {name!r}: bad enum names")
+    labels = []
+    for pair in names:
+        if type(pair) is not list or len(pair) != 2 or type(pair[1]) is not str:
+            raise LayoutError(f"field {name!r}: bad enum name")
+        labels.append((_int_in(pair[0], -(1 << 63), (1 << 64) - 1), pair[1]))
+    offset = _int_in(offset, 0, size)
+    fsize = _int_in(fsize, 1, size - offset if size > offset else 1)
+    if struct.calcsize("<" + code) != fsize:
+        raise LayoutError(f"field {name!r}: code {code!r} is not {fsize} bytes")
+    return Field(_name(name), offset, fsize, form, code, _int_in(count, 1, size), tuple(labels))
+
+
+def described(desc) -> tuple[Layout, dict[int, str]]:
+    """A `describe` result (as read back from JSON) -> (layout, flag names);
+    LayoutError for anything that is not exactly such a description."""
+    if type(desc) is not dict:
+        raise LayoutError("a layout description is not an object")
+    try:
+        size = _int_in(desc["size"], 1, _MAX_RECORD)
+        fields = desc["fields"]
+        if type(fields) is not list or not fields:
+            raise LayoutError("no fields")
+        tail = desc["tail"]
+        flags = desc["flags"]
+        if type(flags) is not list:
+            raise LayoutError("bad flag names")
+        names: dict[int, str] = {}
+        for pair in flags:
+            if type(pair) is not list or len(pair) != 2 or type(pair[1]) is not str:
+                raise LayoutError("bad flag name")
+            names[_int_in(pair[0], 1, (1 << 32) - 1)] = pair[1]
+        layout = Layout(
+            _name(desc["kind"]),
+            _int_in(desc["kind_id"], 0, (1 << 32) - 1),
+            _name(desc["struct"]),
+            size,
+            tuple(_field(f, size) for f in fields),
+            None if tail is None else _field(tail, size),
+        )
+    except KeyError as err:
+        raise LayoutError(f"a layout description lacks {err}") from None
+    if layout.tail is not None and layout.tail.form != "cstr":
+        raise LayoutError("a layout's tail is not text")
+    seen = [f.name for f in layout.fields]
+    if len(set(seen)) != len(seen) or "ts_ns" not in seen:
+        raise LayoutError("a layout's field names repeat, or it has no ts_ns")
+    return layout, names
+
+
+@dataclass(frozen=True, eq=False)
+class StoredForm:
+    """A layout as the store keeps it beside its undecoded records: the
+    `describe` JSON and its digest (equal descriptions, one row)."""
+
+    layout: Layout
+    description: str
+    digest: str
+
+    @classmethod
+    def of(cls, layout: Layout, flags: dict[int, str]) -> StoredForm:
+        text = json.dumps(describe(layout, flags), sort_keys=True, separators=(",", ":"))
+        return cls(layout, text, hashlib.sha256(text.encode()).hexdigest())
+
+
 Decoded = dict
 DecodeFn = Callable[[bytes], Decoded]
 
@@ -377,18 +522,26 @@ class Decoder:
         self._kind_off: int | None = None
         self._kind_struct = struct.Struct("<I")
         self.undecodable = 0
+        self.flags: dict[int, str] = {}
+        self.head: struct.Struct | None = None  # header_reader
+        self.forms: dict[int, StoredForm] = {}  # what the store keeps of each layout
 
     def add_btf(self, btf: bpf.Btf) -> None:
         kind_off = header_kind_offset(btf)
         if self._kind_off not in (None, kind_off):
             raise LayoutError("objects disagree on vigil_header layout")
         self._kind_off = kind_off
-        flags = flag_names(btf)
+        head = header_reader(btf)
+        if self.head is not None and self.head.format != head.format:
+            raise LayoutError("objects disagree on vigil_header layout")
+        self.head = head
+        flags = self.flags = flag_names(btf)
         for kind_id, layout in layouts_of(btf).items():
             known = self.layouts.get(kind_id)
             if known is not None and known != layout:
                 raise LayoutError(f"objects disagree on struct {layout.struct_name}")
             self.layouts[kind_id] = layout
+            self.forms[kind_id] = StoredForm.of(layout, flags)
             self._decoders[kind_id] = make_decoder(layout, flags, self.clock)
 
     def set_boot_offset(self, offset_ns: int) -> None:
@@ -404,6 +557,10 @@ class Decoder:
         layout = self.layouts.get(self._kind_struct.unpack_from(rec, self._kind_off)[0])
         return layout.kind if layout is not None else None
 
+    def kind_id(self, rec: bytes) -> int:
+        """The kind number of a record (checked by decode_batch already)."""
+        return self._kind_struct.unpack_from(rec, self._kind_off)[0]
+
     def decode(self, rec: bytes) -> Decoded | None:
         (kind_id,) = self._kind_struct.unpack_from(rec, self._kind_off)
         fn = self._decoders.get(kind_id)
@@ -416,18 +573,38 @@ class Decoder:
         self,
         recs: Iterable[bytes],
         finish: dict[str, Callable[[Decoded], None] | None] | None = None,
-    ) -> list[Decoded]:
+        only: frozenset[str] | None = None,
+    ) -> list:
         """Records -> events, in order; `finish` (kind -> hook or None), the
-        sensors' finishing touches, is applied to each as it is decoded."""
+        sensors' finishing touches, is applied to each as it is decoded.
+
+        With `only`, records of other kinds are left as they are (bytes, in
+        their place): what no stage reads is stored as the kernel wrote it
+        and decoded when read (vigil.outputs.store), rather than turned into
+        a dict of Python objects per event at line rate."""
         decoders, unpack, off = self._decoders, self._kind_struct.unpack_from, self._kind_off
         hooks = {}
         if finish:
             hooks = {k: finish.get(layout.kind) for k, layout in self.layouts.items()}
         hook_of = hooks.get
+        raw = {}
+        if only is not None:
+            raw = {
+                k: layout.fixed_size
+                for k, layout in self.layouts.items()
+                if layout.kind not in only
+            }
+        raw_size = raw.get
         out = []
         append = out.append
         for rec in recs:
             kind_id = unpack(rec, off)[0]
+            fixed = raw_size(kind_id)
+            if fixed is not None:
+                if len(rec) < fixed:
+                    raise LayoutError(f"a record of {len(rec)} bytes, expected at least {fixed}")
+                append(rec)
+                continue
             fn = decoders.get(kind_id)
             if fn is None:
                 self.undecodable += 1

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from .encoding import iso_time, to_json
 from .process import ProcessTable
+from .sensors import related_pid_fields
 
 
 class Batch:
@@ -17,10 +18,19 @@ class Batch:
 
     `alerts` holds what the detection stage raised or updated in this batch
     (vigil.detect.alerts.Alert): alerts survive the filter stage, events may not.
+
+    A source that decodes only the kinds some stage or sink reads
+    (`Pipeline.wanted`) leaves the other records as bytes, with `decoder`
+    the one that read them.  The Enrich stage then turns each into a
+    process.UNDECODED tuple in `entries` (every event, in ring order: what
+    the store writes) and `events` keeps the decoded ones (what the other
+    stages and sinks read).
     """
 
-    def __init__(self, events: list[dict]):
+    def __init__(self, events: list, decoder=None):
         self.events = events
+        self.entries = events
+        self.decoder = decoder
         self.alerts: list = []
 
     @cached_property
@@ -33,7 +43,12 @@ class Batch:
 
 
 class Stage(Protocol):
-    """One step between decode and the sinks; may edit batch.events/alerts."""
+    """One step between decode and the sinks; may edit batch.events/alerts.
+
+    `reads`: the event kinds it reads (None: all of them): the source
+    decodes those, and leaves the others' records for the store."""
+
+    reads: frozenset[str] | None
 
     def process(self, batch: Batch) -> None: ...
 
@@ -43,13 +58,19 @@ class Enrich:
 
     def __init__(self, processes: ProcessTable):
         self.processes = processes
+        # what keeps the table current, and the events that name another process
+        self.reads = frozenset(("fork", "exec", "exit", *related_pid_fields()))
 
     def process(self, batch: Batch) -> None:
-        self.processes.enrich(batch.events)
+        self.processes.enrich(batch.entries, batch.decoder)
+        if batch.decoder is not None:
+            batch.events = [ev for ev in batch.entries if type(ev) is dict]
 
 
 class Filter:
     """Keeps the events `keep` accepts (after detection saw them all)."""
+
+    reads = None
 
     def __init__(self, keep: Callable[[dict], bool]):
         self.keep = keep

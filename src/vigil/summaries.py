@@ -103,6 +103,8 @@ LOSSES_EVERY = 5.0  # s between reads of the counters' own loss counts
 class SummarySink:
     """An agent sink that flushes in-kernel counters to the store each interval.
 
+    It reads no event (stages.Stage.reads).
+
     Counts the kernel could not make (the map was full, or a value could
     not be read) are not silent: each summary with any is a row of the
     per-kind stats, `summary:NAME`, whose `lost` is that count, so the
@@ -156,6 +158,8 @@ class SummarySink:
         if interval != self.interval:
             self.interval = interval
             self._next = time.monotonic() + interval
+
+    reads = frozenset()
 
     def write(self, batch) -> None:
         pass

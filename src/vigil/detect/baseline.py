@@ -160,6 +160,11 @@ def ensure(store: Store) -> None:
 class Baseline:
     """A pipeline stage: learns keys, alerts on new ones once armed."""
 
+    @property
+    def reads(self) -> frozenset[str]:
+        """The event kinds it learns from (stages.Stage.reads)."""
+        return frozenset(self.routes)
+
     def __init__(
         self,
         store: Store,

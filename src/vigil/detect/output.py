@@ -98,6 +98,8 @@ class AlertStoreSink:
     """A pipeline sink: every new or updated alert to the store; feeds the
     detector the status snapshots it needs to flag alerts under loss."""
 
+    reads = frozenset()  # alerts, no event (stages.Stage.reads)
+
     def __init__(self, store: Store, stages=()):
         ensure(store)
         self.store = store
@@ -140,6 +142,8 @@ def headline(d: dict) -> str:
 
 class AlertPrinter:
     """Alerts as they are raised: a line each (or JSON), repeats at 10, 100, ..."""
+
+    reads = frozenset()  # alerts, no event (stages.Stage.reads)
 
     def __init__(self, as_json: bool = False, out: TextIO | None = None):
         self.as_json = as_json

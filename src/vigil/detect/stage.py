@@ -68,6 +68,14 @@ class Detector:
         return rules, verdicts
 
     # -- reload -----------------------------------------------------------------
+    @property
+    def reads(self) -> frozenset[str]:
+        """The event kinds its rules read (stages.Stage.reads): asked before
+        each read, so a reload requested by then applies to that read."""
+        if self._reload:
+            self.reload()
+        return frozenset(self.rules.routes)
+
     def request_reload(self, *_args) -> None:
         self._reload = True
 

@@ -2,11 +2,19 @@
 
 Each event is one row: a few indexed columns for the queries `vigil events`
 runs (time, kind, pid, comm), the id of its process's row, and the event
-itself as JSON (docs/events.md) without what its process row holds: `exe`
-and `ancestors` are stored once per process image (table `processes`), not
-copied into every event, and `time` is made from `ts_ns` when read.  The
-readers join them back, so `vigil events --json` prints the documented
-shape.  Rows are inserted in batched transactions.
+itself, without what its process row holds: `exe` and `ancestors` are
+stored once per process image (table `processes`), not copied into every
+event, and `time` is made from `ts_ns` when read.  The event itself is
+either the kernel's record as it came from the ring (`rec`, with the id
+of its layout in table `layouts`: what records.py derived from the BPF
+object's BTF, kept so that any later Vigil can decode it), or JSON
+(`data`, docs/events.md) for an event made in user space.  A record is
+stored undecoded when no stage of the analysis read it: decoding it into
+Python objects and those into JSON cost three times what the store's
+insert does, at line rate, and the record is half the JSON's size; it is
+decoded when read, which is rare.  The readers decode and join, so
+`vigil events --json` prints the documented shape.  Rows are inserted in
+batched transactions.
 
 Retention (age and size) is enforced by `enforce_retention`, called on a
 timer: small DELETE transactions within a time budget, so ingestion, which
@@ -33,11 +41,13 @@ characters.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import os
 import sqlite3
 import stat
+import struct
 import time
 import urllib.parse
 from collections import Counter, deque
@@ -47,30 +57,29 @@ from operator import itemgetter
 
 import orjson
 
-from .. import files
-from ..encoding import escape, escape_cached, iso_time
+from .. import files, records
+from ..encoding import escape, escape_cached, iso_time, textual
 from ..errors import StoreError, VigilError
 from ..paths import DEFAULT_DB
 from . import rows as checked
 
 log = logging.getLogger("vigil.store")
 
-SCHEMA_VERSION = "2"  # a database of a newer schema is refused, not misread
+SCHEMA_VERSION = "3"  # a database of a newer schema is refused, not misread
 # 1: every event's JSON whole, ancestry copied into each row (read, not written)
-READABLE_VERSIONS = ("1", SCHEMA_VERSION)
+# 2: every event's JSON (no rec, layout columns, no layouts table): upgraded in
+#    place when opened for writing (its rows stay as they are, and are read)
+READABLE_VERSIONS = ("1", "2", SCHEMA_VERSION)
 DEFAULT_RETENTION_AGE_S = 14 * 86400.0
 DEFAULT_RETENTION_BYTES = 2 << 30
 PAGE_SIZE = 16384  # of a new store (an existing one keeps its own)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
+CREATE TABLE IF NOT EXISTS layouts (
     id INTEGER PRIMARY KEY,
-    ts_ns INTEGER NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
     kind TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    comm TEXT NOT NULL,
-    proc INTEGER NOT NULL,
-    data TEXT NOT NULL
+    description TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS processes (
     id INTEGER PRIMARY KEY,
@@ -83,10 +92,13 @@ CREATE TABLE IF NOT EXISTS processes (
     last_ts_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS processes_last ON processes (last_ts_ns);
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ns);
-CREATE INDEX IF NOT EXISTS events_kind_ts ON events (kind, ts_ns);
-CREATE INDEX IF NOT EXISTS events_pid_ts ON events (pid, ts_ns);
-CREATE INDEX IF NOT EXISTS events_comm_ts ON events (comm, ts_ns);
+CREATE TABLE IF NOT EXISTS partitions (
+    n INTEGER PRIMARY KEY,
+    sealed INTEGER NOT NULL,
+    min_ts INTEGER,
+    max_ts INTEGER,
+    rows INTEGER
+);
 CREATE TABLE IF NOT EXISTS summaries (
     id INTEGER PRIMARY KEY,
     ts_ns INTEGER NOT NULL,
@@ -107,7 +119,39 @@ CREATE TABLE IF NOT EXISTS sensor_status (
     rate REAL NOT NULL
 );
 """
-_INSERT = "INSERT INTO events (ts_ns, kind, pid, comm, proc, data) VALUES (?,?,?,?,?,?)"
+# Events go into partitions, tables of the same columns: the newest (live)
+# one has no index but its rowid, so an insert writes one B-tree, not five;
+# once it holds SEAL_ROWS rows it is sealed: its indexes are built in one
+# sorted pass (less than half the cost of keeping them row by row) and a
+# new partition takes the inserts.  Readers query each partition (the live
+# one by a scan of at most SEAL_ROWS rows); retention drops old partitions
+# whole.  The view `events` is their union, for SQL by hand.
+SEAL_ROWS = 1 << 18
+_PART_COLUMNS = "id, ts_ns, kind, pid, comm, proc, data, rec, layout"
+_PART_TABLE = """CREATE TABLE {t} (
+    id INTEGER PRIMARY KEY,
+    ts_ns INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    comm TEXT NOT NULL,
+    proc INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    rec BLOB,
+    layout INTEGER
+)"""
+# a sealed partition's indexes: what `query` walks, newest first
+_PART_INDEXES = (
+    ("ts", "ts_ns"),
+    ("kind_ts", "kind, ts_ns"),
+    ("pid_ts", "pid, ts_ns"),
+    ("comm_ts", "comm, ts_ns"),
+)
+_VIEW_TERMS = 200  # partitions per UNION ALL (SQLite allows 500 terms)
+_INSERT = (
+    "INSERT INTO {t} (ts_ns, kind, pid, comm, proc, data, rec, layout) VALUES (?,?,?,?,?,?,?,?)"
+)
+_INSERT_ID = "INSERT INTO {t} (id, ts_ns, kind, pid, comm, proc, data, rec, layout) VALUES (?,?,?,?,?,?,?,?,?)"
+_INSERT_LAYOUT = "INSERT OR IGNORE INTO layouts VALUES (?,?,?,?)"
 _INSERT_PROC = "INSERT INTO processes VALUES (?,?,?,?,?,?,?,?)"
 _TOUCH_PROC = "UPDATE processes SET last_ts_ns = max(last_ts_ns, ?) WHERE id = ?"
 # what a process row holds, or a reader makes: not in an event's stored JSON
@@ -224,14 +268,30 @@ def _stored(ev: dict) -> dict:
     return out
 
 
-def _last_use(rows: list[tuple]) -> list[tuple[int, int]]:
-    """(newest ts_ns, process row id) per process row named by `rows`."""
-    last: dict[int, int] = {}
-    for row in rows:
-        proc, ts = row[4], row[0]
-        if last.get(proc, -1) < ts:
-            last[proc] = ts
-    return [(ts, proc) for proc, ts in last.items()]
+@functools.cache
+def _finish_hooks() -> dict:
+    """The sensors' finishing touches, per kind (as the analysis applies them)."""
+    from ..recorder import finish_hooks
+
+    return finish_hooks()
+
+
+def _part_name(n: int) -> str:
+    return f"events_p{int(n)}"
+
+
+def _row_size(row: tuple) -> int:
+    """What a waiting row holds in memory: its JSON or record, and ROW_OVERHEAD."""
+    rec = row[6]
+    return len(row[5]) + ROW_OVERHEAD + (len(rec) if rec is not None else 0)
+
+
+def _rows_size(rows: list[tuple]) -> int:
+    """The sum of _row_size over `rows` (in C: flush counts every row)."""
+    records = filter(None, map(itemgetter(6), rows))
+    return (
+        sum(map(len, map(itemgetter(5), rows))) + sum(map(len, records)) + ROW_OVERHEAD * len(rows)
+    )
 
 
 def _reason(err: sqlite3.Error) -> str:
@@ -429,6 +489,22 @@ class Store:
         self._pending_procs: dict[int, tuple] = {}
         self._shapes = _Shapes()
         self._next_proc = 1
+        # layouts of undecoded records: id(records.StoredForm) -> (form, row id),
+        # the form kept so that its id is not reused; digest -> row id; rows unwritten
+        self._layout_of: dict[int, tuple] = {}
+        self._layout_ids: dict[str, int] = {}
+        self._pending_layouts: list[tuple] = []
+        self._comms: dict[bytes, str] = {}
+        self._touch: dict[int, int] = {}  # process row id -> newest ts_ns of its events, unwritten
+        self._readers: dict[int, tuple | None] = {}  # layout id -> (decode, finish) or None
+        # the live partition (writer): its number, table, rows, oldest ts_ns;
+        # the id its first row takes; when a failed seal is tried again
+        self._live_n = 0
+        self._live = ""
+        self._live_rows = 0
+        self._live_min: int | None = None
+        self._next_id = 1
+        self._seal_at = 0.0
         self._pending: deque[tuple] = deque()
         self.skipped = 0  # rows read back in a shape the agent never writes
         self._pending_bytes = 0
@@ -473,6 +549,8 @@ class Store:
                 self._next_proc = self.db.execute(
                     "SELECT ifnull(max(id), 0) + 1 FROM processes"
                 ).fetchone()[0]
+                self._layout_ids = dict(self.db.execute("SELECT digest, id FROM layouts"))
+                self._open_partitions()
             if not readonly:
                 _tighten(os.path.abspath(path))
         except sqlite3.Error as err:
@@ -523,6 +601,15 @@ class Store:
         if row[0] == SCHEMA_VERSION or (self.readonly and row[0] in READABLE_VERSIONS):
             self.version = row[0]
             return
+        if row[0] == "2":  # the same rows, and two more columns: upgraded in place
+            # (its table, indexed, is the first partition: _open_partitions)
+            self.db.execute("BEGIN")
+            self.db.execute("ALTER TABLE events RENAME TO events_p0")
+            self.db.execute("ALTER TABLE events_p0 ADD COLUMN rec BLOB")
+            self.db.execute("ALTER TABLE events_p0 ADD COLUMN layout INTEGER")
+            self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,))
+            self.db.execute("COMMIT")
+            return
         try:
             newer = int(row[0]) > int(SCHEMA_VERSION)
         except (TypeError, ValueError):
@@ -561,23 +648,188 @@ class Store:
             raise StoreError(f"{self.path}: cannot read meta ({err})") from err
         return row[0] if row else None
 
+    # -- partitions -------------------------------------------------------------------
+    def _parts(self) -> list[tuple[str, bool, int | None, int | None, int]]:
+        """(table, sealed, min ts_ns, max ts_ns, rows) of every partition,
+        newest first (rows and times as of sealing: None, 0 for the live
+        one).  A store of schema 1 or 2 is one partition, `events`."""
+        if self.version in ("1", "2"):
+            return [("events", True, None, None, 0)]
+        out = []
+        tables = {
+            r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        for n, sealed, lo, hi, rows in self.db.execute(
+            "SELECT n, sealed, min_ts, max_ts, rows FROM partitions ORDER BY n DESC"
+        ):
+            # an altered catalog: what names no partition table is not read
+            if type(n) is not int or _part_name(n) not in tables:
+                continue
+            lo = lo if type(lo) is int else None
+            hi = hi if type(hi) is int else None
+            out.append((_part_name(n), bool(sealed), lo, hi, rows if type(rows) is int else 0))
+        return out
+
+    def _open_partitions(self) -> None:
+        """The writer's live partition: the unsealed one, or a new one."""
+        db = self.db
+        parts = db.execute("SELECT n, sealed FROM partitions ORDER BY n").fetchall()
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not parts and "events_p0" in tables:  # a schema 2 store, upgraded: its table, sealed
+            db.execute(
+                "INSERT INTO partitions SELECT 0, 1, min(ts_ns), max(ts_ns), count(*) FROM events_p0"
+            )
+            parts = [(0, 1)]
+        unsealed = [n for n, sealed in parts if not sealed]
+        top = 0
+        for n, _sealed in parts:
+            top = max(
+                top, db.execute(f"SELECT ifnull(max(id), 0) FROM {_part_name(n)}").fetchone()[0]
+            )
+        self._next_id = top + 1
+        if unsealed:
+            self._live_n = unsealed[-1]
+            self._live = _part_name(self._live_n)
+            self._live_rows, self._live_min = db.execute(
+                f"SELECT count(*), min(ts_ns) FROM {self._live}"
+            ).fetchone()
+            if "events" not in {
+                r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='view'")
+            }:
+                db.execute("BEGIN")
+                self._rebuild_view()
+                db.execute("COMMIT")
+        else:
+            db.execute("BEGIN")
+            self._new_partition(max((n for n, _ in parts), default=0) + 1)
+            db.execute("COMMIT")
+
+    def _new_partition(self, n: int) -> None:
+        """(In the caller's transaction) partition `n`, now the live one."""
+        table = _part_name(n)
+        self.db.execute(_PART_TABLE.format(t=table))
+        self.db.execute("INSERT INTO partitions VALUES (?, 0, NULL, NULL, 0)", (n,))
+        self._live_n, self._live, self._live_rows, self._live_min = n, table, 0, None
+        self._rebuild_view()
+
+    def _rebuild_view(self) -> None:
+        """(In the caller's transaction) the view `events`: every partition,
+        oldest first; and its INSTEAD OF INSERT trigger, into the live one."""
+        db = self.db
+        for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type='view' AND (name='events' OR name LIKE 'events\\_v%' ESCAPE '\\')"
+        ).fetchall():
+            db.execute(f"DROP VIEW {name}")
+        names = [p[0] for p in reversed(self._parts())]
+        terms = []
+        for i in range(0, len(names), _VIEW_TERMS):
+            part = " UNION ALL ".join(
+                f"SELECT {_PART_COLUMNS} FROM {t}" for t in names[i : i + _VIEW_TERMS]
+            )
+            if len(names) <= _VIEW_TERMS:
+                terms.append(part)
+                break
+            db.execute(f"CREATE VIEW events_v{i // _VIEW_TERMS} AS {part}")
+            terms.append(f"SELECT {_PART_COLUMNS} FROM events_v{i // _VIEW_TERMS}")
+        db.execute(f"CREATE VIEW events AS {' UNION ALL '.join(terms)}")
+        # ids go on from the other partitions' (an empty table would start at 1)
+        base = 0
+        for name in names:
+            if name != self._live:
+                top = db.execute(f"SELECT max(id) FROM {name}").fetchone()[0]
+                base = max(base, top if type(top) is int else 0)
+        new = ", ".join(f"NEW.{c.strip()}" for c in _PART_COLUMNS.split(",")[1:])
+        live = self._live
+        db.execute(
+            f"CREATE TRIGGER events_insert INSTEAD OF INSERT ON events BEGIN "
+            f"INSERT INTO {live} ({_PART_COLUMNS}) VALUES (coalesce(NEW.id, "
+            f"(SELECT ifnull(max(id), {base}) + 1 FROM {live})), {new}); END"
+        )
+
+    def _seal(self) -> None:
+        """Index the live partition and start the next one (one transaction;
+        if it fails, the partition stays live, and is sealed later)."""
+        db, table = self.db, self._live
+        try:
+            db.execute("BEGIN")
+            for suffix, cols in _PART_INDEXES:
+                db.execute(f"CREATE INDEX {table}_{suffix} ON {table} ({cols})")
+            lo, hi, rows, top = db.execute(
+                f"SELECT min(ts_ns), max(ts_ns), count(*), max(id) FROM {table}"
+            ).fetchone()
+            db.execute(
+                "UPDATE partitions SET sealed=1, min_ts=?, max_ts=?, rows=? WHERE n=?",
+                (lo, hi, rows, self._live_n),
+            )
+            live = (self._live_n, self._live, self._live_rows, self._live_min)
+            try:
+                self._new_partition(self._live_n + 1)
+                db.execute("COMMIT")
+            except sqlite3.Error:
+                self._live_n, self._live, self._live_rows, self._live_min = live
+                raise
+            self._next_id = (top or 0) + 1
+        except sqlite3.Error as err:
+            self._rollback()
+            self._seal_at = time.monotonic() + 5.0
+            log.warning("store %s: partition %s not sealed yet: %s", self.path, table, _reason(err))
+
+    def seal(self) -> None:
+        """Seal the live partition now, whatever it holds (bench/pipeline
+        counts the indexing of every row it stored; bench/store_query)."""
+        self.flush(force=True)
+        # rows SQL put in by hand (through the view) count too
+        self._live_rows = self.db.execute(f"SELECT count(*) FROM {self._live}").fetchone()[0]
+        if self._live_rows:
+            self._seal()
+
+    def last_id(self) -> int:
+        """The id of the newest stored event (0: none)."""
+        for table, *_ in self._parts():
+            top = self.db.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
+            if top is not None:
+                return top
+        return 0
+
     # -- writing --------------------------------------------------------------------
-    def add(self, events: list[dict], lines: list[bytes] | None = None) -> None:
+    def add(self, events: list, lines: list[bytes] | None = None) -> None:
         """Queue enriched events for the next flush; past `max_pending_bytes`
-        waiting, the oldest are dropped and counted.  (`lines`, the full
-        JSON a console sink made, is not what is stored: the stored JSON
-        leaves out what the event's process row holds.)"""
-        proc_of = self._proc_of
+        waiting, the oldest are dropped and counted.  An event is a dict
+        (stored as JSON) or an undecoded record (process.UNDECODED: stored
+        as it is).  (`lines`, the full JSON a console sink made, is not what
+        is stored: the stored JSON leaves out what the event's process row
+        holds.)"""
         chains: dict[int, bytes] = {}  # id(ancestors list) -> its JSON: lists are shared
         # (process key, parent key, exe, id(ancestors)) -> process row id: the
-        # events of a batch come from few processes, whose chains are shared
-        procs: dict[tuple, int] = {}
+        # events of a batch come from few processes, whose chains are shared;
+        # an undecoded record's by id(what its process gives it), shared too
+        procs: dict = {}
         rows = []
         append = rows.append
         size = 0
         general = self._shapes.general
         plans = self._shapes.plans
+        layout_of = self._layout_of
+        comms = self._comms
         for ev in events:
+            if type(ev) is tuple:  # an undecoded record: process.UNDECODED
+                ts, form, pid, comm, _cpu, _seq, hit, rec = ev
+                proc = procs.get(id(hit))
+                if proc is None:
+                    proc = procs[id(hit)] = self._proc_row(
+                        hit[2], hit[3], hit[0], hit[1], hit[4], hit[5], ts, chains
+                    )
+                layout = layout_of.get(id(form))
+                if layout is None:
+                    layout = self._layout_row(form)
+                text = comms.get(comm)
+                if text is None:
+                    if len(comms) > 4096:
+                        comms.clear()
+                    text = comms[comm] = escape_cached(comm.partition(b"\0")[0])
+                size += len(rec)
+                append((ts, form.layout.kind, pid, text, proc, "", rec, layout[1]))
+                continue
             plan = plans.get((ev["kind"], len(ev)))
             try:
                 data = plan(ev)  # the shape's compiled plan (none yet: TypeError)
@@ -594,7 +846,16 @@ class Store:
             )
             proc = procs.get(seen)
             if proc is None:
-                proc = procs[seen] = proc_of(ev, chains, procs)
+                proc = procs[seen] = self._proc_row(
+                    seen[0],
+                    seen[1],
+                    seen[2],
+                    chain,
+                    ev.get("host", ""),
+                    ev.get("boot_id", ""),
+                    ev["ts_ns"],
+                    chains,
+                )
             append(
                 (
                     ev["ts_ns"],
@@ -603,44 +864,68 @@ class Store:
                     escape_cached(comm) if type(comm) is bytes else comm,
                     proc,
                     data,
+                    None,
+                    None,
                 )
             )
         self._pending.extend(rows)
         self._pending_bytes += size + ROW_OVERHEAD * len(rows)
+        if rows:  # each process row's last use: this batch's newest time (a batch is ms)
+            newest = max(map(itemgetter(0), rows))
+            touch = self._touch
+            for proc in procs.values():
+                if touch.get(proc, -1) < newest:
+                    touch[proc] = newest
         kinds = Counter(map(itemgetter(1), rows))
         self.accepted.update(kinds)
         self.waiting.update(kinds)
         if self._pending_bytes > self.max_pending_bytes:
             self._drop_oldest()
 
-    def _proc_of(self, ev: dict, chains: dict[int, bytes], seen: dict[tuple, int]) -> int:
-        """The id of the event's process row (its image and ancestry), made
-        the first time that image is seen.  (`seen`, the caller's memo of
-        ids, is cleared with ours.)"""
-        chain = ev.get("ancestors") or _NO_ANCESTORS
+    def _proc_row(
+        self,
+        process_key: str,
+        parent_key: str,
+        exe: bytes | str,
+        chain: list,
+        host: str,
+        boot: str,
+        ts_ns: int,
+        chains: dict[int, bytes],
+    ) -> int:
+        """The id of a process row (an image and its ancestry), made the
+        first time it is seen."""
+        chain = chain or _NO_ANCESTORS
         anc = chains.get(id(chain))
         if anc is None:
             anc = chains[id(chain)] = orjson.dumps(chain)
-        exe = ev.get("exe", b"")
-        ident = (ev.get("process_key", ""), ev.get("parent_key", ""), exe, anc)
+        ident = (process_key, parent_key, exe, anc)
         proc = self._proc_ids.get(ident)
         if proc is None:
             if len(self._proc_ids) > 1 << 17:
                 self._proc_ids.clear()  # a row made again costs a row, not a wrong answer
-                seen.clear()
             proc = self._proc_ids[ident] = self._next_proc
             self._next_proc += 1
             text = escape_cached(exe) if type(exe) is bytes else exe
-            host, boot = ev.get("host", ""), ev.get("boot_id", "")
-            row = (proc, ident[0], ident[1], host, boot, text, anc.decode(), ev["ts_ns"])
+            row = (proc, process_key, parent_key, host, boot, text, anc.decode(), ts_ns)
             self._pending_procs[proc] = row
         return proc
+
+    def _layout_row(self, form) -> tuple:
+        """(form, id) of a record layout's row (records.StoredForm), made
+        the first time a record of it is stored."""
+        lid = self._layout_ids.get(form.digest)
+        if lid is None:
+            lid = self._layout_ids[form.digest] = max(self._layout_ids.values(), default=0) + 1
+            self._pending_layouts.append((lid, form.digest, form.layout.kind, form.description))
+        out = self._layout_of[id(form)] = (form, lid)
+        return out
 
     def _drop_oldest(self) -> None:
         pending = self._pending
         while self._pending_bytes > self.max_pending_bytes and pending:
             row = pending.popleft()
-            self._pending_bytes -= len(row[5]) + ROW_OVERHEAD
+            self._pending_bytes -= _row_size(row)
             self.dropped[row[1]] += 1
             self.waiting[row[1]] -= 1
         # the dropped events' process rows, unless a waiting event names them
@@ -650,6 +935,7 @@ class Store:
             gone = {p for p in self._pending_procs if p not in named}
             for proc in gone:
                 del self._pending_procs[proc]
+                self._touch.pop(proc, None)
             # a later event of such a process makes its row again
             for ident, proc in list(self._proc_ids.items()):
                 if proc in gone:
@@ -677,10 +963,20 @@ class Store:
             procs = sorted(waiting_procs[i] for i in named if i in waiting_procs)
             try:
                 self.db.execute("BEGIN")
+                if self._pending_layouts:
+                    self.db.executemany(_INSERT_LAYOUT, self._pending_layouts)
                 if procs:  # before the events that name them
                     self.db.executemany(_INSERT_PROC, procs)
-                self.db.executemany(_INSERT, rows)
-                self.db.executemany(_TOUCH_PROC, _last_use(rows))
+                live = self._live
+                if self._live_rows or self.db.execute(f"SELECT max(id) FROM {live}").fetchone()[0]:
+                    self.db.executemany(_INSERT.format(t=live), rows)
+                else:  # a new partition's first row: ids go on from the last one
+                    self.db.execute(_INSERT_ID.format(t=live), (self._next_id, *rows[0]))
+                    self.db.executemany(_INSERT.format(t=live), islice(rows, 1, None))
+                # the newest use of each process row these events name
+                touch = self._touch
+                used = [(touch[p], p) for p in named if p in touch]
+                self.db.executemany(_TOUCH_PROC, used)
                 self.db.execute("COMMIT")
             except sqlite3.Error as err:
                 self._rollback()
@@ -696,6 +992,15 @@ class Store:
                         continue
                 self._failed(err)
                 return written
+            self._pending_layouts.clear()
+            for _ts, proc in used:
+                del touch[proc]
+            self._live_rows += len(rows)
+            oldest = min(map(itemgetter(0), rows))
+            if self._live_min is None or oldest < self._live_min:
+                self._live_min = oldest
+            if self._live_rows >= SEAL_ROWS and time.monotonic() >= self._seal_at:
+                self._seal()
             for proc in procs:
                 del waiting_procs[proc[0]]
             if len(rows) == len(self._pending):
@@ -703,8 +1008,7 @@ class Store:
             else:
                 for _ in range(len(rows)):
                     self._pending.popleft()
-            self._pending_bytes -= sum(map(len, map(itemgetter(5), rows)))
-            self._pending_bytes -= ROW_OVERHEAD * len(rows)
+            self._pending_bytes -= _rows_size(rows)
             kinds = Counter(map(itemgetter(1), rows))
             self.stored.update(kinds)
             self.waiting.subtract(kinds)
@@ -779,10 +1083,11 @@ class Store:
     def enforce_retention(self, budget_s: float = 0.05, now_ns: int | None = None) -> int:
         """Delete events past the age bound, then the oldest while the
         database is past its size bound, then process rows no event names
-        any more; in transactions of RETENTION_BATCH rows, until done or
-        `budget_s` is spent (call it again on the next tick).  Returns how
-        many events were deleted.  Ingestion shares this connection: it
-        waits at most one small transaction."""
+        any more; a sealed partition wholly past the bound is dropped in one
+        statement, others lose RETENTION_BATCH rows per transaction, until
+        done or `budget_s` is spent (call it again on the next tick).
+        Returns how many events were deleted.  Ingestion shares this
+        connection: it waits at most one small transaction."""
         if self.readonly or self.error is not None:
             return 0
         deadline = time.monotonic() + budget_s
@@ -791,7 +1096,7 @@ class Store:
             if self.retention_age_s is not None:
                 now_ns = time.time_ns() if now_ns is None else now_ns
                 cutoff = now_ns - int(self.retention_age_s * 1e9)
-                deleted += self._delete_oldest(deadline, "WHERE ts_ns < ?", (cutoff,))
+                deleted += self._delete_oldest(deadline, cutoff)
             if self.retention_bytes is not None:
                 deleted += self._shrink(deadline)
             if deleted or time.monotonic() < deadline:
@@ -802,21 +1107,70 @@ class Store:
         self.deleted += deleted
         return deleted
 
-    def _delete_oldest(self, deadline: float, where: str, args: tuple, limit: int = -1) -> int:
-        """Delete the oldest events matching `where`, a batch per
-        transaction, at most `limit` (-1: all) or until the deadline."""
+    def _delete_oldest(self, deadline: float, cutoff: int | None, limit: int = -1) -> int:
+        """Delete the oldest events (those before `cutoff`, if given), at most
+        `limit` (-1: all), partition by partition from the oldest, until
+        the deadline."""
         deleted = 0
-        while limit < 0 or deleted < limit:
-            n = RETENTION_BATCH if limit < 0 else min(RETENTION_BATCH, limit - deleted)
-            cur = self.db.execute(
-                f"DELETE FROM events WHERE id IN (SELECT id FROM events {where} "
-                "ORDER BY ts_ns LIMIT ?)",
-                (*args, n),
-            )
-            deleted += cur.rowcount
-            if cur.rowcount < n or time.monotonic() >= deadline:
+        for table, sealed, lo, hi, rows in reversed(self._parts()):
+            if (limit >= 0 and deleted >= limit) or time.monotonic() >= deadline:
                 break
+            live = table == self._live
+            if cutoff is not None:
+                if live and (self._live_min is None or self._live_min >= cutoff):
+                    break  # nothing old in the live partition: scanning it would find none
+                if sealed and not live and lo is not None and lo >= cutoff:
+                    break  # partitions are in time order: none older after this one
+            whole = (
+                sealed
+                and not live
+                and (
+                    (cutoff is not None and hi is not None and hi < cutoff)
+                    or (cutoff is None and limit - deleted >= rows > 0)
+                )
+            )
+            if whole or (sealed and not live and rows == 0):
+                deleted += self._drop_partition(table)
+                continue
+            # sealed: its ts index gives the oldest; live: its rowid (in ring order)
+            order = "ts_ns" if sealed and not live else "id"
+            where = "WHERE ts_ns < ?" if cutoff is not None else ""
+            args = (cutoff,) if cutoff is not None else ()
+            while limit < 0 or deleted < limit:
+                n = RETENTION_BATCH if limit < 0 else min(RETENTION_BATCH, limit - deleted)
+                cur = self.db.execute(
+                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} {where} "
+                    f"ORDER BY {order} LIMIT ?)",
+                    (*args, n),
+                )
+                deleted += cur.rowcount
+                if sealed and not live:
+                    self.db.execute(
+                        "UPDATE partitions SET rows = max(rows - ?, 0) WHERE n = ?",
+                        (cur.rowcount, int(table.removeprefix("events_p"))),
+                    )
+                elif live:
+                    self._live_rows = max(self._live_rows - cur.rowcount, 0)
+                if cur.rowcount < n or time.monotonic() >= deadline:
+                    break
+            if live and cutoff is not None:
+                self._live_min = self.db.execute(f"SELECT min(ts_ns) FROM {table}").fetchone()[0]
         return deleted
+
+    def _drop_partition(self, table: str) -> int:
+        """Drop a sealed partition whole; returns the events it held."""
+        db = self.db
+        rows = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        db.execute("BEGIN")
+        try:
+            db.execute(f"DROP TABLE {table}")
+            db.execute("DELETE FROM partitions WHERE n = ?", (int(table.removeprefix("events_p")),))
+            self._rebuild_view()
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return rows
 
     def _pages(self) -> tuple[int, int, int]:
         """(pages, free pages, page size) of the database file."""
@@ -839,12 +1193,12 @@ class Store:
             used = (pages - free) * size
             if used <= bound * 0.9:
                 break
-            rows = self.db.execute("SELECT max(id) - min(id) + 1 FROM events").fetchone()[0]
+            rows = sum(p[4] for p in self._parts() if p[0] != self._live) + self._live_rows
             if not rows:
                 break
             # the share of rows to go, from the bytes over: at least a batch
             over = (used - bound * 0.85) / max(used, 1)
-            n = self._delete_oldest(deadline, "", (), max(RETENTION_BATCH, int(rows * over)))
+            n = self._delete_oldest(deadline, None, max(RETENTION_BATCH, int(rows * over)))
             deleted += n
             if not n:
                 break
@@ -856,7 +1210,16 @@ class Store:
     def _forget_processes(self, deadline: float) -> None:
         """Process rows whose last event is older than every stored event
         go (none that a waiting event names)."""
-        oldest = self.db.execute("SELECT min(ts_ns) FROM events").fetchone()[0]
+        # the oldest event: of the oldest partition that has any (as sealed:
+        # retention only deletes, so that may be earlier, and keeps rows longer)
+        oldest = None
+        for table, sealed, lo, _hi, _rows in reversed(self._parts()):
+            if table == self._live:
+                oldest = self._live_min
+            elif sealed:
+                oldest = lo
+            if oldest is not None:
+                break
         if oldest is None:
             return
         waiting = {row[4] for row in self._pending} | set(self._pending_procs)
@@ -989,12 +1352,17 @@ class Store:
         kinds = list(dict.fromkeys(kinds))
         eq = {k: v for k, v in {"pid": pid, "comm": comm}.items() if v is not None}
         cols = "ts_ns, id, data" + (", proc" if self.version != "1" else "")
+        if self.version not in ("1", "2"):
+            cols += ", rec, layout"
         try:
-            parts = [
-                self._select(cols, since_ns, eq if kind is None else {**eq, "kind": kind}, limit)
+            parts = self._parts()
+            found = [
+                self._newest(
+                    parts, cols, since_ns, eq if kind is None else {**eq, "kind": kind}, limit
+                )
                 for kind in (kinds or [None])
             ]
-            rows = list(islice(heapq.merge(*parts, key=_sql_order, reverse=True), limit))
+            rows = list(islice(heapq.merge(*found, key=_sql_order, reverse=True), limit))
             if self.version == "1":
                 return self._checked(
                     r[2] if checked.event(r[2]) is not None else None for r in rows
@@ -1003,11 +1371,29 @@ class Store:
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: query failed ({err})") from err
 
+    def _newest(
+        self, parts: list[tuple], cols: str, since_ns: int | None, eq: dict, limit: int
+    ) -> list[tuple]:
+        """The `limit` newest rows matching, over the partitions (newest
+        first): a sealed one whose newest event is older than what is found
+        already (or than `since_ns`) is not read.  Ids grow with the
+        partitions, so an older one's row of equal time ranks lower too."""
+        got: list[tuple] = []
+        for table, sealed, _lo, hi, _rows in parts:
+            if sealed and hi is not None:
+                if since_ns is not None and hi < since_ns:
+                    continue
+                if len(got) >= limit and type(got[-1][0]) is int and hi <= got[-1][0]:
+                    continue
+            rows = self._select(table, cols, since_ns, eq, limit)
+            got = list(islice(heapq.merge(got, rows, key=_sql_order, reverse=True), limit))
+        return got
+
     def _select(
-        self, cols: str, since_ns: int | None, eq: dict, limit: int, plan: bool = False
+        self, table: str, cols: str, since_ns: int | None, eq: dict, limit: int, plan: bool = False
     ) -> list[tuple]:
         where, args = _where(since_ns, **eq)
-        sql = f"SELECT {cols} FROM events{where} ORDER BY ts_ns DESC, id DESC LIMIT ?"
+        sql = f"SELECT {cols} FROM {table}{where} ORDER BY ts_ns DESC, id DESC LIMIT ?"
         if plan:
             sql = "EXPLAIN QUERY PLAN " + sql
         return self.db.execute(sql, [*args, limit]).fetchall()
@@ -1022,23 +1408,27 @@ class Store:
         limit: int = 100,
     ) -> list[str]:
         """SQLite's plan for each statement `query` runs with these
-        arguments (tests and benchmarks check that no query sorts or scans
-        the whole table)."""
+        arguments on a sealed partition (tests and benchmarks check that
+        none sorts or scans a whole partition; the live one, scanned, holds
+        at most SEAL_ROWS rows)."""
         eq = {k: v for k, v in {"pid": pid, "comm": comm}.items() if v is not None}
         out = []
+        sealed = [p for p in self._parts() if p[1] and p[0] != self._live]
         for kind in list(dict.fromkeys(kinds)) or [None]:
-            rows = self._select(
-                "ts_ns, id, data",
-                since_ns,
-                eq if kind is None else {**eq, "kind": kind},
-                limit,
-                True,
-            )
-            out.append("; ".join(r[-1] for r in rows))
+            for table, *_ in sealed:
+                rows = self._select(
+                    table,
+                    "ts_ns, id, data",
+                    since_ns,
+                    eq if kind is None else {**eq, "kind": kind},
+                    limit,
+                    True,
+                )
+                out.append("; ".join(r[-1] for r in rows))
         return out
 
     def _joined(self, rows: list[tuple]) -> list[str]:
-        """Stored rows with their process rows joined back: the full event."""
+        """Stored rows, decoded, with their process rows joined back: the full event."""
         ids = list({r[3] for r in rows})
         procs = {}
         for start in range(0, len(ids), 500):
@@ -1050,18 +1440,86 @@ class Store:
             for row in self.db.execute(sql, part):
                 procs[row[0]] = checked.process(*row[1:])
         out = []
-        for _ts, _id, data, proc in rows:
-            ev = checked.event(data)
-            joined = procs.get(proc)
+        for row in rows:
+            ev = self._event(row)
+            joined = procs.get(row[3])
             if ev is None or joined is False:
                 self.skipped += 1
                 continue
             if joined is None:  # its row is gone (an altered store): as an unknown process
                 joined = {"exe": "", "ancestors": []}
             for name, value in joined.items():
-                ev.setdefault(name, value)
+                # a record's own exe (a check made inside execve) is the event's
+                if not ev.get(name):
+                    ev[name] = value
             ev["time"] = iso_time(ev["ts_ns"])
             out.append(orjson.dumps(ev).decode())
+        return out
+
+    def _event(self, row: tuple) -> dict | None:
+        """A row's event (ts_ns, id, data[, proc, rec, layout]): its JSON, or
+        its record decoded; None for a row the agent never writes."""
+        if len(row) < 6 or row[4] is None:
+            return checked.event(row[2])
+        rec, data = row[4], row[2]
+        reader = self._reader(row[5])
+        if reader is None or type(rec) is not bytes or type(row[0]) is not int:
+            return None
+        decode, finish = reader
+        try:
+            ev = decode(rec)
+            if finish is not None:
+                finish(ev)
+        except Exception:  # noqa: BLE001 - an altered record: skipped and counted
+            return None
+        ev["ts_ns"] = row[0]  # the epoch time it was stored with (the record's is boot time)
+        ev = textual(ev)
+        if data:  # what the analysis added (none today): JSON beside the record
+            extra = checked.extras(data)
+            if extra is None:
+                return None
+            ev.update(extra)
+        return ev
+
+    def _reader(self, layout_id) -> tuple | None:
+        """(decode, finish hook) of a stored layout; None if it is unusable."""
+        if layout_id in self._readers:
+            return self._readers[layout_id]
+        reader = None
+        row = None
+        if type(layout_id) is int:
+            row = self.db.execute(
+                "SELECT description FROM layouts WHERE id=?", (layout_id,)
+            ).fetchone()
+        if row is not None and type(row[0]) is str:
+            try:
+                layout, flags = records.described(orjson.loads(row[0]))
+                decode = records.make_decoder(layout, flags)
+            except (orjson.JSONDecodeError, VigilError, struct.error, RecursionError):
+                log.debug("store %s: layout %s unusable", self.path, layout_id)
+            else:
+                reader = (decode, _finish_hooks().get(layout.kind))
+        if len(self._readers) > 4096:
+            self._readers.clear()
+        self._readers[layout_id] = reader
+        return reader
+
+    def identities_after(self, mark: int, kind: str | None = None) -> list[tuple]:
+        """(cpu, seq) of every event (of `kind`) stored after row `mark`."""
+        try:
+            cols = "ts_ns, id, data, proc" + (
+                ", rec, layout" if self.version not in ("1", "2") else ""
+            )
+            where, args = _where(None, kind=kind) if kind is not None else ("", [])
+            where = f"{where} AND id > ?" if where else " WHERE id > ?"
+            rows = self.db.execute(f"SELECT {cols} FROM events{where}", [*args, mark]).fetchall()
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot read the last rows ({err})") from err
+        out = []
+        for row in rows:
+            ev = self._event(row)
+            if ev is not None:
+                out.append((ev.get("cpu"), ev.get("seq")))
         return out
 
     def status(self) -> list[dict]:
