@@ -76,7 +76,9 @@ def test_undecoded_records_read_back_as_the_decoded_events(tmp_path):
     for ev in got:
         assert ev == by_key[(ev["cpu"], ev["seq"])], ev  # every field, the joined ones too
     accepts = [e for e in got if e["kind"] == "accept" and e["lport"] == port]
-    assert len(accepts) == 50 and all(e["pid"] == os.getpid() for e in accepts)
+    assert len(accepts) == 50, (port, err, [e for e in got if e["kind"] == "accept"][:3]) and all(
+        e["pid"] == os.getpid() for e in accepts
+    )
     assert all(e["exe"] == os.path.realpath(os.sys.executable) for e in accepts)
 
 

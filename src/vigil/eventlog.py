@@ -126,10 +126,42 @@ def load_mark(log_dir: str, consumer: str) -> int | None:
     return mark if type(mark) is int and mark >= 0 else None
 
 
-def commit_position(log_dir: str, consumer: str, pos: Position, mark: int | None = None) -> None:
-    obj = {"segment": pos.segment, "offset": pos.offset}
+def load_recounted(log_dir: str, consumer: str) -> dict[str, int]:
+    """Per kind, events the consumer stored that the capture also counted
+    as discarded (Follower.commit): to take off discarded.json's counts."""
+    obj = read_json(os.path.join(log_dir, f"pos-{consumer}.json")).get("recounted")
+    if not isinstance(obj, dict):
+        return {}
+    return {k: v for k, v in obj.items() if isinstance(k, str) and type(v) is int and v > 0}
+
+
+def discarded_counts(log_dir: str, consumers: tuple[str, ...] = ("store",)) -> dict[str, int]:
+    """Per kind, events discarded unanalysed: what the capture counted, less
+    what the consumers had stored of it already (load_recounted)."""
+    out = {
+        k: v
+        for k, v in read_json(os.path.join(log_dir, "discarded.json")).items()
+        if isinstance(k, str) and type(v) is int
+    }
+    for consumer in consumers:
+        for kind, n in load_recounted(log_dir, consumer).items():
+            if kind in out:
+                out[kind] = max(0, out[kind] - n)
+    return {k: v for k, v in out.items() if v}
+
+
+def commit_position(
+    log_dir: str,
+    consumer: str,
+    pos: Position,
+    mark: int | None = None,
+    recounted: dict[str, int] | None = None,
+) -> None:
+    obj: dict = {"segment": pos.segment, "offset": pos.offset}
     if mark is not None:
         obj["mark"] = mark
+    if recounted:
+        obj["recounted"] = recounted
     write_json(os.path.join(log_dir, f"pos-{consumer}.json"), obj)
 
 
@@ -406,6 +438,10 @@ class Follower:
         self._discarded = JsonFile(os.path.join(log_dir, "discarded.json"))
         self.committed = load_position(log_dir, consumer)
         self._committed_at = 0.0
+        # per kind, events we stored that the capture counted as discarded too
+        # (it counts from our committed position: see commit); cumulative
+        self.recounted: dict[str, int] = load_recounted(log_dir, consumer)
+        self._read_since: dict[int, dict[str, int]] = {}  # segment -> kinds read, uncommitted
         self.pos = self.committed
         self.seg: Segment | None = None
         self.skipped_segments = 0  # gone (discarded by the budget) before we read them
@@ -500,8 +536,31 @@ class Follower:
             now = time.monotonic()
             if now - self._committed_at < every:
                 return
-            commit_position(self.dir, self.consumer, self.pos, mark() if mark else None)
+            # A segment we read from since the last commit and the capture
+            # has deleted since (its budget) was counted from our committed
+            # position, so what we read of it, and the sink holds, counts
+            # twice: it is taken off the discarded counts (discarded()).
+            # Checked again once the new position is written: a deletion in
+            # between counted from the old one.
+            at = mark() if mark else None
+            for attempt in range(2):
+                gone = [n for n in self._read_since if not os.path.exists(self._path(n))]
+                for n in gone:
+                    for kind, k in self._read_since.pop(n).items():
+                        self.recounted[kind] = self.recounted.get(kind, 0) + k
+                if attempt == 0 or gone:
+                    commit_position(self.dir, self.consumer, self.pos, at, self.recounted)
+            self._read_since.clear()
             self.committed, self._committed_at = self.pos, now
+
+    def note_read(self, segment: int, kinds: dict[str, int]) -> None:
+        """What the last read held, per kind (the sink stores it before commit)."""
+        seen = self._read_since.setdefault(segment, {})
+        for kind, k in kinds.items():
+            seen[kind] = seen.get(kind, 0) + k
+
+    def _path(self, n: int) -> str:
+        return os.path.join(self.dir, segment_name(n))
 
     def lag(self) -> Lag:
         cap = self.capture()
@@ -525,8 +584,13 @@ class Follower:
         return Lag(behind, int(behind / per_event), max(0.0, seconds))
 
     def discarded(self) -> dict[str, int]:
+        """Per kind, events discarded unanalysed (less what we stored of them)."""
         obj = self._discarded.read()
-        return {k: v for k, v in obj.items() if isinstance(k, str) and type(v) is int}
+        out = {k: v for k, v in obj.items() if isinstance(k, str) and type(v) is int}
+        for kind, n in self.recounted.items():
+            if kind in out:
+                out[kind] = max(0, out[kind] - n)
+        return {k: v for k, v in out.items() if v}
 
     def capture(self) -> dict:
         """The capture's last word (do not modify: it is cached)."""

@@ -186,6 +186,9 @@ class LogSource:
         # the kinds decoded (None: all); the others' records go to the store
         # undecoded (stages.Batch).  assemble() sets it from the stages and sinks.
         self.only: frozenset[str] | None = None
+        # kinds stored as JSON when decoded (None: every kind); the others
+        # come with their records, which the store writes (stages.Batch)
+        self.as_json: frozenset[str] | None = None
         self.decoder = None  # the last read's (stages.Batch.decoder)
 
     def _identify(self, seg: eventlog.Segment) -> None:
@@ -243,25 +246,39 @@ class LogSource:
             return []
         decoder = self._decoder(seg)
         only = self.only
-        self.decoder = decoder if only is not None else None
+        keep: frozenset[str] = frozenset()
+        if self.as_json is not None:
+            keep = frozenset(layout.kind for layout in decoder.layouts.values()) - self.as_json
+        raw_entries = only is not None or bool(keep)
+        self.decoder = decoder if raw_entries else None
         events: list = []
         for raw in chunks:
-            events.extend(recorder.decode_chunk(decoder, self.finish, raw, self.damage, only))
+            events.extend(recorder.decode_chunk(decoder, self.finish, raw, self.damage, only, keep))
         received = self.received
+        before = dict(received)
         undecoded: Counter[int] = Counter()
         kind_of = decoder.kind_id
         for ev in events:
-            if type(ev) is dict:
-                received[ev["kind"]] = received.get(ev["kind"], 0) + 1
-            else:
+            if type(ev) is bytes:
                 undecoded[kind_of(ev)] += 1
+                continue
+            if type(ev) is tuple:  # (event, record): decode_batch's `keep`
+                ev = ev[0]
+            received[ev["kind"]] = received.get(ev["kind"], 0) + 1
         for kind_id, n in undecoded.items():
             kind = decoder.layouts[kind_id].kind
             received[kind] = received.get(kind, 0) + n
+        if events:
+            fol.note_read(
+                seg.n,
+                {k: v - before.get(k, 0) for k, v in received.items() if v > before.get(k, 0)},
+            )
         fol.records_read += len(events)
         if events:
             last = events[-1]
-            if type(last) is not dict:
+            if type(last) is tuple:
+                last = last[0]
+            elif type(last) is bytes:
                 last = {"ts_ns": decoder.head.unpack_from(last)[1] + decoder.clock[0]}
             fol.last_ts_ns = last["ts_ns"]
         return events
@@ -292,16 +309,20 @@ class AlreadyStored:
         if not self.keys:
             return
         keys = self.keys
-        kept = []
+        kept, dropped = [], set()
         for ev in batch.entries:
             # an undecoded record's (cpu, seq): process.UNDECODED
             key = (ev.get("cpu"), ev.get("seq")) if type(ev) is dict else (ev[4], ev[5])
             if key in keys:
-                keys.discard(key)
+                dropped.add(key)
             else:
                 kept.append(ev)
-        batch.entries = kept
-        batch.events = [ev for ev in kept if type(ev) is dict]
+        if dropped:
+            keys -= dropped
+            batch.entries = kept
+            batch.events = [
+                ev for ev in batch.events if (ev.get("cpu"), ev.get("seq")) not in dropped
+            ]
 
 
 def _stored_after(store: Store, mark: int | None) -> set[tuple[int, int]]:
@@ -431,6 +452,10 @@ class Pipeline:
         log position is committed once the store holds all of it."""
         if isinstance(self.source, LogSource):
             self.source.only = self.wanted()
+            # stored as JSON, even when a record: what the process table reads
+            # (its kinds carry what it adds: stages.Enrich); the others as records
+            enriched = [s.reads for s in self.stages if isinstance(s, Enrich)]
+            self.source.as_json = frozenset().union(*enriched) if enriched else None
         events = self.source.read()
         if events:
             batch = Batch(events, getattr(self.source, "decoder", None))

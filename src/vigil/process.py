@@ -224,7 +224,7 @@ class ProcessTable:
             pid, start = proc.ppid, proc.pstart
         return out
 
-    def enrich(self, events: list, decoder=None) -> None:
+    def enrich(self, events: list, decoder=None) -> list[dict]:
         """Update the table from each event, then add `exe`, `ancestors`
         and the identities (`host`, `boot_id`, `process_key`, `parent_key`;
         `seq` and `cpu` come from the kernel, 0 for events made here).
@@ -235,7 +235,9 @@ class ProcessTable:
         A record left undecoded (bytes: records.Decoder.decode_batch with
         `only`; `decoder` is the one that read it) is replaced in its place
         by an UNDECODED tuple: its header's identity and time, and what its
-        process gives it, as the store needs them.
+        process gives it, as the store needs them.  So is an (event, record)
+        pair (decode_batch's `keep`), once the event is enriched.  Returns
+        the events (dicts), in order.
         """
         updates = self._UPDATES
         related = related_pid_fields()
@@ -247,10 +249,16 @@ class ProcessTable:
         # here; cleared whenever the table changes (fork, exec, exit).
         known: dict[tuple[int, int, int, int], tuple] = {}
         lineage: dict[tuple[int, int], list[dict]] = {}  # parent -> ancestry, in this batch
+        decoded = events
         if decoder is not None:
             head, clock, forms = decoder.head.unpack_from, decoder.clock, decoder.forms
+            kind_of = decoder.kind_id
+            decoded = []
         for i, ev in enumerate(events):
-            if type(ev) is bytes:
+            rec = None
+            if type(ev) is tuple:  # (event, its record): the record is what is stored
+                ev, rec = ev
+            elif type(ev) is bytes:
                 kind_id, ts, pid, ppid, cpu, seq, start, pstart, comm = head(ev)
                 ident = (pid, start, ppid, pstart)
                 hit = known.get(ident)
@@ -293,6 +301,21 @@ class ProcessTable:
             ev["parent_key"] = hit[3]
             if "child_start_time" in ev:
                 ev["child_key"] = key(ev["child_pid"], ev["child_start_time"])
+            if decoded is not events:
+                decoded.append(ev)
+                if rec is not None:
+                    form = forms[kind_of(rec)]
+                    events[i] = (
+                        ev["ts_ns"],
+                        form,
+                        ev["pid"],
+                        ev["comm"],
+                        ev["cpu"],
+                        ev["seq"],
+                        hit,
+                        rec,
+                    )
+        return decoded
 
     def _identify(self, ident: tuple, own_exe: bool, known: dict, lineage: dict) -> tuple:
         """What the process `ident` (pid, start, ppid, pstart) gives its

@@ -438,11 +438,12 @@ def decode_chunk(
     raw: bytes,
     damage: Damage,
     only: frozenset[str] | None = None,
+    keep: frozenset[str] = frozenset(),
 ) -> list:
     """One chunk's events, finished; what cannot be decoded is counted in
-    `damage`.  With `only`, records of other kinds stay bytes
-    (records.Decoder.decode_batch)."""
-    return Replay._decode_into(decoder, finish, raw, damage, only)
+    `damage`.  With `only`, records of other kinds stay bytes, and those
+    of `keep` come with their events (records.Decoder.decode_batch)."""
+    return Replay._decode_into(decoder, finish, raw, damage, only, keep)
 
 
 ChunkWriter = _ChunkWriter
@@ -548,6 +549,7 @@ class Replay:
         raw: bytes,
         damage: Damage,
         only: frozenset[str] | None = None,
+        keep: frozenset[str] = frozenset(),
     ) -> list:
         """One chunk's events.  The bytes are untrusted (a checksum proves
         only that they are what was written): a record the decoder or a
@@ -555,13 +557,13 @@ class Replay:
         recs = bpf.split_records(raw)
         unknown = decoder.undecodable
         try:
-            events = decoder.decode_batch(recs, finish, only)
+            events = decoder.decode_batch(recs, finish, only, keep)
         except Exception:  # noqa: BLE001 - see the docstring: one record at a time
             decoder.undecodable = unknown  # counted again below
             events = []
             for rec in recs:
                 try:
-                    events.extend(decoder.decode_batch([rec], finish, only))
+                    events.extend(decoder.decode_batch([rec], finish, only, keep))
                 except Exception:  # noqa: BLE001
                     damage.bad_records += 1
         return events

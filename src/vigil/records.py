@@ -574,6 +574,7 @@ class Decoder:
         recs: Iterable[bytes],
         finish: dict[str, Callable[[Decoded], None] | None] | None = None,
         only: frozenset[str] | None = None,
+        keep: frozenset[str] = frozenset(),
     ) -> list:
         """Records -> events, in order; `finish` (kind -> hook or None), the
         sensors' finishing touches, is applied to each as it is decoded.
@@ -581,7 +582,9 @@ class Decoder:
         With `only`, records of other kinds are left as they are (bytes, in
         their place): what no stage reads is stored as the kernel wrote it
         and decoded when read (vigil.outputs.store), rather than turned into
-        a dict of Python objects per event at line rate."""
+        a dict of Python objects per event at line rate.  An event of a kind
+        in `keep` comes with its record, as (event, record): the stages read
+        the one, the store writes the other."""
         decoders, unpack, off = self._decoders, self._kind_struct.unpack_from, self._kind_off
         hooks = {}
         if finish:
@@ -595,6 +598,7 @@ class Decoder:
                 if layout.kind not in only
             }
         raw_size = raw.get
+        kept = {k for k, layout in self.layouts.items() if layout.kind in keep}
         out = []
         append = out.append
         for rec in recs:
@@ -613,5 +617,5 @@ class Decoder:
             hook = hook_of(kind_id)
             if hook is not None:
                 hook(ev)
-            append(ev)
+            append((ev, rec) if kind_id in kept else ev)
         return out

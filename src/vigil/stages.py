@@ -62,9 +62,7 @@ class Enrich:
         self.reads = frozenset(("fork", "exec", "exit", *related_pid_fields()))
 
     def process(self, batch: Batch) -> None:
-        self.processes.enrich(batch.entries, batch.decoder)
-        if batch.decoder is not None:
-            batch.events = [ev for ev in batch.entries if type(ev) is dict]
+        batch.events = self.processes.enrich(batch.entries, batch.decoder)
 
 
 class Filter:
