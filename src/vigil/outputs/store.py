@@ -1355,19 +1355,25 @@ class Store:
         if self.version not in ("1", "2"):
             cols += ", rec, layout"
         try:
-            parts = self._parts()
-            found = [
-                self._newest(
-                    parts, cols, since_ns, eq if kind is None else {**eq, "kind": kind}, limit
-                )
-                for kind in (kinds or [None])
-            ]
-            rows = list(islice(heapq.merge(*found, key=_sql_order, reverse=True), limit))
-            if self.version == "1":
-                return self._checked(
-                    r[2] if checked.event(r[2]) is not None else None for r in rows
-                )
-            return self._joined(rows)
+            # one snapshot: the agent may seal or drop a partition meanwhile
+            snapshot = not self.db.in_transaction
+            if snapshot:
+                self.db.execute("BEGIN")
+            try:
+                parts = self._parts()
+                found = [
+                    self._newest(
+                        parts, cols, since_ns, eq if kind is None else {**eq, "kind": kind}, limit
+                    )
+                    for kind in (kinds or [None])
+                ]
+                rows = list(islice(heapq.merge(*found, key=_sql_order, reverse=True), limit))
+                if self.version != "1":
+                    return self._joined(rows)
+            finally:
+                if snapshot and self.db.in_transaction:
+                    self.db.execute("COMMIT")
+            return self._checked(r[2] if checked.event(r[2]) is not None else None for r in rows)
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: query failed ({err})") from err
 
