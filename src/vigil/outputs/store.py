@@ -1479,7 +1479,9 @@ class Store:
             if extra is None:
                 return None
             ev.update(extra)
-        return ev
+        # the JSON rows' rule (rows.event): a layout or extras edited to give
+        # `ts_ns` or `pid` another type would otherwise reach the printers
+        return ev if checked.header(ev) else None
 
     def _reader(self, layout_id) -> tuple | None:
         """(decode, finish hook) of a stored layout; None if it is unusable."""
@@ -1518,8 +1520,13 @@ class Store:
         out = []
         for row in rows:
             ev = self._event(row)
-            if ev is not None:
-                out.append((ev.get("cpu"), ev.get("seq")))
+            if ev is None:
+                continue
+            # numbers only: an edited row's list would be unhashable in the
+            # caller's set, and fail the agent's start
+            cpu, seq = ev.get("cpu"), ev.get("seq")
+            if type(cpu) is int and type(seq) is int:
+                out.append((cpu, seq))
         return out
 
     def status(self) -> list[dict]:

@@ -1,0 +1,103 @@
+"""A store edited by hand (or by someone on the host), read and written:
+every altered row is skipped and counted, or the store refused in one
+line; never a traceback, never an agent that fails to start.  No kernel:
+the records are made from the accept sensor's BTF (the built object)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import orjson
+import pytest
+
+from helpers import vigil
+from vigil import _libbpf as bpf
+from vigil import paths, records
+from vigil.errors import StoreError
+from vigil.outputs import store as store_module
+from vigil.outputs.store import Store
+from vigil.pipeline import _stored_after
+from vigil.process import ProcessTable
+
+BASE = 1_700_000_000_000_000_000
+
+
+@pytest.fixture(scope="module")
+def accept():
+    """(decoder, a blank accept record with its kind set)."""
+    decoder = records.Decoder(BASE)
+    with bpf.Object(paths.bpf_object("accept")) as obj:
+        decoder.add_btf(obj.btf())
+        kind_at = records.header_kind_offset(obj.btf())
+    (kind_id,) = [k for k, lay in decoder.layouts.items() if lay.kind == "accept"]
+    rec = bytearray(decoder.layouts[kind_id].size)
+    rec[kind_at : kind_at + 4] = kind_id.to_bytes(4, "little")
+    return decoder, bytes(rec)
+
+
+def _store_records(db: str, accept, n: int = 3) -> None:
+    decoder, rec = accept
+    store = Store(db)
+    entries: list = [rec] * n
+    ProcessTable(read_proc=False).enrich(entries, decoder)
+    store.add(entries)
+    store.close()
+
+
+def _sql(db: str, *statements) -> None:
+    raw = sqlite3.connect(db)
+    for sql in statements:
+        raw.execute(*sql) if isinstance(sql, tuple) else raw.execute(sql)
+    raw.commit()
+    raw.close()
+
+
+def _events(db: str, *args) -> tuple[list[dict], str]:
+    res = vigil("events", "--db", db, "--json", *args)
+    err = res.stderr.decode()
+    assert res.returncode == 0 and "Traceback" not in err and "internal error" not in err, err
+    return [orjson.loads(line) for line in res.stdout.splitlines()], err
+
+
+def test_extras_beside_a_record_cannot_give_the_header_another_type(tmp_path, accept):
+    db = str(tmp_path / "s.db")
+    _store_records(db, accept)
+    _sql(db, """UPDATE events_p1 SET data = '{"ts_ns": "x", "pid": [1]}' WHERE id = 1""")
+    got, err = _events(db)
+    assert len(got) == 2 and "1 malformed rows skipped" in err
+    res = vigil("events", "--db", db)  # the table printer too
+    assert res.returncode == 0 and b"internal error" not in res.stderr, res.stderr
+
+
+def test_a_layout_giving_pid_another_type_is_skipped_as_a_json_row_would_be(tmp_path, accept):
+    db = str(tmp_path / "s.db")
+    _store_records(db, accept)
+    raw = sqlite3.connect(db)
+    desc = orjson.loads(raw.execute("SELECT description FROM layouts").fetchone()[0])
+    raw.close()
+    for field in desc["fields"]:
+        if field[0] == "pid":
+            field[4] = "4s"  # 4 bytes still: passes `described`, decodes to bytes
+    _sql(db, ("UPDATE layouts SET description = ?", (orjson.dumps(desc).decode(),)))
+    got, err = _events(db)
+    assert got == [] and "3 malformed rows skipped" in err
+
+
+def test_restart_dedup_survives_rows_with_lists_for_cpu_and_seq(tmp_path, accept):
+    """The agent's start reads the rows past its mark (AlreadyStored): an
+    edited row must not stop it (a list is unhashable)."""
+    db = str(tmp_path / "s.db")
+    _store_records(db, accept)
+    _sql(
+        db,
+        """UPDATE events_p1 SET data = '{"cpu": [1], "seq": [2]}' WHERE id = 1""",
+        (
+            "INSERT INTO events (ts_ns, kind, pid, comm, proc, data) VALUES (1,'exec',1,'x',1,?)",
+            ('{"kind":"exec","ts_ns":1,"pid":1,"ppid":0,"comm":"x","cpu":[1],"seq":{"a":3}}',),
+        ),
+    )
+    store = Store(db)
+    try:
+        assert _stored_after(store, 0) == set()  # blank records: seq 0, never a key
+    finally:
+        store.close()
