@@ -101,3 +101,50 @@ def test_restart_dedup_survives_rows_with_lists_for_cpu_and_seq(tmp_path, accept
         assert _stored_after(store, 0) == set()  # blank records: seq 0, never a key
     finally:
         store.close()
+
+
+def _event(i: int, ts_ns: int, exe: bytes) -> dict:
+    return {
+        "kind": "exit",
+        "ts_ns": ts_ns,
+        "pid": 1000 + i,
+        "ppid": 1,
+        "comm": b"c",
+        "process_key": f"b:{i}",
+        "exe": exe,
+        "ancestors": [],
+    }
+
+
+def test_process_rows_stay_while_a_newer_partition_holds_an_earlier_event(tmp_path, monkeypatch):
+    """Times are not in partition order (a connect's record takes its time
+    when the call began; the clock may be stepped back): a process whose
+    only event sits in a newer partition, older than the oldest partition's
+    first, keeps its row, and `vigil events` shows its exe."""
+    monkeypatch.setattr(store_module, "SEAL_ROWS", 100)
+    db = str(tmp_path / "p.db")
+    store = Store(db, retention_age_s=None, retention_bytes=None)
+    store.add([_event(0, BASE + 10_000 + i, b"/bin/first") for i in range(100)])
+    store.flush()  # sealed: partition 1, its times from BASE + 10000
+    store.add([_event(1, BASE + 5, b"/bin/late")])  # partition 2, an earlier time
+    store.flush()
+    store.enforce_retention(budget_s=1.0)
+    store.close()
+    got, _err = _events(db, "--pid", "1001")
+    assert [ev["exe"] for ev in got] == ["/bin/late"]
+
+
+def test_a_partition_number_out_of_range_is_refused_in_one_line(tmp_path, accept):
+    db = str(tmp_path / "s.db")
+    _store_records(db, accept)
+    top = (1 << 63) - 1
+    _sql(
+        db,
+        f"UPDATE partitions SET n = {top}",
+        f"ALTER TABLE events_p1 RENAME TO events_p{top}",
+        "DROP VIEW events",
+    )
+    with pytest.raises(StoreError, match="partition numbers out of range"):
+        Store(db)
+    got, _err = _events(db)  # still read
+    assert len(got) == 3

@@ -147,6 +147,7 @@ _PART_INDEXES = (
     ("comm_ts", "comm, ts_ns"),
 )
 _VIEW_TERMS = 200  # partitions per UNION ALL (SQLite allows 500 terms)
+_MAX_PARTITION = 1 << 40  # a catalog number past this was not written by the agent
 _INSERT = (
     "INSERT INTO {t} (ts_ns, kind, pid, comm, proc, data, rec, layout) VALUES (?,?,?,?,?,?,?,?)"
 )
@@ -674,6 +675,12 @@ class Store:
         """The writer's live partition: the unsealed one, or a new one."""
         db = self.db
         parts = db.execute("SELECT n, sealed FROM partitions ORDER BY n").fetchall()
+        if any(not 0 <= n < _MAX_PARTITION for n, _sealed in parts):
+            # an edited catalog: the next partition's number would not fit SQLite
+            raise StoreError(
+                f"{self.path}: not a usable Vigil database (partition numbers out of range: "
+                "was the store altered?); move it aside to start afresh"
+            )
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not parts and "events_p0" in tables:  # a schema 2 store, upgraded: its table, sealed
             db.execute(
@@ -1210,18 +1217,22 @@ class Store:
     def _forget_processes(self, deadline: float) -> None:
         """Process rows whose last event is older than every stored event
         go (none that a waiting event names)."""
-        # the oldest event: of the oldest partition that has any (as sealed:
-        # retention only deletes, so that may be earlier, and keeps rows longer)
-        oldest = None
-        for table, sealed, lo, _hi, _rows in reversed(self._parts()):
+        # the oldest event: of every partition, not the oldest one's alone
+        # (times are not in partition order: a connect or exec record takes
+        # its time at the call's start, and the clock may be stepped back);
+        # as sealed: retention only deletes, so that may be earlier, and
+        # keeps rows longer
+        lows = []
+        for table, sealed, lo, _hi, _rows in self._parts():
             if table == self._live:
-                oldest = self._live_min
-            elif sealed:
-                oldest = lo
-            if oldest is not None:
-                break
-        if oldest is None:
+                lo = self._live_min
+            elif not sealed or lo is None:  # empty when sealed, or an edited catalog
+                lo = self.db.execute(f"SELECT min(ts_ns) FROM {table}").fetchone()[0]
+            if type(lo) is int:
+                lows.append(lo)
+        if not lows:
             return
+        oldest = min(lows)
         waiting = {row[4] for row in self._pending} | set(self._pending_procs)
         while time.monotonic() < deadline:
             ids = [
