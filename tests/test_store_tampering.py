@@ -148,3 +148,30 @@ def test_a_partition_number_out_of_range_is_refused_in_one_line(tmp_path, accept
         Store(db)
     got, _err = _events(db)  # still read
     assert len(got) == 3
+
+
+def test_a_layout_put_in_under_a_real_digest_is_not_used_for_new_records(tmp_path, accept):
+    """Someone plants a description of their own under the digest the
+    agent's accept layout has (e.g. lport and rport swapped): the records
+    the agent stores after that still read as the kernel wrote them."""
+    decoder, rec = accept
+    form = next(f for f in decoder.forms.values() if f.layout.kind == "accept")
+    forged = orjson.loads(form.description)
+    names = [f[0] for f in forged["fields"]]
+    lport, rport = names.index("lport"), names.index("rport")
+    forged["fields"][lport][0], forged["fields"][rport][0] = "rport", "lport"
+    db = str(tmp_path / "s.db")
+    Store(db).close()
+    _sql(
+        db,
+        (
+            "INSERT INTO layouts VALUES (1, ?, 'accept', ?)",
+            (form.digest, orjson.dumps(forged).decode()),
+        ),
+    )
+    real = bytearray(rec)
+    at = form.layout.fields[lport].offset
+    real[at : at + 2] = (8080).to_bytes(2, "little")
+    _store_records(db, (decoder, bytes(real)), n=1)
+    got, _err = _events(db)
+    assert [(ev["lport"], ev["rport"]) for ev in got] == [(8080, 0)]

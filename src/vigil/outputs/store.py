@@ -152,7 +152,9 @@ _INSERT = (
     "INSERT INTO {t} (ts_ns, kind, pid, comm, proc, data, rec, layout) VALUES (?,?,?,?,?,?,?,?)"
 )
 _INSERT_ID = "INSERT INTO {t} (id, ts_ns, kind, pid, comm, proc, data, rec, layout) VALUES (?,?,?,?,?,?,?,?,?)"
-_INSERT_LAYOUT = "INSERT OR IGNORE INTO layouts VALUES (?,?,?,?)"
+# OR REPLACE: a row put in by hand under our digest or id (its description
+# not what the digest says) gives way, rather than our records pointing at it
+_INSERT_LAYOUT = "INSERT OR REPLACE INTO layouts VALUES (?,?,?,?)"
 _INSERT_PROC = "INSERT INTO processes VALUES (?,?,?,?,?,?,?,?)"
 _TOUCH_PROC = "UPDATE processes SET last_ts_ns = max(last_ts_ns, ?) WHERE id = ?"
 # what a process row holds, or a reader makes: not in an event's stored JSON
@@ -494,6 +496,7 @@ class Store:
         # the form kept so that its id is not reused; digest -> row id; rows unwritten
         self._layout_of: dict[int, tuple] = {}
         self._layout_ids: dict[str, int] = {}
+        self._next_layout = 1
         self._pending_layouts: list[tuple] = []
         self._comms: dict[bytes, str] = {}
         self._touch: dict[int, int] = {}  # process row id -> newest ts_ns of its events, unwritten
@@ -550,7 +553,7 @@ class Store:
                 self._next_proc = self.db.execute(
                     "SELECT ifnull(max(id), 0) + 1 FROM processes"
                 ).fetchone()[0]
-                self._layout_ids = dict(self.db.execute("SELECT digest, id FROM layouts"))
+                self._load_layouts()
                 self._open_partitions()
             if not readonly:
                 _tighten(os.path.abspath(path))
@@ -918,12 +921,26 @@ class Store:
             self._pending_procs[proc] = row
         return proc
 
+    def _load_layouts(self) -> None:
+        """The stored layouts a record may name: only a row whose description
+        is what its digest says (one edited or put in by hand under a real
+        layout's digest would have every later record of it misread)."""
+        top = 0
+        for lid, digest, description in self.db.execute(
+            "SELECT id, digest, description FROM layouts"
+        ):
+            top = max(top, lid)
+            if type(description) is str and digest == records.digest_of(description):
+                self._layout_ids[digest] = lid
+        self._next_layout = top + 1
+
     def _layout_row(self, form) -> tuple:
         """(form, id) of a record layout's row (records.StoredForm), made
         the first time a record of it is stored."""
         lid = self._layout_ids.get(form.digest)
         if lid is None:
-            lid = self._layout_ids[form.digest] = max(self._layout_ids.values(), default=0) + 1
+            lid = self._layout_ids[form.digest] = self._next_layout
+            self._next_layout += 1
             self._pending_layouts.append((lid, form.digest, form.layout.kind, form.description))
         out = self._layout_of[id(form)] = (form, lid)
         return out
