@@ -540,16 +540,17 @@ class Follower:
             # has deleted since (its budget) was counted from our committed
             # position, so what we read of it, and the sink holds, counts
             # twice: it is taken off the discarded counts (discarded()).
-            # Checked again once the new position is written: a deletion in
-            # between counted from the old one.
+            # Only what is gone before the new position is written: a
+            # deletion after that may have counted from the new position
+            # (what we had not read, a real loss, which a recount would
+            # hide), or not at all (passed); such a segment's events may
+            # count as lost and stored both, never as neither.
             at = mark() if mark else None
-            for attempt in range(2):
-                gone = [n for n in self._read_since if not os.path.exists(self._path(n))]
-                for n in gone:
-                    for kind, k in self._read_since.pop(n).items():
-                        self.recounted[kind] = self.recounted.get(kind, 0) + k
-                if attempt == 0 or gone:
-                    commit_position(self.dir, self.consumer, self.pos, at, self.recounted)
+            gone = [n for n in self._read_since if not os.path.exists(self._path(n))]
+            for n in gone:
+                for kind, k in self._read_since.pop(n).items():
+                    self.recounted[kind] = self.recounted.get(kind, 0) + k
+            commit_position(self.dir, self.consumer, self.pos, at, self.recounted)
             self._read_since.clear()
             self.committed, self._committed_at = self.pos, now
 

@@ -423,7 +423,12 @@ class StoredForm:
     @classmethod
     def of(cls, layout: Layout, flags: dict[int, str]) -> StoredForm:
         text = json.dumps(describe(layout, flags), sort_keys=True, separators=(",", ":"))
-        return cls(layout, text, hashlib.sha256(text.encode()).hexdigest())
+        return cls(layout, text, digest_of(text))
+
+
+def digest_of(description: str) -> str:
+    """The digest a stored description is kept under (StoredForm.digest)."""
+    return hashlib.sha256(description.encode(errors="surrogatepass")).hexdigest()
 
 
 Decoded = dict

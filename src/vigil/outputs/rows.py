@@ -40,11 +40,16 @@ def event(data) -> dict | None:
         return None
     if type(ev) is not dict:
         return None
+    return ev if header(ev) else None
+
+
+def header(ev: dict) -> bool:
+    """Has the event the common header, of its types (what every row must)?"""
     for key, typ in _EVENT_HEADER.items():
         value = ev.get(key)
         if type(value) is not typ or (typ is int and not _int(value)):
-            return None
-    return ev
+            return False
+    return True
 
 
 def extras(data) -> dict | None:

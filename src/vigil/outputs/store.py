@@ -147,11 +147,14 @@ _PART_INDEXES = (
     ("comm_ts", "comm, ts_ns"),
 )
 _VIEW_TERMS = 200  # partitions per UNION ALL (SQLite allows 500 terms)
+_MAX_PARTITION = 1 << 40  # a catalog number past this was not written by the agent
 _INSERT = (
     "INSERT INTO {t} (ts_ns, kind, pid, comm, proc, data, rec, layout) VALUES (?,?,?,?,?,?,?,?)"
 )
 _INSERT_ID = "INSERT INTO {t} (id, ts_ns, kind, pid, comm, proc, data, rec, layout) VALUES (?,?,?,?,?,?,?,?,?)"
-_INSERT_LAYOUT = "INSERT OR IGNORE INTO layouts VALUES (?,?,?,?)"
+# OR REPLACE: a row put in by hand under our digest or id (its description
+# not what the digest says) gives way, rather than our records pointing at it
+_INSERT_LAYOUT = "INSERT OR REPLACE INTO layouts VALUES (?,?,?,?)"
 _INSERT_PROC = "INSERT INTO processes VALUES (?,?,?,?,?,?,?,?)"
 _TOUCH_PROC = "UPDATE processes SET last_ts_ns = max(last_ts_ns, ?) WHERE id = ?"
 # what a process row holds, or a reader makes: not in an event's stored JSON
@@ -493,6 +496,7 @@ class Store:
         # the form kept so that its id is not reused; digest -> row id; rows unwritten
         self._layout_of: dict[int, tuple] = {}
         self._layout_ids: dict[str, int] = {}
+        self._next_layout = 1
         self._pending_layouts: list[tuple] = []
         self._comms: dict[bytes, str] = {}
         self._touch: dict[int, int] = {}  # process row id -> newest ts_ns of its events, unwritten
@@ -549,7 +553,7 @@ class Store:
                 self._next_proc = self.db.execute(
                     "SELECT ifnull(max(id), 0) + 1 FROM processes"
                 ).fetchone()[0]
-                self._layout_ids = dict(self.db.execute("SELECT digest, id FROM layouts"))
+                self._load_layouts()
                 self._open_partitions()
             if not readonly:
                 _tighten(os.path.abspath(path))
@@ -674,6 +678,12 @@ class Store:
         """The writer's live partition: the unsealed one, or a new one."""
         db = self.db
         parts = db.execute("SELECT n, sealed FROM partitions ORDER BY n").fetchall()
+        if any(not 0 <= n < _MAX_PARTITION for n, _sealed in parts):
+            # an edited catalog: the next partition's number would not fit SQLite
+            raise StoreError(
+                f"{self.path}: not a usable Vigil database (partition numbers out of range: "
+                "was the store altered?); move it aside to start afresh"
+            )
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not parts and "events_p0" in tables:  # a schema 2 store, upgraded: its table, sealed
             db.execute(
@@ -911,12 +921,26 @@ class Store:
             self._pending_procs[proc] = row
         return proc
 
+    def _load_layouts(self) -> None:
+        """The stored layouts a record may name: only a row whose description
+        is what its digest says (one edited or put in by hand under a real
+        layout's digest would have every later record of it misread)."""
+        top = 0
+        for lid, digest, description in self.db.execute(
+            "SELECT id, digest, description FROM layouts"
+        ):
+            top = max(top, lid)
+            if type(description) is str and digest == records.digest_of(description):
+                self._layout_ids[digest] = lid
+        self._next_layout = top + 1
+
     def _layout_row(self, form) -> tuple:
         """(form, id) of a record layout's row (records.StoredForm), made
         the first time a record of it is stored."""
         lid = self._layout_ids.get(form.digest)
         if lid is None:
-            lid = self._layout_ids[form.digest] = max(self._layout_ids.values(), default=0) + 1
+            lid = self._layout_ids[form.digest] = self._next_layout
+            self._next_layout += 1
             self._pending_layouts.append((lid, form.digest, form.layout.kind, form.description))
         out = self._layout_of[id(form)] = (form, lid)
         return out
@@ -1210,18 +1234,22 @@ class Store:
     def _forget_processes(self, deadline: float) -> None:
         """Process rows whose last event is older than every stored event
         go (none that a waiting event names)."""
-        # the oldest event: of the oldest partition that has any (as sealed:
-        # retention only deletes, so that may be earlier, and keeps rows longer)
-        oldest = None
-        for table, sealed, lo, _hi, _rows in reversed(self._parts()):
+        # the oldest event: of every partition, not the oldest one's alone
+        # (times are not in partition order: a connect or exec record takes
+        # its time at the call's start, and the clock may be stepped back);
+        # as sealed: retention only deletes, so that may be earlier, and
+        # keeps rows longer
+        lows = []
+        for table, sealed, lo, _hi, _rows in self._parts():
             if table == self._live:
-                oldest = self._live_min
-            elif sealed:
-                oldest = lo
-            if oldest is not None:
-                break
-        if oldest is None:
+                lo = self._live_min
+            elif not sealed or lo is None:  # empty when sealed, or an edited catalog
+                lo = self.db.execute(f"SELECT min(ts_ns) FROM {table}").fetchone()[0]
+            if type(lo) is int:
+                lows.append(lo)
+        if not lows:
             return
+        oldest = min(lows)
         waiting = {row[4] for row in self._pending} | set(self._pending_procs)
         while time.monotonic() < deadline:
             ids = [
@@ -1485,7 +1513,9 @@ class Store:
             if extra is None:
                 return None
             ev.update(extra)
-        return ev
+        # the JSON rows' rule (rows.event): a layout or extras edited to give
+        # `ts_ns` or `pid` another type would otherwise reach the printers
+        return ev if checked.header(ev) else None
 
     def _reader(self, layout_id) -> tuple | None:
         """(decode, finish hook) of a stored layout; None if it is unusable."""
@@ -1524,8 +1554,13 @@ class Store:
         out = []
         for row in rows:
             ev = self._event(row)
-            if ev is not None:
-                out.append((ev.get("cpu"), ev.get("seq")))
+            if ev is None:
+                continue
+            # numbers only: an edited row's list would be unhashable in the
+            # caller's set, and fail the agent's start
+            cpu, seq = ev.get("cpu"), ev.get("seq")
+            if type(cpu) is int and type(seq) is int:
+                out.append((cpu, seq))
         return out
 
     def status(self) -> list[dict]:
