@@ -221,3 +221,42 @@ def test_rows_put_in_by_hand_take_ids_after_the_sealed_ones(tmp_path):
     ids = [r[0] for r in raw.execute("SELECT id FROM events ORDER BY id")]
     raw.close()
     assert ids == list(range(1, SEAL + 3))
+
+
+def test_ids_are_not_given_again_after_retention_empties_the_live_partition(tmp_path):
+    """The restart de-duplication keeps a mark (the last row id): an id
+    given again after deletes would hide new rows behind it."""
+    db = str(tmp_path / "i.db")
+    store = Store(db, retention_age_s=3600, retention_bytes=None)
+    old = time.time_ns() - 7200 * 10**9
+    store.add([_event(i, old + i) for i in range(100)])
+    store.flush()
+    assert store.last_id() == 100
+    while store.enforce_retention(budget_s=0.5):
+        pass
+    assert store.count() == 0
+    store.add([_event(i, time.time_ns() + i) for i in range(5)])
+    store.flush()
+    raw = sqlite3.connect(db)
+    ids = [r[0] for r in raw.execute("SELECT id FROM events ORDER BY id")]
+    raw.close()
+    assert ids == list(range(101, 106))
+    store.close()
+
+
+def test_a_planted_view_cannot_call_functions_with_side_effects(tmp_path):
+    """Whoever can edit the file may redefine the view `events`; with the
+    schema distrusted, a function such as load_extension or writefile is
+    refused, not run (SQLite's trusted_schema)."""
+    db = str(tmp_path / "t.db")
+    Store(db).close()
+    raw = sqlite3.connect(db)
+    raw.execute("DROP VIEW events")
+    raw.execute(
+        "CREATE VIEW events AS SELECT *, load_extension('/nonexistent/x') AS x FROM events_p1"
+    )
+    raw.commit()
+    raw.close()
+    res = vigil("status", "--db", db)
+    assert b"Traceback" not in res.stderr
+    assert res.returncode == 1 and b"unsafe use of load_extension" in res.stderr, res

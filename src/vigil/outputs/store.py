@@ -370,6 +370,7 @@ def _on_readonly_fs(path: str) -> bool:
 def _connect_readonly(path: str) -> sqlite3.Connection:
     _check_readable(path)
     db = sqlite3.connect(_uri(path, mode="ro"), uri=True, timeout=5.0, isolation_level=None)
+    _distrust_schema(db)
     try:
         db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         return db
@@ -388,9 +389,11 @@ def _connect_readonly(path: str) -> sqlite3.Connection:
                     f"{path}: cannot be read in place: it is on read-only storage with an "
                     f"unfinished write-ahead log ({wal}); copy both files to writable storage"
                 ) from err
-            return sqlite3.connect(
+            db = sqlite3.connect(
                 _uri(path, mode="ro", immutable="1"), uri=True, timeout=5.0, isolation_level=None
             )
+            _distrust_schema(db)
+            return db
         if not os.access(parent, os.W_OK):
             if os.stat(path).st_uid != os.geteuid():  # a store from before it was private
                 raise _denied(path) from err
@@ -450,7 +453,16 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
         return _connect_readonly(path)
     _prepare_writable(path)
     # a plain (absolute) file name, not a URI: SQLite takes it as it is
-    return sqlite3.connect(os.path.abspath(path), timeout=5.0, isolation_level=None)
+    db = sqlite3.connect(os.path.abspath(path), timeout=5.0, isolation_level=None)
+    _distrust_schema(db)
+    return db
+
+
+def _distrust_schema(db: sqlite3.Connection) -> None:
+    """Views and triggers in the file (ours: `events` and its insert) may
+    only call innocuous SQL functions: one an editor of the file planted
+    cannot reach functions with side effects (SQLite's trusted_schema)."""
+    db.execute("PRAGMA trusted_schema=OFF")
 
 
 def _text_or_bytes(raw: bytes) -> str | bytes:
@@ -992,11 +1004,13 @@ class Store:
                 if procs:  # before the events that name them
                     self.db.executemany(_INSERT_PROC, procs)
                 live = self._live
-                if self._live_rows or self.db.execute(f"SELECT max(id) FROM {live}").fetchone()[0]:
+                top = self.db.execute(f"SELECT max(id) FROM {live}").fetchone()[0]
+                if top is not None and top >= self._next_id - 1:
                     self.db.executemany(_INSERT.format(t=live), rows)
-                else:  # a new partition's first row: ids go on from the last one
+                else:  # a new (or emptied) partition: ids go on from the last one given
                     self.db.execute(_INSERT_ID.format(t=live), (self._next_id, *rows[0]))
                     self.db.executemany(_INSERT.format(t=live), islice(rows, 1, None))
+                top = self.db.execute(f"SELECT max(id) FROM {live}").fetchone()[0]
                 # the newest use of each process row these events name
                 touch = self._touch
                 used = [(touch[p], p) for p in named if p in touch]
@@ -1017,6 +1031,7 @@ class Store:
                 self._failed(err)
                 return written
             self._pending_layouts.clear()
+            self._next_id = max(self._next_id, top + 1)  # never again, even once deleted
             for _ts, proc in used:
                 del touch[proc]
             self._live_rows += len(rows)
