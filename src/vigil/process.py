@@ -336,7 +336,10 @@ class ProcessTable:
             self.host,
             self.keys.boot,
         )
-        if proc is not None:  # an unknown process may be found in /proc later
+        # an unknown process may be found in /proc later (the live tools);
+        # without /proc, only an event of it would tell, and that clears `known`
+        # (an event with its own exe did not ask: its answer is not the table's)
+        if proc is not None or not (own_exe or self._read_proc):
             known[ident] = hit
         return hit
 
