@@ -278,6 +278,22 @@ def test_broken_reload_keeps_old_rules(tmp_path):
     assert len(det.rules) == 1
 
 
+def test_a_pipeline_that_asks_what_rules_read_reloads_only_when_it_asks(tmp_path):
+    """`vigil monitor` decodes only the kinds its stages read, asked before
+    each read: a SIGHUP between that and the detection stage must not give
+    the new rules a batch whose kinds (theirs, not the old rules') were left
+    undecoded.  The reload waits for the next read."""
+    path = tmp_path / "r.yml"
+    path.write_text(rule_yaml("sel:\n    Image|endswith: /curl\ncondition: sel"))
+    det = Detector([str(path)])
+    assert "exec" in det.reads  # the pipeline asked: this batch is read with the old rules
+    path.write_text(rule_yaml("sel:\n    Image|endswith: /wget\ncondition: sel"))
+    det.request_reload()  # SIGHUP, after the read
+    assert det.run([dict(CURL)])  # this batch: the old rules still
+    det.reads  # noqa: B018 - the next read: reloaded now
+    assert det.run([dict(CURL)]) == []
+
+
 def test_index_evaluates_only_rules_whose_literals_are_present(tmp_path):
     rules = [
         rule_yaml(

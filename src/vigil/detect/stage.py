@@ -71,7 +71,10 @@ class Detector:
     @property
     def reads(self) -> frozenset[str]:
         """The event kinds its rules read (stages.Stage.reads): asked before
-        each read, so a reload requested by then applies to that read."""
+        each read, so a reload requested by then applies to that read.  Once
+        asked, reloads happen here only: a reload between the read and the
+        stage would give new rules a batch whose kinds were left undecoded."""
+        self._asked = True
         if self._reload:
             self.reload()
         return frozenset(self.rules.routes)
@@ -100,8 +103,10 @@ class Detector:
         self.loss.note_stats(stats)
 
     # -- the stage --------------------------------------------------------------
+    _asked = False  # the pipeline asks `reads` before each read
+
     def process(self, batch) -> None:
-        if self._reload:
+        if self._reload and not self._asked:
             self.reload()
         touched = {}
         match, raise_ = self.rules.match, self.book.raise_
