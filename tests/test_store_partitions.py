@@ -163,8 +163,7 @@ def test_age_retention_drops_whole_partitions(tmp_path):
     store.close()
 
 
-def test_schema_2_store_is_upgraded_in_place(tmp_path):
-    db = str(tmp_path / "v2.db")
+def _schema_2_store(db: str) -> None:
     raw = sqlite3.connect(db)
     raw.executescript(
         """
@@ -189,6 +188,11 @@ def test_schema_2_store_is_upgraded_in_place(tmp_path):
     )
     raw.commit()
     raw.close()
+
+
+def test_schema_2_store_is_upgraded_in_place(tmp_path):
+    db = str(tmp_path / "v2.db")
+    _schema_2_store(db)
     # a reader reads it as it is
     res = vigil("events", "--db", db, "--json", check=True)
     assert orjson.loads(res.stdout)["exe"] == "/old"
@@ -260,3 +264,21 @@ def test_a_planted_view_cannot_call_functions_with_side_effects(tmp_path):
     res = vigil("status", "--db", db)
     assert b"Traceback" not in res.stderr
     assert res.returncode == 1 and b"unsafe use of load_extension" in res.stderr, res
+
+
+def test_an_agent_killed_right_after_the_upgrade_leaves_a_readable_store(tmp_path, monkeypatch):
+    db = str(tmp_path / "v2.db")
+    _schema_2_store(db)
+
+    def killed(self):
+        raise KeyboardInterrupt  # after the upgrade's commit, before the live partition
+
+    monkeypatch.setattr(Store, "_open_partitions", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Store(db)
+    monkeypatch.undo()
+    res = vigil("events", "--db", db, "--json", check=True)
+    assert [orjson.loads(line)["comm"] for line in res.stdout.splitlines()] == ["old"]
+    assert vigil("status", "--db", db).returncode == 0
+    Store(db).close()  # the next start goes on from there
+    assert [(n, sealed) for n, sealed, _ in _partitions(db)] == [(0, 1), (1, 0)]

@@ -73,6 +73,13 @@ READABLE_VERSIONS = ("1", "2", SCHEMA_VERSION)
 DEFAULT_RETENTION_AGE_S = 14 * 86400.0
 DEFAULT_RETENTION_BYTES = 2 << 30
 PAGE_SIZE = 16384  # of a new store (an existing one keeps its own)
+_PARTITIONS = """CREATE TABLE IF NOT EXISTS partitions (
+    n INTEGER PRIMARY KEY,
+    sealed INTEGER NOT NULL,
+    min_ts INTEGER,
+    max_ts INTEGER,
+    rows INTEGER
+)"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS layouts (
@@ -92,13 +99,7 @@ CREATE TABLE IF NOT EXISTS processes (
     last_ts_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS processes_last ON processes (last_ts_ns);
-CREATE TABLE IF NOT EXISTS partitions (
-    n INTEGER PRIMARY KEY,
-    sealed INTEGER NOT NULL,
-    min_ts INTEGER,
-    max_ts INTEGER,
-    rows INTEGER
-);
+{partitions};
 CREATE TABLE IF NOT EXISTS summaries (
     id INTEGER PRIMARY KEY,
     ts_ns INTEGER NOT NULL,
@@ -118,7 +119,7 @@ CREATE TABLE IF NOT EXISTS sensor_status (
     dropped INTEGER NOT NULL,
     rate REAL NOT NULL
 );
-"""
+""".replace("{partitions}", _PARTITIONS)
 # Events go into partitions, tables of the same columns: the newest (live)
 # one has no index but its rowid, so an insert writes one B-tree, not five;
 # once it holds SEAL_ROWS rows it is sealed: its indexes are built in one
@@ -623,6 +624,13 @@ class Store:
             self.db.execute("ALTER TABLE events RENAME TO events_p0")
             self.db.execute("ALTER TABLE events_p0 ADD COLUMN rec BLOB")
             self.db.execute("ALTER TABLE events_p0 ADD COLUMN layout INTEGER")
+            # in the same transaction, so that a reader never sees schema 3
+            # without its catalog and view (the agent killed in between)
+            self.db.execute(_PARTITIONS)
+            self.db.execute(
+                "INSERT INTO partitions SELECT 0, 1, min(ts_ns), max(ts_ns), count(*) FROM events_p0"
+            )
+            self.db.execute(f"CREATE VIEW events AS SELECT {_PART_COLUMNS} FROM events_p0")
             self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,))
             self.db.execute("COMMIT")
             return
