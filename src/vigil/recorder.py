@@ -440,10 +440,24 @@ def decode_chunk(
     only: frozenset[str] | None = None,
     keep: frozenset[str] = frozenset(),
 ) -> list:
-    """One chunk's events, finished; what cannot be decoded is counted in
-    `damage`.  With `only`, records of other kinds stay bytes, and those
-    of `keep` come with their events (records.Decoder.decode_batch)."""
-    return Replay._decode_into(decoder, finish, raw, damage, only, keep)
+    """One chunk's events, finished.  With `only`, records of other kinds
+    stay bytes, and those of `keep` come with their events
+    (records.Decoder.decode_batch).  The bytes are untrusted (a checksum
+    proves only that they are what was written): a record the decoder or a
+    finish hook cannot take is counted in `damage` and skipped, never fatal."""
+    recs = bpf.split_records(raw)
+    unknown = decoder.undecodable
+    try:
+        return decoder.decode_batch(recs, finish, only, keep)
+    except Exception:  # noqa: BLE001 - see the docstring: one record at a time
+        decoder.undecodable = unknown  # counted again below
+    events = []
+    for rec in recs:
+        try:
+            events.extend(decoder.decode_batch([rec], finish, only, keep))
+        except Exception:  # noqa: BLE001
+            damage.bad_records += 1
+    return events
 
 
 ChunkWriter = _ChunkWriter
@@ -539,34 +553,7 @@ class Replay:
             yield from _chunks_v2(mm, pos, meta["chunk_seed"], self.damage)
 
     def _decode(self, decoder: records.Decoder, finish: dict, raw: bytes) -> list[dict]:
-        return self._decode_into(decoder, finish, raw, self.damage)
-
-    @classmethod
-    def _decode_into(
-        cls,
-        decoder: records.Decoder,
-        finish: dict,
-        raw: bytes,
-        damage: Damage,
-        only: frozenset[str] | None = None,
-        keep: frozenset[str] = frozenset(),
-    ) -> list:
-        """One chunk's events.  The bytes are untrusted (a checksum proves
-        only that they are what was written): a record the decoder or a
-        finish hook cannot take is counted and skipped, never fatal."""
-        recs = bpf.split_records(raw)
-        unknown = decoder.undecodable
-        try:
-            events = decoder.decode_batch(recs, finish, only, keep)
-        except Exception:  # noqa: BLE001 - see the docstring: one record at a time
-            decoder.undecodable = unknown  # counted again below
-            events = []
-            for rec in recs:
-                try:
-                    events.extend(decoder.decode_batch([rec], finish, only, keep))
-                except Exception:  # noqa: BLE001
-                    damage.bad_records += 1
-        return events
+        return decode_chunk(decoder, finish, raw, self.damage)
 
 
 def replay(path: str, table: ProcessTable, batch: int = 4096) -> Replay:

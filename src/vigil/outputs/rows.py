@@ -52,18 +52,6 @@ def header(ev: dict) -> bool:
     return True
 
 
-def extras(data) -> dict | None:
-    """An `events.data` value beside a record (what the analysis added to
-    it) -> its fields, or None."""
-    if type(data) is not str:
-        return None
-    try:
-        ev = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return ev if type(ev) is dict else None
-
-
 def process(exe, ancestors, process_key, parent_key, host, boot_id) -> dict | bool:
     """A `processes` row -> the event fields it holds, or False when
     malformed (its events are skipped)."""

@@ -1520,7 +1520,8 @@ class Store:
             return checked.event(row[2])
         rec, data = row[4], row[2]
         reader = self._reader(row[5])
-        if reader is None or type(rec) is not bytes or type(row[0]) is not int:
+        # (the agent writes a record's row with no JSON beside it)
+        if reader is None or type(rec) is not bytes or type(row[0]) is not int or data != "":
             return None
         decode, finish = reader
         try:
@@ -1531,13 +1532,8 @@ class Store:
             return None
         ev["ts_ns"] = row[0]  # the epoch time it was stored with (the record's is boot time)
         ev = textual(ev)
-        if data:  # what the analysis added (none today): JSON beside the record
-            extra = checked.extras(data)
-            if extra is None:
-                return None
-            ev.update(extra)
-        # the JSON rows' rule (rows.event): a layout or extras edited to give
-        # `ts_ns` or `pid` another type would otherwise reach the printers
+        # the JSON rows' rule (rows.event): a layout edited to give `ts_ns`
+        # or `pid` another type would otherwise reach the printers
         return ev if checked.header(ev) else None
 
     def _reader(self, layout_id) -> tuple | None:
