@@ -508,38 +508,3 @@ def test_a_batch_stored_before_its_position_was_committed_is_not_stored_again(
     assert dup == 0, f"{dup} events stored twice"
     n2, distinct2 = _rows(db)
     assert n2 == distinct2 and ours <= n1 and ours > 1000
-
-
-def _ring_bytes(n: int, size: int = 56) -> bytes:
-    """`n` ring records as the kernel lays them out (an 8-byte length header,
-    8-aligned): what the capture appends to the log."""
-    rec = b"\x01" * size
-    return (len(rec).to_bytes(4, "little") + b"\0" * 4 + rec) * n
-
-
-def test_a_segment_discarded_after_the_analysis_read_it_counts_once(tmp_path):
-    """The capture counts a discarded segment from the analysis's committed
-    position; what the analysis read and stored past it (commits are 0.5 s
-    apart) is taken off the discarded counts at its next commit, so that
-    stored + discarded is what the capture wrote, under any timing."""
-    log_dir = str(tmp_path / "log")
-    meta = {"objects": {}, "boot_offset_ns": 0, "chunk_seed": 7, "processes": []}
-    writer = eventlog.LogWriter(log_dir, lambda: meta, lambda rec: "x", 4096, 8192)
-    for _ in range(3):  # 40 records a chunk; a segment takes two
-        writer.append(_ring_bytes(40))
-    fol = eventlog.Follower(log_dir, "store")
-    chunks, seg = fol.read()
-    read = 40 * len(chunks)
-    assert seg.n == 1 and read == 80
-    fol.note_read(seg.n, {"x": read})  # read, and (as the store does) written: not committed
-    for _ in range(12):  # the capture goes on past its budget: segment 1 is discarded
-        writer.append(_ring_bytes(40))
-    assert not os.path.exists(os.path.join(log_dir, eventlog.segment_name(1)))
-    counted = writer.discarded["x"]
-    assert counted >= read  # counted from the committed position: what we read too
-    fol.commit()
-    assert fol.recounted == {"x": read}
-    assert fol.discarded() == {"x": counted - read}
-    assert eventlog.discarded_counts(log_dir) == fol.discarded()
-    # a restart keeps the correction
-    assert eventlog.Follower(log_dir, "store").recounted == {"x": read}
