@@ -39,7 +39,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -230,6 +229,7 @@ class LogSource:
                     self.table.enrich(evs)
             if not got:
                 break
+        decoder.take_counts()  # read again to rebuild the table: not received now
 
     def read(self, limit: int = 2 << 20) -> list[dict]:
         fol = self.follower
@@ -254,25 +254,12 @@ class LogSource:
         events: list = []
         for raw in chunks:
             events.extend(recorder.decode_chunk(decoder, self.finish, raw, self.damage, only, keep))
+        got = decoder.take_counts()  # counted as decoded: no other look at each record
         received = self.received
-        before = dict(received)
-        undecoded: Counter[int] = Counter()
-        kind_of = decoder.kind_id
-        for ev in events:
-            if type(ev) is bytes:
-                undecoded[kind_of(ev)] += 1
-                continue
-            if type(ev) is tuple:  # (event, record): decode_batch's `keep`
-                ev = ev[0]
-            received[ev["kind"]] = received.get(ev["kind"], 0) + 1
-        for kind_id, n in undecoded.items():
-            kind = decoder.layouts[kind_id].kind
+        for kind, n in got.items():
             received[kind] = received.get(kind, 0) + n
-        if events:
-            fol.note_read(
-                seg.n,
-                {k: v - before.get(k, 0) for k, v in received.items() if v > before.get(k, 0)},
-            )
+        if got:
+            fol.note_read(seg.n, got)
         fol.records_read += len(events)
         if events:
             last = events[-1]

@@ -252,7 +252,7 @@ class ProcessTable:
         decoded = events
         if decoder is not None:
             head, clock, forms = decoder.head.unpack_from, decoder.clock, decoder.forms
-            kind_of = decoder.kind_id
+            form_of = decoder.form_of
             decoded = []
         for i, ev in enumerate(events):
             rec = None
@@ -304,7 +304,7 @@ class ProcessTable:
             if decoded is not events:
                 decoded.append(ev)
                 if rec is not None:
-                    form = forms[kind_of(rec)]
+                    form = form_of[kind]
                     events[i] = (
                         ev["ts_ns"],
                         form,

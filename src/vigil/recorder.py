@@ -446,11 +446,11 @@ def decode_chunk(
     proves only that they are what was written): a record the decoder or a
     finish hook cannot take is counted in `damage` and skipped, never fatal."""
     recs = bpf.split_records(raw)
-    unknown = decoder.undecodable
+    unknown, counts = decoder.undecodable, dict(decoder.counts)
     try:
         return decoder.decode_batch(recs, finish, only, keep)
     except Exception:  # noqa: BLE001 - see the docstring: one record at a time
-        decoder.undecodable = unknown  # counted again below
+        decoder.undecodable, decoder.counts = unknown, counts  # counted again below
     events = []
     for rec in recs:
         try:

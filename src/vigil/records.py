@@ -530,6 +530,10 @@ class Decoder:
         self.flags: dict[int, str] = {}
         self.head: struct.Struct | None = None  # header_reader
         self.forms: dict[int, StoredForm] = {}  # what the store keeps of each layout
+        self.form_of: dict[str, StoredForm] = {}  # the same, by kind name
+        # records decode_batch returned (decoded or not), by kind number: the
+        # analysis's per-kind counts without another look at each record
+        self.counts: dict[int, int] = {}
 
     def add_btf(self, btf: bpf.Btf) -> None:
         kind_off = header_kind_offset(btf)
@@ -546,7 +550,7 @@ class Decoder:
             if known is not None and known != layout:
                 raise LayoutError(f"objects disagree on struct {layout.struct_name}")
             self.layouts[kind_id] = layout
-            self.forms[kind_id] = StoredForm.of(layout, flags)
+            self.forms[kind_id] = self.form_of[layout.kind] = StoredForm.of(layout, flags)
             self._decoders[kind_id] = make_decoder(layout, flags, self.clock)
 
     def set_boot_offset(self, offset_ns: int) -> None:
@@ -561,10 +565,6 @@ class Decoder:
             return None
         layout = self.layouts.get(self._kind_struct.unpack_from(rec, self._kind_off)[0])
         return layout.kind if layout is not None else None
-
-    def kind_id(self, rec: bytes) -> int:
-        """The kind number of a record (checked by decode_batch already)."""
-        return self._kind_struct.unpack_from(rec, self._kind_off)[0]
 
     def decode(self, rec: bytes) -> Decoded | None:
         (kind_id,) = self._kind_struct.unpack_from(rec, self._kind_off)
@@ -606,6 +606,7 @@ class Decoder:
         kept = {k for k, layout in self.layouts.items() if layout.kind in keep}
         out = []
         append = out.append
+        counts = self.counts
         for rec in recs:
             kind_id = unpack(rec, off)[0]
             fixed = raw_size(kind_id)
@@ -613,6 +614,7 @@ class Decoder:
                 if len(rec) < fixed:
                     raise LayoutError(f"a record of {len(rec)} bytes, expected at least {fixed}")
                 append(rec)
+                counts[kind_id] = counts.get(kind_id, 0) + 1
                 continue
             fn = decoders.get(kind_id)
             if fn is None:
@@ -623,4 +625,14 @@ class Decoder:
             if hook is not None:
                 hook(ev)
             append((ev, rec) if kind_id in kept else ev)
+            counts[kind_id] = counts.get(kind_id, 0) + 1
+        return out
+
+    def take_counts(self) -> dict[str, int]:
+        """Per kind name, the records decode_batch returned since the last call."""
+        out: dict[str, int] = {}
+        for kind_id, n in self.counts.items():
+            kind = self.layouts[kind_id].kind
+            out[kind] = out.get(kind, 0) + n
+        self.counts = {}
         return out
