@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 
 import orjson
 import pytest
@@ -14,10 +15,26 @@ import pytest
 from helpers import tcg_slow_cli, unique_marker, vigil, vigil_argv
 from test_recorder import _accepts
 from vigil import recorder
+from vigil.encoding import escape
 from vigil.outputs.store import Store
 from vigil.stages import Batch, Enrich
 
 pytestmark = pytest.mark.kernel
+
+ODD_PORT = 9  # discard: closed here, the connect is refused (a record all the same)
+# PR_SET_NAME with hostile bytes, then three connects
+HOSTILE_COMM = f"""
+import ctypes, socket
+ctypes.CDLL(None).prctl(15, b'\\xff\\\\x"\\n\\xc3(', 0, 0, 0)
+for _ in range(3):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", {ODD_PORT}))
+    except OSError:
+        pass
+    s.close()
+"""
+ODD_COMM_TEXT = escape(b'\xff\\x"\n\xc3(')
 
 
 def _store_as_the_analysis_does(recording: str, db: str) -> Store:
@@ -52,6 +69,10 @@ def test_undecoded_records_read_back_as_the_decoded_events(tmp_path):
     port = _accepts(50)
     # capability checks inside execve (the record's own exe) and outside it
     subprocess.run(["unshare", "-m", "/bin/true", marker], check=False)
+    # a process naming itself with bytes meant to break a reader (not UTF-8, an
+    # escape, a newline, a quote): its undecoded records must read back as the
+    # decoding path prints them, not hide it or break the row
+    subprocess.run([sys.executable, "-c", HOSTILE_COMM], check=True)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -75,6 +96,8 @@ def test_undecoded_records_read_back_as_the_decoded_events(tmp_path):
     assert len(got) == len(by_key)
     for ev in got:
         assert ev == by_key[(ev["cpu"], ev["seq"])], ev  # every field, the joined ones too
+    odd = [e for e in got if e["kind"] == "connect" and e["comm"] == ODD_COMM_TEXT]
+    assert len(odd) >= 3 and all(e["rport"] == ODD_PORT for e in odd), odd[:2]
     accepts = [e for e in got if e["kind"] == "accept" and e["lport"] == port]
     assert len(accepts) == 50, (port, err, [e for e in got if e["kind"] == "accept"][:3]) and all(
         e["pid"] == os.getpid() for e in accepts
